@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# One-shot set-up for a fresh Debian machine: system packages, npm dependencies, the native addon,
+# the fuse-native patch, the TypeScript build and the mount helper links. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+
+# System packages: libfuse2 for fuse-native, fuse3 for fusermount/mount.fuse3, the rest for tests and benchmarks.
+want=(libfuse2 fuse3 attr kmod fuse-overlayfs busybox-static vim-nox git tar gzip zstd umoci skopeo hyperfine fio psmisc)
+missing=()
+for pkg in "${want[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# npm dependencies. Install scripts are run explicitly below, so npm's script policy does not matter here.
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+
+# Native code: our addon, and fuse-native rebuilt from source with our patch (see docs/fuse-native-patch.md).
+node scripts/patch-fuse-native.mjs
+if [ ! -f native/build/Release/strata_sys.node ] || [ native/strata_sys.c -nt native/build/Release/strata_sys.node ]; then
+  npx --no-install node-gyp rebuild --directory native --loglevel=error >/dev/null
+fi
+
+npm run --silent build
+
+# The mount helper, where mount(8) and mount.fuse3 find it (mount.fuse3 runs helpers with a fixed PATH).
+for dir in /usr/local/sbin /sbin; do
+  if [ -d "$dir" ] && [ -w "$dir" ]; then
+    cat > "$dir/strata-overlay" <<WRAP
+#!/bin/sh
+exec $(command -v node) $repo/dist/lib/cli/strata-overlay.js "\$@"
+WRAP
+    chmod 755 "$dir/strata-overlay"
+  fi
+done
+modprobe fuse 2>/dev/null || true
