@@ -1,0 +1,8 @@
+{
+  "targets": [{
+    "target_name": "strata_sys",
+    "sources": ["strata_sys.c"],
+    "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+    "defines": ["_GNU_SOURCE", "NAPI_VERSION=8"]
+  }]
+}
