@@ -30,6 +30,7 @@ export const STRATA_ERRORS = {
   STRATA_UNSUPPORTED: { status: 400, summary: 'the input uses a format or media type Strata does not support' },
   STRATA_LOCKED: { status: 409, summary: 'another process holds the state dir lock' },
   STRATA_DAEMON_UNREACHABLE: { status: 503, summary: 'the daemon is not running or its socket is unreachable' },
+  STRATA_BENCH_FAILED: { status: 500, summary: 'a benchmark workload failed or its result did not check out' },
   STRATA_STORE_CORRUPT: { status: 500, summary: 'the metadata store is inconsistent with the disk' },
   STRATA_INTERNAL: { status: 500, summary: 'an unexpected internal error' },
 } as const satisfies Record<string, ErrorSpec>;
