@@ -1,5 +1,7 @@
 /** Every command group of the `strata` CLI. Add one import and one entry per group. */
 import type { CommandModule } from 'yargs';
+import { infoCommand } from './info.js';
+import { mountCommand } from './mount.js';
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
-export const commandGroups: CommandModule<any, any>[] = [];
+export const commandGroups: CommandModule<any, any>[] = [mountCommand, infoCommand];

@@ -1,0 +1,202 @@
+/**
+ * The control API: HTTP/JSON on a Unix socket, shaped after Docker's Engine API (docs/api.md).
+ *
+ * Access control is the socket's mode (0660, root and the optional socket group): the kernel refuses everyone else
+ * at connect(2), before any request is read. Errors are always JSON `{ "message", "code" }` with the status from
+ * lib/errors.ts; malformed requests get 4xx and never disturb the daemon.
+ */
+import { execFile } from 'node:child_process';
+import { chmod, chown, lstat, mkdir, unlink } from 'node:fs/promises';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyError } from 'fastify';
+import { STRATA_ERRORS, StrataError } from '../../lib/errors.js';
+import type { Logger } from '../../lib/log.js';
+import type { MountService } from '../../lib/mounts/service.js';
+import type { DaemonConfig } from '../config.js';
+
+const execFileAsync = promisify(execFile);
+
+export const API_VERSION = '1.0';
+
+export interface ApiContext {
+  config: DaemonConfig;
+  mounts: MountService;
+  version: string;
+  startedAt: string;
+}
+
+interface ErrorBody {
+  message: string;
+  code: string;
+}
+
+/** Maps anything thrown by a handler or by fastify itself to a status and a stable code. */
+export function toErrorResponse(err: unknown): { status: number; body: ErrorBody } {
+  if (err instanceof StrataError) return { status: err.status, body: { message: err.message, code: err.code } };
+  const e = err as Partial<FastifyError> & { code?: string; message?: string };
+  if (e.validation !== undefined) {
+    return { status: 400, body: { message: `invalid request: ${e.message}`, code: 'STRATA_BAD_REQUEST' } };
+  }
+  if (typeof e.statusCode === 'number' && e.statusCode >= 400 && e.statusCode < 500) {
+    return { status: e.statusCode, body: { message: e.message ?? 'bad request', code: 'STRATA_BAD_REQUEST' } };
+  }
+  if (typeof e.code === 'string' && /^E[A-Z0-9]+$/.test(e.code)) {
+    return { status: 500, body: { message: e.message ?? e.code, code: e.code } };
+  }
+  return { status: 500, body: { message: e.message ?? String(err), code: 'STRATA_INTERNAL' } };
+}
+
+const nameParam = {
+  type: 'object',
+  properties: { id: { type: 'string', minLength: 1, maxLength: 256 } },
+  required: ['id'],
+} as const;
+
+const forceQuery = {
+  type: 'object',
+  properties: { force: { type: 'boolean', default: false }, keepUpper: { type: 'boolean', default: false } },
+  additionalProperties: false,
+} as const;
+
+export function buildApi(context: ApiContext, logger: Logger): FastifyInstance {
+  const app = Fastify({
+    loggerInstance: logger as FastifyBaseLogger,
+    logController: new LogController({ disableRequestLogging: true }),
+    bodyLimit: 1024 * 1024,
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: true, allErrors: false } },
+  });
+
+  app.setErrorHandler((err, request, reply) => {
+    const { status, body } = toErrorResponse(err);
+    if (status >= 500) request.log.error({ err, url: request.url }, 'request failed');
+    else request.log.debug({ code: body.code, url: request.url }, 'request refused');
+    void reply.code(status).type('application/json').send(body);
+  });
+  app.setNotFoundHandler((request, reply) => {
+    void reply.code(404).send({ message: `no such endpoint: ${request.method} ${request.url}`, code: 'STRATA_NOT_FOUND' });
+  });
+
+  app.get('/_ping', async (_req, reply) => reply.type('text/plain').send('OK'));
+
+  app.get('/version', async () => ({
+    Version: context.version,
+    ApiVersion: API_VERSION,
+    Os: os.platform(),
+    Arch: os.arch(),
+    KernelVersion: os.release(),
+    NodeVersion: process.version,
+  }));
+
+  app.get('/info', async () => {
+    const mounts = context.mounts.list();
+    return {
+      ServerVersion: context.version,
+      Pid: process.pid,
+      StartedAt: context.startedAt,
+      Root: context.config.root,
+      Socket: context.config.socket,
+      MountProgram: context.config.mountProgram,
+      Mounts: mounts.length,
+      MountsRunning: mounts.filter((m) => m.State.Running).length,
+      NCPU: os.cpus().length,
+    };
+  });
+
+  app.get('/mounts/json', async () => context.mounts.list());
+
+  app.post('/mounts/create', {
+    schema: {
+      body: {
+        type: 'object',
+        properties: {
+          Name: { type: 'string', minLength: 1, maxLength: 128 },
+          Target: { type: 'string', minLength: 1, maxLength: 4096 },
+          Sources: { type: 'array', minItems: 1, maxItems: 500, items: { type: 'string', minLength: 1, maxLength: 4096 } },
+        },
+        required: ['Target', 'Sources'],
+        additionalProperties: false,
+      },
+    },
+  }, async (request, reply) => {
+    const body = request.body as { Name?: string; Target: string; Sources: string[] };
+    const view = await context.mounts.create({ name: body.Name, target: body.Target, sources: body.Sources });
+    return reply.code(201).send(view);
+  });
+
+  app.get('/mounts/:id/json', { schema: { params: nameParam } }, async (request) => {
+    return context.mounts.inspect((request.params as { id: string }).id);
+  });
+
+  app.post('/mounts/:id/start', { schema: { params: nameParam } }, async (request) => {
+    return context.mounts.start((request.params as { id: string }).id);
+  });
+
+  app.post('/mounts/:id/stop', { schema: { params: nameParam, querystring: forceQuery } }, async (request) => {
+    const query = request.query as { force: boolean };
+    return context.mounts.unmount((request.params as { id: string }).id, { force: query.force });
+  });
+
+  app.delete('/mounts/:id', { schema: { params: nameParam, querystring: forceQuery } }, async (request) => {
+    const query = request.query as { force: boolean; keepUpper: boolean };
+    return context.mounts.remove((request.params as { id: string }).id, { force: query.force, keepUpper: query.keepUpper });
+  });
+
+  return app;
+}
+
+/** True if something accepts connections on `socketPath`. */
+function socketAnswers(socketPath: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = net.connect(socketPath);
+    probe.once('connect', () => { probe.destroy(); resolve(true); });
+    probe.once('error', () => resolve(false));
+  });
+}
+
+async function groupId(name: string): Promise<number | undefined> {
+  try {
+    const { stdout } = await execFileAsync('getent', ['group', name]);
+    const gid = Number(stdout.split(':')[2]);
+    return Number.isInteger(gid) ? gid : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Binds the API to the socket with mode 0660 from the first instant (umask), then hands it to the socket group
+ * (without that group, the socket's group stays root's).
+ * A socket file left by a dead daemon is replaced; one that still answers belongs to a live daemon and is an error.
+ */
+export async function listenOnSocket(app: FastifyInstance, config: DaemonConfig, logger: Logger): Promise<void> {
+  await mkdir(path.dirname(config.socket), { recursive: true, mode: 0o755 });
+  const existing = await lstat(config.socket).catch(() => undefined);
+  if (existing !== undefined) {
+    if (!existing.isSocket()) throw new StrataError('STRATA_BAD_OPTION', `socket path ${config.socket} exists and is not a socket; remove it or choose another --socket`);
+    if (await socketAnswers(config.socket)) {
+      throw new StrataError('STRATA_LOCKED', `another daemon already serves ${config.socket}; stop it or choose another --socket`);
+    }
+    await unlink(config.socket);
+  }
+  const previousUmask = process.umask(0o117);
+  try {
+    await app.listen({ path: config.socket });
+  } finally {
+    process.umask(previousUmask);
+  }
+  let gid: number | undefined;
+  if (config.socketGroup !== '') {
+    gid = await groupId(config.socketGroup);
+    if (gid === undefined) logger.info({ group: config.socketGroup }, 'socket group does not exist; the socket is for root only');
+  }
+  if (gid !== undefined) await chown(config.socket, 0, gid);
+  await chmod(config.socket, 0o660);
+  logger.info({ socket: config.socket, gid }, 'control API listening');
+}
+
+export function isStrataCode(code: string): code is keyof typeof STRATA_ERRORS {
+  return code in STRATA_ERRORS;
+}

@@ -1,0 +1,123 @@
+#!/usr/bin/env node
+/**
+ * stratad: owns one state dir, mounts and supervises union mounts, and serves the control API.
+ *
+ * Start-up order matters: the state dir lock (LevelDB's LOCK, a kernel lock released when the process dies) is
+ * taken before anything on disk is touched; mounts are reconciled before the socket accepts requests; systemd hears
+ * READY=1 only when the API answers. Shutdown runs the same way backwards and exits 0.
+ */
+import { mkdir, readFile, rm, unlink, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import yargs from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import { StrataError } from '../lib/errors.js';
+import { createLogger, type Logger } from '../lib/log.js';
+import { MountService } from '../lib/mounts/service.js';
+import { noLayerStore } from '../lib/mounts/sources.js';
+import { Metastore } from '../lib/store/metastore.js';
+import { buildApi, listenOnSocket } from './api/server.js';
+import { loadConfig, type DaemonConfig } from './config.js';
+import { SystemdNotifier } from './notify.js';
+
+const VERSION = '0.1.0';
+
+async function parseFlags(argv: string[]): Promise<{ flags: Partial<DaemonConfig>; configFile: string | undefined }> {
+  const parsed = await yargs(argv)
+    .scriptName('stratad')
+    .usage('$0 [options]: the Strata daemon (flags override the config file, which overrides the defaults)')
+    .option('config', { type: 'string', describe: 'JSON config file (default /etc/strata/stratad.json if it exists)' })
+    .option('root', { type: 'string', describe: 'state dir (default /var/lib/strata)' })
+    .option('socket', { type: 'string', describe: 'control API socket (default /run/strata/strata.sock)' })
+    .option('socket-group', { type: 'string', describe: 'group allowed on the socket, if it exists (default strata)' })
+    .option('mount-program', { type: 'string', describe: 'mount helper with fuse-overlayfs\'s command line (default: strata-overlay next to stratad)' })
+    .option('log-level', { type: 'string', describe: 'fatal, error, warn, info, debug, trace or silent (default info)' })
+    .strict()
+    .version(VERSION)
+    .help()
+    .fail((message, error) => {
+      if (error) throw error;
+      throw new StrataError('STRATA_BAD_OPTION', `${message} (see stratad --help)`);
+    })
+    .parseAsync();
+  return {
+    configFile: parsed.config === undefined ? undefined : path.resolve(parsed.config),
+    flags: { root: parsed.root, socket: parsed.socket, socketGroup: parsed['socket-group'], mountProgram: parsed['mount-program'], logLevel: parsed['log-level'] },
+  };
+}
+
+async function openStore(config: DaemonConfig, logger: Logger): Promise<Metastore> {
+  const pidFile = path.join(config.root, 'stratad.pid');
+  try {
+    return await Metastore.open(path.join(config.root, 'db'), logger);
+  } catch (err) {
+    if (err instanceof StrataError && err.code === 'STRATA_LOCKED') {
+      const holder = (await readFile(pidFile, 'utf8').catch(() => '')).trim();
+      throw new StrataError('STRATA_LOCKED', `state dir ${config.root} is in use by another stratad${holder ? ` (pid ${holder})` : ''} or a local strata command; stop it first or choose another --root`, { cause: err });
+    }
+    throw err;
+  }
+}
+
+async function run(argv: string[]): Promise<void> {
+  const { flags, configFile } = await parseFlags(argv);
+  const config = loadConfig(flags, configFile);
+  const logger = createLogger({ level: config.logLevel, name: 'stratad' });
+  const notifier = new SystemdNotifier(process.env.NOTIFY_SOCKET, logger);
+  await notifier.status('opening state dir');
+
+  await mkdir(config.root, { recursive: true, mode: 0o700 });
+  const store = await openStore(config, logger);
+  const pidFile = path.join(config.root, 'stratad.pid');
+  await writeFile(pidFile, `${process.pid}\n`);
+
+  const mounts = new MountService(store, noLayerStore, logger, {
+    rootDir: config.root,
+    mountProgram: config.mountProgram,
+    mountTimeoutMs: config.mountTimeoutMs,
+    helperExitGraceMs: config.helperExitGraceMs,
+  });
+  const api = buildApi({ config, mounts, version: VERSION, startedAt: new Date().toISOString() }, logger.child({ component: 'api' }));
+
+  let stopping: Promise<void> | undefined;
+  const stop = (signal: string): Promise<void> => {
+    stopping ??= (async () => {
+      logger.info({ signal }, 'shutting down');
+      await notifier.stopping('unmounting');
+      await api.close();
+      await mounts.shutdown();
+      await store.close();
+      await unlink(config.socket).catch(() => undefined);
+      await rm(pidFile, { force: true });
+      logger.info('stopped');
+    })();
+    return stopping;
+  };
+  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+    process.on(signal, () => {
+      stop(signal).then(() => process.exit(0), (err: unknown) => {
+        logger.fatal({ err }, 'shutdown failed');
+        process.exit(1);
+      });
+    });
+  }
+
+  try {
+    await notifier.status('reconciling mounts');
+    await mounts.reconcile();
+    await listenOnSocket(api, config, logger);
+  } catch (err) {
+    await mounts.shutdown().catch(() => undefined);
+    await store.close().catch(() => undefined);
+    await rm(pidFile, { force: true });
+    throw err;
+  }
+  const running = mounts.list().filter((m) => m.State.Running).length;
+  logger.info({ root: config.root, socket: config.socket, mountProgram: config.mountProgram, mounts: running }, 'stratad ready');
+  await notifier.ready(`serving ${config.socket}; ${running} mount(s) live`);
+}
+
+run(hideBin(process.argv)).catch((err: unknown) => {
+  const e = err as { code?: string; message?: string };
+  process.stderr.write(`stratad: ${e.code ? `${e.code}: ` : ''}${e.message ?? String(err)}\n`);
+  process.exit(err instanceof StrataError && err.code === 'STRATA_BAD_OPTION' ? 2 : 1);
+});

@@ -1,0 +1,131 @@
+/**
+ * `strata mount ...`: union mounts, served by the daemon. Every subcommand talks to the control API; mounts are
+ * supervised processes, so there is no local (daemon-less) mode for them.
+ */
+import path from 'node:path';
+import type { Argv, CommandModule } from 'yargs';
+import { DEFAULT_SOCKET, StrataClient } from '../../api/client.js';
+import type { MountView } from '../../mounts/service.js';
+import { printJson, printTable } from '../output.js';
+
+interface GlobalArgs {
+  json: boolean;
+  socket?: string;
+}
+
+export function clientFor(argv: GlobalArgs): StrataClient {
+  return new StrataClient(argv.socket ?? process.env.STRATA_SOCKET ?? DEFAULT_SOCKET);
+}
+
+/** Directory sources are written as paths ("/x", "./x", "../x"); anything else names an image or layer. */
+export function normaliseSource(source: string): string {
+  return source === '.' || source.startsWith('./') || source.startsWith('../') || source.startsWith('/') ? path.resolve(source) : source;
+}
+
+const id = (reference: string) => encodeURIComponent(reference);
+
+// Subcommand handlers declare their own argument shapes; yargs's overloads cannot follow them.
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+type Sub = CommandModule<GlobalArgs, any>;
+interface SubSpec<A> {
+  command: string;
+  aliases?: string[];
+  describe: string;
+  builder?: (y: Argv<GlobalArgs>) => Argv<unknown>;
+  handler: (argv: GlobalArgs & A) => Promise<void>;
+}
+const sub = <A>(spec: SubSpec<A>): Sub => spec as unknown as Sub;
+
+function printMounts(mounts: MountView[]): void {
+  printTable(['NAME', 'ID', 'STATUS', 'TARGET', 'SOURCES'], mounts.map((m) => [
+    m.Name,
+    m.Id.slice(0, 12),
+    m.State.Status,
+    m.Target,
+    m.Sources.map((s) => s.reference).join(','),
+  ]));
+}
+
+function printOne(argv: GlobalArgs, value: { Name: string }): void {
+  if (argv.json) printJson(value);
+  else process.stdout.write(`${value.Name}\n`);
+}
+
+export const mountCommand: CommandModule<GlobalArgs, GlobalArgs> = {
+  command: 'mount <command>',
+  describe: 'create and manage union mounts (served by stratad)',
+  builder: (yargs: Argv<GlobalArgs>) => yargs
+    .command(sub({
+      command: 'create <sources..>',
+      describe: 'mount images, layers or directories (top first) at --target with a new writable layer',
+      builder: (y: Argv<GlobalArgs>) => y
+        .positional('sources', { type: 'string', array: true, demandOption: true, describe: 'image, layer id, or directory path (/x or ./x); top first' })
+        .option('target', { type: 'string', demandOption: true, describe: 'directory to mount on' })
+        .option('name', { type: 'string', describe: 'mount name (default: generated)' }),
+      handler: async (argv: GlobalArgs & { sources: string[]; target: string; name?: string }) => {
+        const view = await clientFor(argv).request<MountView>('POST', '/mounts/create', {
+          ...(argv.name === undefined ? {} : { Name: argv.name }),
+          Target: path.resolve(argv.target),
+          Sources: argv.sources.map(String).map(normaliseSource),
+        });
+        printOne(argv, view);
+      },
+    }))
+    .command(sub({
+      command: 'ls',
+      aliases: ['list'],
+      describe: 'list mounts',
+      handler: async (argv: GlobalArgs) => {
+        const mounts = await clientFor(argv).request<MountView[]>('GET', '/mounts/json');
+        if (argv.json) printJson(mounts);
+        else printMounts(mounts);
+      },
+    }))
+    .command(sub({
+      command: 'inspect <mounts..>',
+      describe: 'show mounts in full (JSON)',
+      builder: (y: Argv<GlobalArgs>) => y.positional('mounts', { type: 'string', array: true, demandOption: true }),
+      handler: async (argv: GlobalArgs & { mounts: string[] }) => {
+        const client = clientFor(argv);
+        const views: MountView[] = [];
+        for (const reference of argv.mounts) views.push(await client.request<MountView>('GET', `/mounts/${id(String(reference))}/json`));
+        printJson(views);
+      },
+    }))
+    .command(sub({
+      command: 'unmount <mount>',
+      aliases: ['stop'],
+      describe: 'unmount, keeping the writable layer (strata mount start remounts it)',
+      builder: (y: Argv<GlobalArgs>) => y
+        .positional('mount', { type: 'string', demandOption: true })
+        .option('force', { type: 'boolean', default: false, describe: 'detach a busy mount lazily' }),
+      handler: async (argv: GlobalArgs & { mount: string; force: boolean }) => {
+        printOne(argv, await clientFor(argv).request<MountView>('POST', `/mounts/${id(String(argv.mount))}/stop?force=${argv.force}`));
+      },
+    }))
+    .command(sub({
+      command: 'start <mount>',
+      describe: 'mount again a mount that was unmounted',
+      builder: (y: Argv<GlobalArgs>) => y.positional('mount', { type: 'string', demandOption: true }),
+      handler: async (argv: GlobalArgs & { mount: string }) => {
+        printOne(argv, await clientFor(argv).request<MountView>('POST', `/mounts/${id(String(argv.mount))}/start`));
+      },
+    }))
+    .command(sub({
+      command: 'rm <mount>',
+      aliases: ['remove'],
+      describe: 'unmount and delete a mount and its writable layer',
+      builder: (y: Argv<GlobalArgs>) => y
+        .positional('mount', { type: 'string', demandOption: true })
+        .option('force', { type: 'boolean', default: false, describe: 'detach a busy mount lazily' })
+        .option('keep-upper', { type: 'boolean', default: false, describe: 'keep the writable layer (moved under <root>/retained)' }),
+      handler: async (argv: GlobalArgs & { mount: string; force: boolean; keepUpper: boolean }) => {
+        const result = await clientFor(argv).request<{ Name: string; RetainedUpperDir: string | null }>(
+          'DELETE', `/mounts/${id(String(argv.mount))}?force=${argv.force}&keepUpper=${argv.keepUpper}`);
+        if (argv.json) printJson(result);
+        else process.stdout.write(`${result.Name}${result.RetainedUpperDir ? `\nupper kept at ${result.RetainedUpperDir}` : ''}\n`);
+      },
+    }))
+    .demandCommand(1, 'name a mount subcommand'),
+  handler: () => undefined,
+};

@@ -1,0 +1,122 @@
+/**
+ * One mount-helper process (strata-overlay, or any program with fuse-overlayfs's command line) serving one mount.
+ *
+ * The helper runs in the foreground (`-f`) as our child so that we see it die, and so that its stderr flows into the
+ * mount's logger. Invariant: `start()` resolves only once the kernel lists a FUSE mount at the target that was not
+ * there before, and rejects (with the helper's last stderr lines) if the helper exits or times out first.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { StrataError } from '../errors.js';
+import type { Logger } from '../log.js';
+import { mountAt } from './mountinfo.js';
+
+export interface HelperSpec {
+  /** The helper program: an executable, or a .js file run with this Node. */
+  program: string;
+  target: string;
+  /** Top layer first, as in overlayfs's lowerdir. */
+  lowerDirs: string[];
+  upperDir: string;
+  workDir: string;
+}
+
+export interface HelperExit {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+}
+
+const STDERR_TAIL_LINES = 20;
+const READY_POLL_MS = 25;
+
+export function helperArgv(spec: HelperSpec): { command: string; args: string[] } {
+  const options = `lowerdir=${spec.lowerDirs.join(':')},upperdir=${spec.upperDir},workdir=${spec.workDir}`;
+  const helperArgs = ['-f', '-o', options, spec.target];
+  if (/\.[cm]?js$/.test(spec.program)) return { command: process.execPath, args: [spec.program, ...helperArgs] };
+  return { command: spec.program, args: helperArgs };
+}
+
+export class HelperProcess {
+  readonly spec: HelperSpec;
+  private readonly logger: Logger;
+  private child: ChildProcess | undefined;
+  private readonly stderrTail: string[] = [];
+  private exitResult: HelperExit | undefined;
+  private readonly exited: Promise<HelperExit>;
+  private resolveExited!: (exit: HelperExit) => void;
+
+  constructor(spec: HelperSpec, logger: Logger) {
+    this.spec = spec;
+    this.logger = logger;
+    this.exited = new Promise((resolve) => { this.resolveExited = resolve; });
+  }
+
+  get pid(): number | undefined {
+    return this.child?.pid;
+  }
+
+  get hasExited(): boolean {
+    return this.exitResult !== undefined;
+  }
+
+  /** Resolves when the helper process has exited, however it ended. */
+  waitForExit(): Promise<HelperExit> {
+    return this.exited;
+  }
+
+  async start(timeoutMs: number): Promise<void> {
+    const before = await mountAt(this.spec.target);
+    const { command, args } = helperArgv(this.spec);
+    this.logger.debug({ command, args }, 'starting mount helper');
+    const child = spawn(command, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    this.child = child;
+    let spawnError: Error | undefined;
+    child.on('error', (err) => { spawnError = err; });
+    child.on('exit', (code, signal) => {
+      this.exitResult = { code, signal };
+      this.resolveExited(this.exitResult);
+    });
+    createInterface({ input: child.stderr! }).on('line', (line) => {
+      this.stderrTail.push(line);
+      if (this.stderrTail.length > STDERR_TAIL_LINES) this.stderrTail.shift();
+      this.logger.warn({ helperPid: child.pid, stderr: line }, 'mount helper says');
+    });
+
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      if (spawnError !== undefined) {
+        throw new StrataError('STRATA_MOUNT_FAILED', `cannot run the mount helper ${command}: ${spawnError.message} (check the mountProgram setting)`, { cause: spawnError });
+      }
+      if (this.exitResult !== undefined) {
+        throw new StrataError('STRATA_MOUNT_FAILED', `mount helper exited (${describeExit(this.exitResult)}) before ${this.spec.target} was mounted: ${this.stderrTail.join(' | ') || 'no output'}`);
+      }
+      const now = await mountAt(this.spec.target);
+      if (now !== undefined && now.fsType.startsWith('fuse') && now.mountId !== before?.mountId) return;
+      if (Date.now() > deadline) {
+        this.kill('SIGKILL');
+        throw new StrataError('STRATA_MOUNT_FAILED', `mount helper did not mount ${this.spec.target} within ${timeoutMs} ms: ${this.stderrTail.join(' | ') || 'no output'}`);
+      }
+      await sleep(READY_POLL_MS);
+    }
+  }
+
+  kill(signal: NodeJS.Signals): void {
+    if (this.child !== undefined && this.exitResult === undefined) this.child.kill(signal);
+  }
+
+  /** Waits up to `ms` for the helper to exit on its own; true if it did. */
+  async exitsWithin(ms: number): Promise<boolean> {
+    if (this.exitResult !== undefined) return true;
+    const timer = sleep(ms).then(() => false);
+    return Promise.race([this.exited.then(() => true), timer]);
+  }
+
+  lastStderr(): string {
+    return this.stderrTail.join(' | ');
+  }
+}
+
+export function describeExit(exit: HelperExit): string {
+  return exit.signal !== null ? `signal ${exit.signal}` : `exit code ${exit.code}`;
+}

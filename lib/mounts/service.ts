@@ -1,0 +1,498 @@
+/**
+ * The mount service: creates, starts, stops and removes union mounts, one supervised helper process per mount.
+ *
+ * On-disk layout under the state dir:
+ *   mounts/<id>/upper, mounts/<id>/work   one writable layer per mount
+ *   mounts/.staging-<id>                   a mount being created (renamed into place when complete)
+ *   mounts/.trash-<id>                     a mount being deleted (deleted after its record is gone)
+ *   retained/<name>-<id>/upper            uppers kept by `rm --keep-upper`
+ *
+ * Invariants:
+ *  - A record exists in the `mounts` sublevel for every mounts/<id> dir; a dir without a record is an orphan and is
+ *    removed at start-up. The record is written only after the dir is in place.
+ *  - `Desired` is what the user asked for and survives restarts: start-up remounts every mount whose Desired is
+ *    "mounted". Daemon shutdown does not change it.
+ *  - At most one helper process serves an upper dir: before a helper starts, anything left mounted at the target is
+ *    detached and a helper left by a previous daemon is ended.
+ *  - Operations on one mount are serialised; creates are serialised with each other (names and targets are unique).
+ *  - Layers are referenced (user "mount:<name>") from creation until removal, and released after the record is gone.
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdir, readdir, readFile, rename, rm } from 'node:fs/promises';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { StrataError } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { Metastore } from '../store/metastore.js';
+import { describeExit, HelperProcess, type HelperExit } from './helper.js';
+import { detachMount, mountAt } from './mountinfo.js';
+import { checkUsableDir, resolveSources, type LayerProvider, type ResolvedSource } from './sources.js';
+
+export type DesiredState = 'mounted' | 'unmounted';
+export type MountStatus = 'mounted' | 'unmounted' | 'starting' | 'restarting' | 'failed';
+
+/** The persistent record of a mount (LevelDB `mounts` sublevel, keyed by Id). */
+export interface MountRecord {
+  Id: string;
+  Name: string;
+  Created: string;
+  Target: string;
+  Sources: ResolvedSource[];
+  /** Top layer first. */
+  LowerDirs: string[];
+  LayerIds: string[];
+  UpperDir: string;
+  WorkDir: string;
+  Desired: DesiredState;
+  /** Pid of the helper last started for this mount, so a restarted daemon can end one that outlived its parent. */
+  HelperPid?: number;
+}
+
+/** The API/CLI view of a mount: the record plus what is true right now (Docker's container inspect shape). */
+export interface MountView {
+  Id: string;
+  Name: string;
+  Created: string;
+  Target: string;
+  Sources: ResolvedSource[];
+  State: {
+    Status: MountStatus;
+    Running: boolean;
+    Pid: number;
+    StartedAt: string | null;
+    Restarts: number;
+    Error: string;
+  };
+  GraphDriver: { Name: string; Data: { LowerDir: string; UpperDir: string; WorkDir: string; MergedDir: string } };
+}
+
+export interface MountServiceOptions {
+  rootDir: string;
+  /** The helper program (fuse-overlayfs's command line). */
+  mountProgram: string;
+  /** How long a helper may take to make its mount live. */
+  mountTimeoutMs: number;
+  /** How long a helper may take to exit after its mount is gone, before it is signalled. */
+  helperExitGraceMs: number;
+}
+
+export interface CreateMountRequest {
+  name?: string;
+  target: string;
+  sources: string[];
+}
+
+interface MountRuntime {
+  record: MountRecord;
+  status: MountStatus;
+  helper?: HelperProcess;
+  startedAt?: string;
+  restarts: number;
+  consecutiveFailures: number;
+  error: string;
+  /** The helper being stopped on purpose: its exit is expected and must not trigger a restart. */
+  stoppingHelper?: HelperProcess;
+  restartTimer?: NodeJS.Timeout;
+  /** Tail of the per-mount operation queue. */
+  queue: Promise<unknown>;
+}
+
+const NAME_PATTERN = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$/;
+const MAX_CONSECUTIVE_FAILURES = 5;
+const MAX_BACKOFF_MS = 30_000;
+const HEALTHY_RUN_MS = 60_000;
+
+export class MountService {
+  private readonly store: Metastore;
+  private readonly records;
+  private readonly layers: LayerProvider;
+  private readonly logger: Logger;
+  private readonly options: MountServiceOptions;
+  private readonly runtimes = new Map<string, MountRuntime>();
+  private createQueue: Promise<unknown> = Promise.resolve();
+  private shuttingDown = false;
+
+  constructor(store: Metastore, layers: LayerProvider, logger: Logger, options: MountServiceOptions) {
+    this.store = store;
+    this.records = store.sublevel<MountRecord>('mounts');
+    this.layers = layers;
+    this.logger = logger.child({ component: 'mounts' });
+    this.options = options;
+  }
+
+  private get mountsDir(): string {
+    return path.join(this.options.rootDir, 'mounts');
+  }
+
+  private mountLogger(record: MountRecord): Logger {
+    return this.logger.child({ mount: record.Name, mountId: record.Id.slice(0, 12) });
+  }
+
+  // ---- public API ------------------------------------------------------------------------------------------------
+
+  /**
+   * Loads every record, removes orphans, ends helpers left behind by a killed daemon, detaches dead or stale
+   * mountpoints and remounts what should be mounted. Called once, before the API serves requests.
+   */
+  async reconcile(): Promise<void> {
+    await mkdir(this.mountsDir, { recursive: true });
+    const records: MountRecord[] = [];
+    for await (const [, record] of this.records.iterator()) records.push(record);
+    const known = new Set(records.map((r) => r.Id));
+
+    for (const entry of await readdir(this.mountsDir)) {
+      if (entry.startsWith('.staging-') || entry.startsWith('.trash-') || !known.has(entry)) {
+        this.logger.warn({ dir: path.join(this.mountsDir, entry) }, 'removing orphaned mount dir');
+        await rm(path.join(this.mountsDir, entry), { recursive: true, force: true });
+      }
+    }
+
+    await Promise.all(records.map(async (record) => {
+      const runtime = this.addRuntime(record);
+      const log = this.mountLogger(record);
+      try {
+        await checkUsableDir(record.UpperDir, 'upper dir');
+        await checkUsableDir(record.WorkDir, 'work dir');
+      } catch (err) {
+        runtime.status = 'failed';
+        runtime.error = `upper or work dir missing, not mounting: ${(err as Error).message}`;
+        log.error({ err }, runtime.error);
+        return;
+      }
+      await this.clearLeftovers(record, log);
+      if (record.Desired === 'mounted') {
+        await this.enqueue(runtime, () => this.startHelper(runtime)).catch((err: unknown) => {
+          log.error({ err }, 'could not remount at start-up');
+        });
+      }
+    }));
+  }
+
+  async create(request: CreateMountRequest): Promise<MountView> {
+    const run = this.createQueue.then(() => this.createNow(request));
+    this.createQueue = run.catch(() => undefined);
+    return run;
+  }
+
+  list(): MountView[] {
+    return [...this.runtimes.values()]
+      .sort((a, b) => a.record.Created.localeCompare(b.record.Created))
+      .map((r) => this.view(r));
+  }
+
+  inspect(reference: string): MountView {
+    return this.view(this.find(reference));
+  }
+
+  async start(reference: string): Promise<MountView> {
+    const runtime = this.find(reference);
+    return this.enqueue(runtime, async () => {
+      if (runtime.helper !== undefined && !runtime.helper.hasExited && runtime.status === 'mounted') return this.view(runtime);
+      this.cancelRestart(runtime);
+      await this.setDesired(runtime, 'mounted');
+      runtime.consecutiveFailures = 0;
+      await this.clearLeftovers(runtime.record, this.mountLogger(runtime.record));
+      await this.startHelper(runtime);
+      return this.view(runtime);
+    });
+  }
+
+  async unmount(reference: string, options: { force: boolean }): Promise<MountView> {
+    const runtime = this.find(reference);
+    return this.enqueue(runtime, async () => {
+      await this.stopHelper(runtime, { lazyIfBusy: options.force });
+      await this.setDesired(runtime, 'unmounted');
+      return this.view(runtime);
+    });
+  }
+
+  /** Unmounts and deletes a mount. With keepUpper the upper dir moves to retained/ and its path is returned. */
+  async remove(reference: string, options: { force: boolean; keepUpper: boolean }): Promise<{ Id: string; Name: string; RetainedUpperDir: string | null }> {
+    const runtime = this.find(reference);
+    return this.enqueue(runtime, async () => {
+      const { record } = runtime;
+      await this.stopHelper(runtime, { lazyIfBusy: options.force });
+      let retained: string | null = null;
+      if (options.keepUpper) {
+        const keepDir = path.join(this.options.rootDir, 'retained', `${record.Name}-${record.Id.slice(0, 12)}`);
+        await mkdir(keepDir, { recursive: true });
+        retained = path.join(keepDir, 'upper');
+        await rename(record.UpperDir, retained);
+      }
+      await this.records.del(record.Id);
+      this.runtimes.delete(record.Id);
+      await this.layers.release(record.LayerIds, `mount:${record.Name}`);
+      const trash = path.join(this.mountsDir, `.trash-${record.Id}`);
+      await rename(path.join(this.mountsDir, record.Id), trash);
+      await rm(trash, { recursive: true, force: true });
+      this.mountLogger(record).info({ retained }, 'mount removed');
+      return { Id: record.Id, Name: record.Name, RetainedUpperDir: retained };
+    });
+  }
+
+  /**
+   * Daemon shutdown: unmounts everything, detaching busy mounts lazily with a warning, and ends every helper.
+   * Desired states are left as they are, so the next start remounts the same set.
+   */
+  async shutdown(): Promise<void> {
+    this.shuttingDown = true;
+    await Promise.all([...this.runtimes.values()].map(async (runtime) => {
+      this.cancelRestart(runtime);
+      try {
+        await runtime.queue;
+        await this.stopHelper(runtime, { lazyIfBusy: true });
+      } catch (err) {
+        this.mountLogger(runtime.record).error({ err }, 'could not unmount cleanly at shutdown');
+      }
+    }));
+  }
+
+  // ---- internals -------------------------------------------------------------------------------------------------
+
+  private async createNow(request: CreateMountRequest): Promise<MountView> {
+    const target = request.target;
+    if (typeof target !== 'string' || target === '') throw new StrataError('STRATA_BAD_REQUEST', 'a mount needs a target directory');
+    await checkUsableDir(target, 'target');
+    const resolvedTarget = path.resolve(target);
+    const root = path.resolve(this.options.rootDir);
+    if (resolvedTarget === root || resolvedTarget.startsWith(`${root}/`)) {
+      throw new StrataError('STRATA_BAD_DIR', `target "${target}" is inside the state dir ${root}; choose a directory outside it`);
+    }
+    const id = randomBytes(32).toString('hex');
+    const name = request.name ?? `mount-${id.slice(0, 8)}`;
+    if (typeof name !== 'string' || !NAME_PATTERN.test(name)) {
+      throw new StrataError('STRATA_BAD_OPTION', `mount name "${String(name)}" is invalid: use letters, digits, '_', '.' and '-', starting with a letter or digit`);
+    }
+    for (const other of this.runtimes.values()) {
+      if (other.record.Name === name) throw new StrataError('STRATA_CONFLICT', `a mount named "${name}" already exists (remove it with \`strata mount rm ${name}\` or choose another --name)`);
+      if (other.record.Target === resolvedTarget) throw new StrataError('STRATA_CONFLICT', `${resolvedTarget} is already the target of mount "${other.record.Name}"`);
+    }
+    if ((await mountAt(resolvedTarget)) !== undefined) {
+      throw new StrataError('STRATA_MOUNT_BUSY', `something is already mounted at ${resolvedTarget}; unmount it first`);
+    }
+    const sources = await resolveSources(request.sources, this.layers);
+
+    const staging = path.join(this.mountsDir, `.staging-${id}`);
+    const finalDir = path.join(this.mountsDir, id);
+    await mkdir(path.join(staging, 'upper'), { recursive: true });
+    await mkdir(path.join(staging, 'work'), { recursive: true });
+    await rename(staging, finalDir);
+    const record: MountRecord = {
+      Id: id,
+      Name: name,
+      Created: new Date().toISOString(),
+      Target: resolvedTarget,
+      Sources: sources,
+      LowerDirs: sources.flatMap((s) => s.lowerDirs),
+      LayerIds: sources.flatMap((s) => s.layerIds),
+      UpperDir: path.join(finalDir, 'upper'),
+      WorkDir: path.join(finalDir, 'work'),
+      Desired: 'mounted',
+    };
+    const user = `mount:${name}`;
+    await this.layers.acquire(record.LayerIds, user);
+    try {
+      await this.records.put(id, record);
+    } catch (err) {
+      await this.layers.release(record.LayerIds, user);
+      await rm(finalDir, { recursive: true, force: true });
+      throw err;
+    }
+    const runtime = this.addRuntime(record);
+    try {
+      await this.enqueue(runtime, () => this.startHelper(runtime));
+    } catch (err) {
+      // Nothing was written into the new upper yet, so rolling the whole creation back loses nothing.
+      await this.records.del(id);
+      this.runtimes.delete(id);
+      await this.layers.release(record.LayerIds, user);
+      await rm(finalDir, { recursive: true, force: true });
+      throw err;
+    }
+    this.mountLogger(record).info({ target: resolvedTarget, lowerDirs: record.LowerDirs }, 'mount created');
+    return this.view(runtime);
+  }
+
+  private addRuntime(record: MountRecord): MountRuntime {
+    const runtime: MountRuntime = { record, status: 'unmounted', restarts: 0, consecutiveFailures: 0, error: '', queue: Promise.resolve() };
+    this.runtimes.set(record.Id, runtime);
+    return runtime;
+  }
+
+  private enqueue<T>(runtime: MountRuntime, operation: () => Promise<T>): Promise<T> {
+    const run = runtime.queue.then(operation);
+    runtime.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  private find(reference: string): MountRuntime {
+    if (typeof reference !== 'string' || reference === '') throw new StrataError('STRATA_BAD_REQUEST', 'name a mount');
+    const exact = this.runtimes.get(reference) ?? [...this.runtimes.values()].find((r) => r.record.Name === reference);
+    if (exact !== undefined) return exact;
+    const byPrefix = [...this.runtimes.values()].filter((r) => r.record.Id.startsWith(reference));
+    if (byPrefix.length === 1 && byPrefix[0] !== undefined) return byPrefix[0];
+    if (byPrefix.length > 1) throw new StrataError('STRATA_BAD_REQUEST', `"${reference}" matches ${byPrefix.length} mount ids; give more characters or the name`);
+    throw new StrataError('STRATA_NOT_FOUND', `no mount named "${reference}" (see \`strata mount ls\`)`);
+  }
+
+  private async setDesired(runtime: MountRuntime, desired: DesiredState): Promise<void> {
+    if (runtime.record.Desired === desired) return;
+    runtime.record = { ...runtime.record, Desired: desired };
+    await this.records.put(runtime.record.Id, runtime.record);
+  }
+
+  /** Ends a helper left by a previous daemon and detaches whatever is still mounted at the target. */
+  private async clearLeftovers(record: MountRecord, log: Logger): Promise<void> {
+    const stale = await mountAt(record.Target);
+    if (stale !== undefined) {
+      const outcome = await detachMount(record.Target, { lazyIfBusy: true });
+      if (outcome === 'lazily-detached') log.warn({ target: record.Target }, 'a leftover mount was busy or dead and was detached lazily');
+      else log.info({ target: record.Target, outcome }, 'detached a leftover mount');
+    }
+    if (record.HelperPid !== undefined && (await isLeftoverHelper(record.HelperPid, record.Target))) {
+      log.warn({ helperPid: record.HelperPid }, 'ending the mount helper a previous daemon left running');
+      process.kill(record.HelperPid, 'SIGTERM');
+      for (let i = 0; i < 40 && (await isLeftoverHelper(record.HelperPid, record.Target)); i++) await sleep(50);
+      if (await isLeftoverHelper(record.HelperPid, record.Target)) process.kill(record.HelperPid, 'SIGKILL');
+    }
+  }
+
+  private async startHelper(runtime: MountRuntime): Promise<void> {
+    const { record } = runtime;
+    const log = this.mountLogger(record);
+    const helper = new HelperProcess({
+      program: this.options.mountProgram,
+      target: record.Target,
+      lowerDirs: record.LowerDirs,
+      upperDir: record.UpperDir,
+      workDir: record.WorkDir,
+    }, log);
+    runtime.status = 'starting';
+    runtime.helper = helper;
+    try {
+      await helper.start(this.options.mountTimeoutMs);
+    } catch (err) {
+      runtime.status = 'failed';
+      runtime.error = (err as Error).message;
+      runtime.helper = undefined;
+      throw err;
+    }
+    runtime.status = 'mounted';
+    runtime.error = '';
+    runtime.startedAt = new Date().toISOString();
+    runtime.record = { ...runtime.record, HelperPid: helper.pid };
+    await this.records.put(record.Id, runtime.record);
+    log.info({ helperPid: helper.pid, target: record.Target }, 'mounted');
+    void helper.waitForExit().then((exit) => this.onHelperExit(runtime, helper, exit));
+  }
+
+  /** Stops the helper through an unmount, so that the kernel, not a signal, tells it to finish. */
+  private async stopHelper(runtime: MountRuntime, options: { lazyIfBusy: boolean }): Promise<void> {
+    this.cancelRestart(runtime);
+    const helper = runtime.helper;
+    const log = this.mountLogger(runtime.record);
+    runtime.stoppingHelper = helper;
+    let outcome;
+    try {
+      outcome = await detachMount(runtime.record.Target, options);
+    } catch (err) {
+      runtime.stoppingHelper = undefined;
+      // The helper may have died while we tried; hand that exit to supervision, which skipped it.
+      if (helper !== undefined && helper.hasExited) void helper.waitForExit().then((exit) => this.onHelperExit(runtime, helper, exit));
+      throw err;
+    }
+    if (outcome === 'lazily-detached') {
+      log.warn({ target: runtime.record.Target }, 'mount was busy and has been detached lazily; processes still inside it lose access when its helper ends');
+    }
+    runtime.helper = undefined;
+    runtime.status = 'unmounted';
+    if (helper !== undefined && !(await helper.exitsWithin(this.options.helperExitGraceMs))) {
+      log.warn({ helperPid: helper.pid }, 'mount helper still running after unmount; sending SIGTERM');
+      helper.kill('SIGTERM');
+      if (!(await helper.exitsWithin(this.options.helperExitGraceMs))) helper.kill('SIGKILL');
+      await helper.waitForExit();
+    }
+    if (helper !== undefined) log.info({ target: runtime.record.Target, outcome }, 'unmounted');
+  }
+
+  /** Supervision: a helper that ends while it should be serving is restarted with exponential back-off. */
+  private async onHelperExit(runtime: MountRuntime, helper: HelperProcess, exit: HelperExit): Promise<void> {
+    if (runtime.helper !== helper || runtime.stoppingHelper === helper || this.shuttingDown || !this.runtimes.has(runtime.record.Id)) return;
+    const log = this.mountLogger(runtime.record);
+    runtime.helper = undefined;
+    const ranFor = Date.now() - Date.parse(runtime.startedAt ?? new Date().toISOString());
+    runtime.consecutiveFailures = ranFor > HEALTHY_RUN_MS ? 1 : runtime.consecutiveFailures + 1;
+    runtime.error = `mount helper ended unexpectedly (${describeExit(exit)}): ${helper.lastStderr() || 'no output'}`;
+    log.error({ exit, helperPid: helper.pid }, 'mount helper ended unexpectedly');
+    try {
+      await detachMount(runtime.record.Target, { lazyIfBusy: true });
+    } catch (err) {
+      log.error({ err }, 'could not detach the dead mount');
+    }
+    this.scheduleRestart(runtime, log);
+  }
+
+  private scheduleRestart(runtime: MountRuntime, log: Logger): void {
+    if (runtime.consecutiveFailures > MAX_CONSECUTIVE_FAILURES) {
+      runtime.status = 'failed';
+      log.error({ failures: runtime.consecutiveFailures }, 'giving up restarting; run `strata mount start` after fixing the cause');
+      return;
+    }
+    runtime.status = 'restarting';
+    const delay = Math.min(MAX_BACKOFF_MS, 250 * 2 ** (runtime.consecutiveFailures - 1));
+    runtime.restartTimer = setTimeout(() => {
+      runtime.restartTimer = undefined;
+      void this.enqueue(runtime, async () => {
+        if (this.shuttingDown || runtime.status !== 'restarting') return;
+        runtime.restarts += 1;
+        try {
+          await this.startHelper(runtime);
+        } catch (err) {
+          runtime.consecutiveFailures += 1;
+          log.error({ err }, 'restart failed');
+          this.scheduleRestart(runtime, log);
+        }
+      });
+    }, delay);
+  }
+
+  private cancelRestart(runtime: MountRuntime): void {
+    if (runtime.restartTimer !== undefined) clearTimeout(runtime.restartTimer);
+    runtime.restartTimer = undefined;
+  }
+
+  private view(runtime: MountRuntime): MountView {
+    const { record } = runtime;
+    return {
+      Id: record.Id,
+      Name: record.Name,
+      Created: record.Created,
+      Target: record.Target,
+      Sources: record.Sources,
+      State: {
+        Status: runtime.status,
+        Running: runtime.status === 'mounted',
+        Pid: runtime.helper?.pid ?? 0,
+        StartedAt: runtime.status === 'mounted' ? runtime.startedAt ?? null : null,
+        Restarts: runtime.restarts,
+        Error: runtime.error,
+      },
+      GraphDriver: {
+        Name: 'strata-overlay',
+        Data: { LowerDir: record.LowerDirs.join(':'), UpperDir: record.UpperDir, WorkDir: record.WorkDir, MergedDir: record.Target },
+      },
+    };
+  }
+}
+
+/** True if `pid` is alive and is a helper serving `target` (guards against pid reuse). */
+async function isLeftoverHelper(pid: number, target: string): Promise<boolean> {
+  try {
+    const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+    if (/\) Z /.test(stat)) return false;
+    const argv = (await readFile(`/proc/${pid}/cmdline`, 'utf8')).split('\0');
+    return argv.includes(target) && argv.some((arg) => arg.includes('lowerdir='));
+  } catch {
+    return false;
+  }
+}

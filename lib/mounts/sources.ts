@@ -1,0 +1,72 @@
+/**
+ * What a mount is made of. A source is an image or layer reference (resolved and reference-counted by the layer
+ * store) or an absolute directory path used as-is. The mount service only needs this narrow interface, so it does
+ * not depend on how the layer store keeps its records.
+ */
+import { stat } from 'node:fs/promises';
+import path from 'node:path';
+import { StrataError } from '../errors.js';
+
+export interface ResolvedSource {
+  /** What the user named: an image reference, a layer id, or an absolute directory. */
+  reference: string;
+  kind: 'image' | 'layer' | 'dir';
+  /** Top layer first, as in overlayfs's lowerdir. */
+  lowerDirs: string[];
+  /** Layer ids that this source holds a reference on while the mount exists (empty for plain dirs). */
+  layerIds: string[];
+}
+
+export interface LayerProvider {
+  /** Resolves an image reference or layer id to its extracted layer dirs, top first. Unknown: STRATA_NOT_FOUND. */
+  resolve(reference: string): Promise<Omit<ResolvedSource, 'reference'>>;
+  /** Takes one reference per layer on behalf of `user` (for example "mount:web"). */
+  acquire(layerIds: string[], user: string): Promise<void>;
+  /** Drops the references `user` holds on these layers. Releasing what is not held is a no-op. */
+  release(layerIds: string[], user: string): Promise<void>;
+}
+
+/** Used when no layer store is wired in: only directory sources can be mounted. */
+export const noLayerStore: LayerProvider = {
+  async resolve(reference) {
+    throw new StrataError('STRATA_NOT_FOUND', `no image or layer named "${reference}" (this daemon has no layer store; pass an absolute directory instead)`);
+  },
+  async acquire() {},
+  async release() {},
+};
+
+/** overlayfs option syntax reserves these characters in a lowerdir/upperdir path. */
+const UNSAFE_PATH_CHARS = /[,:\n]/;
+
+export function isDirectoryReference(reference: string): boolean {
+  return reference.startsWith('/');
+}
+
+export async function checkUsableDir(dir: string, what: string): Promise<void> {
+  if (!path.isAbsolute(dir)) throw new StrataError('STRATA_BAD_DIR', `${what} "${dir}" must be an absolute path`);
+  if (UNSAFE_PATH_CHARS.test(dir)) throw new StrataError('STRATA_BAD_DIR', `${what} "${dir}" contains ',' ':' or a newline, which overlay mount options cannot carry; rename it`);
+  let info;
+  try {
+    info = await stat(dir);
+  } catch (err) {
+    throw new StrataError('STRATA_BAD_DIR', `${what} "${dir}" does not exist (create it with mkdir -p)`, { cause: err });
+  }
+  if (!info.isDirectory()) throw new StrataError('STRATA_BAD_DIR', `${what} "${dir}" is not a directory`);
+}
+
+export async function resolveSources(references: string[], layers: LayerProvider): Promise<ResolvedSource[]> {
+  if (references.length === 0) throw new StrataError('STRATA_BAD_REQUEST', 'a mount needs at least one image, layer or directory');
+  const resolved: ResolvedSource[] = [];
+  for (const reference of references) {
+    if (typeof reference !== 'string' || reference === '') throw new StrataError('STRATA_BAD_REQUEST', 'every source must be a non-empty string');
+    if (isDirectoryReference(reference)) {
+      await checkUsableDir(reference, 'layer directory');
+      resolved.push({ reference, kind: 'dir', lowerDirs: [reference], layerIds: [] });
+    } else {
+      const found = await layers.resolve(reference);
+      for (const dir of found.lowerDirs) await checkUsableDir(dir, `layer directory of ${reference}`);
+      resolved.push({ reference, ...found });
+    }
+  }
+  return resolved;
+}
