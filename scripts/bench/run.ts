@@ -1,0 +1,297 @@
+#!/usr/bin/env node
+/**
+ * The overlay benchmark of issue 2: the same workloads, in one run and side by side, on kernel overlayfs,
+ * fuse-overlayfs and strata-overlay. Prints each workload's median per implementation and strata's time
+ * ratios, as a table and as JSON (also written to a results file).
+ *
+ *   npm run build && node dist/scripts/bench/run.js [--quick] [--impl kernel,fuse-overlayfs,strata] [--runs N]
+ *
+ * Needs root (mount, drop_caches). Every mount it makes is unmounted on exit, on errors and on Ctrl-C;
+ * scratch dirs of a benchmark that was killed outright are cleaned at the next start.
+ */
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { cpus, release, tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import yargs from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import { StrataError } from '../../lib/errors.js';
+import { createLogger, type Logger } from '../../lib/log.js';
+import { describeFixture, isProcessAlive, loadOrBuildFixture, type Fixture, type FixtureSpec } from './fixture.js';
+import { checkAvailable, IMPLEMENTATION_NAMES, isImplementationName, liveMountpoints, MountTracker, type ImplementationName } from './mounts.js';
+import { formatTable, summarize, type WorkloadReport } from './report.js';
+import { CommandRunner } from './shell.js';
+import { WORKLOAD_NAMES, WORKLOADS, type Workload } from './workloads.js';
+
+const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
+const SCRATCH_PREFIX = 'strata-bench-';
+const OWNER_FILE = 'owner.pid';
+
+interface BenchOptions {
+  readonly implementations: readonly ImplementationName[];
+  readonly workloads: readonly Workload[];
+  readonly runs: number;
+  readonly fixture: FixtureSpec;
+  readonly cacheDir: string;
+  readonly outFile: string;
+  readonly strataEntry: string;
+  readonly quick: boolean;
+}
+
+const FULL = { runs: 3, maxFiles: 50_000, bigFileMiB: 1024, copyUpMiB: 256, smallFiles: 20_000 };
+const QUICK = { runs: 1, maxFiles: 2_000, bigFileMiB: 64, copyUpMiB: 32, smallFiles: 2_000 };
+
+function parseList<T extends string>(what: string, raw: string, allowed: readonly string[], isT: (v: string) => v is T): T[] {
+  const items = raw.split(',').map((s) => s.trim()).filter(Boolean);
+  if (items.length === 0) throw new StrataError('STRATA_BAD_OPTION', `--${what} is empty (choose from ${allowed.join(', ')})`);
+  for (const item of items) {
+    if (!isT(item)) throw new StrataError('STRATA_BAD_OPTION', `--${what}: unknown "${item}" (choose from ${allowed.join(', ')})`);
+  }
+  return [...new Set(items)] as T[];
+}
+
+function positiveInt(name: string, value: number | undefined, fallback: number): number {
+  const n = value ?? fallback;
+  if (!Number.isInteger(n) || n < 1) throw new StrataError('STRATA_BAD_OPTION', `--${name} must be a positive integer, got ${String(value)}`);
+  return n;
+}
+
+async function parseOptions(argv: string[]): Promise<BenchOptions & { logLevel: string }> {
+  const args = await yargs(argv)
+    .scriptName('node dist/scripts/bench/run.js')
+    .usage('$0 [options]\n\nBenchmark kernel overlayfs, fuse-overlayfs and strata-overlay side by side (needs root).')
+    .option('quick', { type: 'boolean', default: false, describe: 'small sizes and 1 run: a smoke run in under a minute' })
+    .option('impl', { type: 'string', default: IMPLEMENTATION_NAMES.join(','), describe: 'comma-separated implementations to run' })
+    .option('workload', { type: 'string', default: WORKLOAD_NAMES.join(','), describe: 'comma-separated workloads to run' })
+    .option('runs', { type: 'number', describe: `runs per workload and implementation; the median is reported (default ${FULL.runs}, --quick ${QUICK.runs})` })
+    .option('source', { type: 'string', default: '/usr/share', describe: 'real tree copied (once) into the lower' })
+    .option('max-files', { type: 'number', describe: `cap on files copied from --source (default ${FULL.maxFiles}, --quick ${QUICK.maxFiles})` })
+    .option('big-mib', { type: 'number', describe: `size of the sequential read/write file (default ${FULL.bigFileMiB}, --quick ${QUICK.bigFileMiB})` })
+    .option('copyup-mib', { type: 'number', describe: `size of the copied-up file (default ${FULL.copyUpMiB}, --quick ${QUICK.copyUpMiB})` })
+    .option('small-files', { type: 'number', describe: `files in the untar workload (default ${FULL.smallFiles}, --quick ${QUICK.smallFiles})` })
+    .option('cache-dir', { type: 'string', default: '/var/tmp/strata-bench', describe: 'where the fixture is built once and reused' })
+    .option('out', { type: 'string', describe: 'results JSON file (default <cache-dir>/results/<time>.json)' })
+    .option('strata-entry', { type: 'string', default: join(REPO_ROOT, 'dist/lib/cli/strata-overlay.js'), describe: 'strata-overlay program run with node' })
+    .option('log-level', { type: 'string', default: process.env.STRATA_LOG_LEVEL ?? 'info', describe: 'pino level for progress on stderr' })
+    .strict()
+    .help()
+    .fail((message, error) => {
+      throw error ?? new StrataError('STRATA_BAD_OPTION', message);
+    })
+    .parseAsync();
+
+  const sizes = args.quick ? QUICK : FULL;
+  const source = resolve(args.source);
+  if (!existsSync(source)) throw new StrataError('STRATA_BAD_DIR', `--source ${source} does not exist`);
+  const cacheDir = resolve(args['cache-dir']);
+  const stamp = new Date().toISOString().replace(/[:.]/g, '-');
+  const workloadNames = parseList('workload', args.workload, WORKLOAD_NAMES, (v): v is string => WORKLOAD_NAMES.includes(v));
+  return {
+    implementations: parseList('impl', args.impl, IMPLEMENTATION_NAMES, isImplementationName),
+    workloads: WORKLOADS.filter((w) => workloadNames.includes(w.name)),
+    runs: positiveInt('runs', args.runs, sizes.runs),
+    fixture: {
+      source,
+      maxFiles: positiveInt('max-files', args['max-files'], sizes.maxFiles),
+      bigFileMiB: positiveInt('big-mib', args['big-mib'], sizes.bigFileMiB),
+      copyUpMiB: positiveInt('copyup-mib', args['copyup-mib'], sizes.copyUpMiB),
+      smallFiles: positiveInt('small-files', args['small-files'], sizes.smallFiles),
+    },
+    cacheDir,
+    outFile: resolve(args.out ?? join(cacheDir, 'results', `${args.quick ? 'quick' : 'full'}-${stamp}.json`)),
+    strataEntry: resolve(args['strata-entry']),
+    quick: args.quick,
+    logLevel: args['log-level'],
+  };
+}
+
+/** Scratch dirs of benchmarks that died without cleaning up: unmount what is left under them, then remove them. */
+async function cleanOrphanScratch(mounts: MountTracker, log: Logger): Promise<void> {
+  for (const name of readdirSync(tmpdir())) {
+    if (!name.startsWith(SCRATCH_PREFIX)) continue;
+    const dir = join(tmpdir(), name);
+    let owner = 0;
+    try {
+      owner = Number(readFileSync(join(dir, OWNER_FILE), 'utf8'));
+    } catch {
+      continue; // not ours, or still being created
+    }
+    if (isProcessAlive(owner)) continue;
+    log.warn({ dir, owner }, 'cleaning up after a benchmark that did not exit cleanly');
+    for (const mountpoint of liveMountpoints().filter((m) => m.startsWith(`${dir}/`))) await mounts.unmount(mountpoint);
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+async function dropCaches(runner: CommandRunner): Promise<void> {
+  await runner.run('sync', []);
+  writeFileSync('/proc/sys/vm/drop_caches', '3\n');
+}
+
+function hostInfo(): Record<string, unknown> {
+  const quiet = (file: string, args: string[]): string => {
+    try {
+      return execFileSync(file, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).trim();
+    } catch (err) {
+      return `unknown (${(err as Error).message.split('\n')[0]})`;
+    }
+  };
+  return {
+    kernel: release(),
+    cpus: cpus().length,
+    cpuModel: cpus()[0]?.model,
+    node: process.version,
+    fuseOverlayfs: quiet('fuse-overlayfs', ['--version']).split('\n').find((l) => l.startsWith('fuse-overlayfs')) ?? 'unknown',
+    strataCommit: quiet('git', ['-C', REPO_ROOT, 'rev-parse', '--short', 'HEAD']),
+  };
+}
+
+interface Session {
+  readonly runner: CommandRunner;
+  readonly mounts: MountTracker;
+  readonly scratch: string;
+  readonly log: Logger;
+}
+
+/** One timed run: fresh upper and mount, warm or cold cache as the workload states, checked result. */
+async function runOnce(session: Session, options: BenchOptions, fixture: Fixture, workload: Workload, impl: ImplementationName, run: number): Promise<number> {
+  const { runner, mounts } = session;
+  const runDir = join(session.scratch, `${workload.name}.${impl}.${run}`);
+  const dirs = { lowerdir: fixture.lowerdir, upperdir: join(runDir, 'upper'), workdir: join(runDir, 'work'), mountpoint: join(runDir, 'mnt') };
+  for (const dir of [dirs.upperdir, dirs.workdir, dirs.mountpoint]) mkdirSync(dir, { recursive: true });
+  try {
+    if (workload.cache === 'warm') await workload.warm?.({ fixture, runner });
+    await mounts.mount(impl, dirs, options.strataEntry);
+    try {
+      if (workload.cache === 'cold') await dropCaches(runner);
+      const ctx = { fixture, mountpoint: dirs.mountpoint, upperdir: dirs.upperdir, runner };
+      const result = await workload.run(ctx);
+      workload.check(ctx, result);
+      return result.seconds;
+    } finally {
+      await mounts.unmount(dirs.mountpoint);
+    }
+  } finally {
+    rmSync(runDir, { recursive: true, force: true });
+  }
+}
+
+function errorOf(err: unknown): { code: string; message: string } {
+  const e = err as { code?: unknown; message?: string };
+  return { code: typeof e.code === 'string' ? e.code : 'STRATA_BENCH_FAILED', message: e.message ?? String(err) };
+}
+
+async function benchmark(session: Session, options: BenchOptions): Promise<{ reports: WorkloadReport[]; fixture: Fixture }> {
+  const { log } = session;
+  const fixture = await loadOrBuildFixture(options.cacheDir, options.fixture, session.runner, log.child({ component: 'fixture' }));
+  log.info({ fixture: describeFixture(fixture), runs: options.runs, implementations: options.implementations }, 'benchmark starting');
+  const reports: WorkloadReport[] = [];
+  for (const workload of options.workloads) {
+    const report: WorkloadReport = {
+      name: workload.name,
+      description: workload.describe(fixture),
+      cache: workload.cache,
+      unit: workload.metric,
+      bytes: workload.bytes?.(fixture),
+      results: Object.fromEntries(options.implementations.map((i) => [i, { samples: [] }])),
+      ratios: {},
+    };
+    // Implementations alternate within each round, so drift on the shared machine hits them alike.
+    for (let run = 1; run <= options.runs; run++) {
+      for (const impl of options.implementations) {
+        const cell = report.results[impl];
+        if (!cell || cell.error) continue;
+        try {
+          const seconds = await runOnce(session, options, fixture, workload, impl, run);
+          cell.samples.push(seconds);
+          log.info({ workload: workload.name, implementation: impl, run, seconds: Number(seconds.toFixed(4)) }, 'run done');
+        } catch (err) {
+          cell.error = errorOf(err);
+          log.error({ workload: workload.name, implementation: impl, run, err: cell.error.message }, 'run failed');
+        }
+      }
+    }
+    summarize(report);
+    reports.push(report);
+  }
+  return { reports, fixture };
+}
+
+async function main(): Promise<number> {
+  let options: Awaited<ReturnType<typeof parseOptions>>;
+  try {
+    options = await parseOptions(hideBin(process.argv));
+  } catch (err) {
+    process.stderr.write(`strata-bench: ${errorOf(err).code}: ${errorOf(err).message}\n`);
+    return 2;
+  }
+  const log = createLogger({ level: options.logLevel, name: 'strata-bench' });
+  if (process.getuid?.() !== 0) {
+    process.stderr.write('strata-bench: STRATA_BAD_OPTION: must run as root (it mounts overlays and drops page caches)\n');
+    return 2;
+  }
+  for (const impl of options.implementations) {
+    const missing = checkAvailable(impl, options.strataEntry);
+    if (missing) {
+      process.stderr.write(`strata-bench: STRATA_BAD_OPTION: cannot run ${impl}: ${missing}; choose others with --impl\n`);
+      return 2;
+    }
+  }
+
+  const runner = new CommandRunner(log.child({ component: 'shell' }));
+  const mounts = new MountTracker(runner, log.child({ component: 'mounts' }));
+  await cleanOrphanScratch(mounts, log);
+  const scratch = mkdtempSync(join(tmpdir(), SCRATCH_PREFIX));
+  writeFileSync(join(scratch, OWNER_FILE), String(process.pid));
+  const session: Session = { runner, mounts, scratch, log };
+
+  let cleaning: Promise<void> | undefined;
+  const cleanUp = (): Promise<void> =>
+    (cleaning ??= (async () => {
+      runner.killAll();
+      await mounts.unmountAll();
+      rmSync(scratch, { recursive: true, force: true });
+    })());
+  for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+    process.once(signal, () => {
+      log.warn({ signal }, 'interrupted: unmounting everything');
+      void cleanUp().finally(() => process.exit(signal === 'SIGINT' ? 130 : 143));
+    });
+  }
+
+  const startedAt = new Date().toISOString();
+  try {
+    const { reports, fixture } = await benchmark(session, options);
+    const results = {
+      startedAt,
+      finishedAt: new Date().toISOString(),
+      mode: options.quick ? 'quick' : 'full',
+      runs: options.runs,
+      host: hostInfo(),
+      fixture: { dir: fixture.dir, ...fixture.manifest },
+      implementations: options.implementations,
+      ratioDefinition: 'median time of strata divided by median time of the other implementation; above 1 means strata is slower',
+      workloads: reports,
+    };
+    mkdirSync(dirname(options.outFile), { recursive: true });
+    writeFileSync(options.outFile, `${JSON.stringify(results, null, 2)}\n`);
+    process.stdout.write(`${formatTable(reports, options.implementations)}\n\n`);
+    process.stdout.write(`${JSON.stringify(results, null, 2)}\n`);
+    process.stderr.write(`strata-bench: results written to ${options.outFile}\n`);
+    const failed = reports.flatMap((r) => Object.entries(r.results).filter(([, c]) => c?.error).map(([i]) => `${r.name} on ${i}`));
+    if (failed.length) {
+      process.stderr.write(`strata-bench: STRATA_BENCH_FAILED: ${failed.length} workload(s) failed: ${failed.join(', ')}\n`);
+      return 1;
+    }
+    return 0;
+  } catch (err) {
+    const { code, message } = errorOf(err);
+    process.stderr.write(`strata-bench: ${code}: ${message}\n`);
+    return 1;
+  } finally {
+    await cleanUp();
+  }
+}
+
+process.exitCode = await main();

@@ -1,0 +1,132 @@
+/**
+ * The benchmark harness (scripts/bench/) run the way a user runs it, in --quick mode: it must print a
+ * table with every workload and no errors, write the same results as JSON, refuse bad options with a
+ * one-line error, and leave no mount behind when it finishes, is interrupted, or was killed outright.
+ * No timing is asserted: the figures themselves are the benchmark's business, not the test's.
+ *
+ * Needs the build (dist/) and root.
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import t from 'tap';
+
+const repo = resolve(import.meta.dirname, '..');
+const benchEntry = join(repo, 'dist/scripts/bench/run.js');
+const strataEntry = join(repo, 'dist/lib/cli/strata-overlay.js');
+const workloads = ['seq-read', 'seq-write', 'tar-c-cold', 'tar-c-warm', 'find-ls-cold', 'find-ls-warm', 'parallel-cat', 'untar-small', 'rm-rf-subtree', 'copy-up'];
+const implementations = ['kernel', 'fuse-overlayfs', ...(existsSync(strataEntry) ? ['strata'] : [])];
+
+// Everything the benchmark makes (scratch mounts via TMPDIR, the fixture cache) lives under this one dir.
+const root = mkdtempSync(join(tmpdir(), 'strata-bench-smoke-'));
+const cacheDir = join(root, 'cache');
+const benchTmp = join(root, 'tmp');
+mkdirSync(benchTmp);
+const env = { ...process.env, TMPDIR: benchTmp };
+
+function mountsUnder(dir: string): string[] {
+  return readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .map((line) => (line.split(' ')[4] ?? '').replace(/\\([0-7]{3})/g, (_, oct: string) => String.fromCharCode(parseInt(oct, 8))))
+    .filter((m) => m.startsWith(`${dir}/`));
+}
+
+t.teardown(() => {
+  for (const mountpoint of mountsUnder(root).reverse()) spawnSync('umount', ['-l', mountpoint]);
+  rmSync(root, { recursive: true, force: true });
+});
+
+function runBench(args: string[]): { status: number | null; stdout: string; stderr: string } {
+  const result = spawnSync(process.execPath, [benchEntry, ...args], { env, encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 });
+  return { status: result.status, stdout: result.stdout, stderr: result.stderr };
+}
+
+/** Starts the benchmark and resolves once it logs that a mount is live (it then holds that mount). */
+function startUntilMounted(args: string[]): Promise<{ child: ReturnType<typeof spawn>; exited: Promise<number | null> }> {
+  const child = spawn(process.execPath, [benchEntry, '--log-level', 'debug', ...args], { env, stdio: ['ignore', 'ignore', 'pipe'] });
+  const exited = new Promise<number | null>((done) => child.on('close', (code, signal) => done(code ?? (signal ? -1 : null))));
+  return new Promise((resolveMounted, reject) => {
+    let stderr = '';
+    child.stderr!.setEncoding('utf8').on('data', (chunk: string) => {
+      stderr += chunk;
+      if (stderr.includes('"msg":"mounted"')) resolveMounted({ child, exited });
+    });
+    void exited.then((code) => reject(new Error(`benchmark exited ${code} before mounting: ${stderr.slice(-2000)}`)));
+  });
+}
+
+t.test('--quick runs every workload on every implementation and prints a table and JSON', async (t) => {
+  const outFile = join(root, 'results.json');
+  const result = runBench(['--quick', '--impl', implementations.join(','), '--cache-dir', cacheDir, '--out', outFile]);
+  t.equal(result.status, 0, `exit status (stderr tail: ${result.stderr.slice(-1500)})`);
+
+  const lines = result.stdout.split('\n');
+  const header = lines[0] ?? '';
+  for (const impl of implementations) t.match(header, impl, `table header names ${impl}`);
+  for (const workload of workloads) {
+    const row = lines.find((l) => l.startsWith(`${workload} `));
+    t.ok(row, `table has a row for ${workload}`);
+    t.notMatch(row ?? '', /ERROR/, `${workload} has no error`);
+    // One median per implementation, each a number with its unit.
+    t.equal((row ?? '').match(/\d+(\.\d+)? (s|MB\/s)/g)?.length, implementations.length, `${workload} shows a median per implementation`);
+  }
+
+  const json = JSON.parse(readFileSync(outFile, 'utf8')) as {
+    workloads: { name: string; results: Record<string, { samples: number[]; value?: number; error?: unknown }>; ratios: Record<string, number> }[];
+  };
+  t.same(json.workloads.map((w) => w.name), workloads, 'the results file lists every workload in order');
+  for (const w of json.workloads) {
+    for (const impl of implementations) {
+      const cell = w.results[impl];
+      t.notOk(cell?.error, `${w.name} on ${impl}: no error in the JSON`);
+      t.equal(cell?.samples.length, 1, `${w.name} on ${impl}: one sample in --quick`);
+      t.ok((cell?.value ?? 0) > 0, `${w.name} on ${impl}: a positive median`);
+    }
+    if (implementations.includes('strata')) t.ok(w.ratios['strata/kernel'] !== undefined && w.ratios['strata/fuse-overlayfs'] !== undefined, `${w.name} has both ratios`);
+  }
+  t.match(result.stdout, /"workloads": \[/, 'the JSON is printed too');
+  t.same(mountsUnder(root), [], 'no mount is left behind');
+  t.same(readdirSync(benchTmp), [], 'the scratch dir is removed');
+});
+
+t.test('bad options get a one-line error naming what was wrong, before anything is mounted', async (t) => {
+  for (const [args, named] of [
+    [['--impl', 'kernel,zfs'], 'zfs'],
+    [['--runs', '0'], '--runs'],
+    [['--workload', 'tar-c-cold,nope'], 'nope'],
+    [['--source', join(root, 'missing-tree')], 'missing-tree'],
+    [['--bogus-flag'], 'bogus-flag'],
+  ] as const) {
+    const result = runBench(['--quick', '--cache-dir', cacheDir, ...args]);
+    t.equal(result.status, 2, `${args.join(' ')}: usage exit status`);
+    t.equal(result.stderr.trim().split('\n').length, 1, `${args.join(' ')}: one line`);
+    t.match(result.stderr, named, `${args.join(' ')}: names ${named}`);
+    t.match(result.stderr, /STRATA_BAD_(OPTION|DIR)/, `${args.join(' ')}: stable code`);
+  }
+  t.same(mountsUnder(root), []);
+});
+
+t.test('Ctrl-C while a workload runs on a mount unmounts everything and removes the scratch dir', async (t) => {
+  const { child, exited } = await startUntilMounted(['--quick', '--impl', 'fuse-overlayfs', '--workload', 'tar-c-cold', '--cache-dir', cacheDir]);
+  t.ok(mountsUnder(benchTmp).length > 0, 'a mount is live when the signal is sent');
+  child.kill('SIGINT');
+  t.equal(await exited, 130, 'exits with the SIGINT status');
+  t.same(mountsUnder(root), [], 'no mount is left behind');
+  t.same(readdirSync(benchTmp), [], 'the scratch dir is removed');
+});
+
+t.test('a benchmark killed outright is cleaned up by the next run', async (t) => {
+  const { child, exited } = await startUntilMounted(['--quick', '--impl', 'kernel', '--workload', 'tar-c-cold', '--cache-dir', cacheDir]);
+  child.kill('SIGKILL');
+  await exited;
+  t.ok(mountsUnder(benchTmp).length > 0, 'the killed run left its mount');
+  const leftovers = readdirSync(benchTmp);
+  t.equal(leftovers.length, 1, 'the killed run left its scratch dir');
+  // Its tar may still be finishing; the next run must cope (it detaches a busy mount).
+  const result = runBench(['--quick', '--impl', 'kernel', '--workload', 'copy-up', '--cache-dir', cacheDir, '--out', join(root, 'after-kill.json')]);
+  t.equal(result.status, 0, `the next run succeeds (stderr tail: ${result.stderr.slice(-1000)})`);
+  t.match(result.stderr, 'cleaning up after a benchmark that did not exit cleanly');
+  t.same(mountsUnder(root), [], 'the orphan mount is gone');
+  t.same(readdirSync(benchTmp), [], 'the orphan scratch dir is gone');
+});
