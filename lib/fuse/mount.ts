@@ -1,0 +1,123 @@
+/**
+ * Mounting a UnionFs over FUSE with the patched fuse-native, with the options a union filesystem needs:
+ *  - use_ino: our stable inode numbers reach stat and readdir (libfuse would invent its own);
+ *  - hard_remove: an unlinked open file is not renamed to .fuse_hidden* (that would land in the upper dir);
+ *  - allow_other + default_permissions: other users can use the mount and the kernel checks permissions
+ *    against the attributes we report, as it does for kernel overlayfs;
+ *  - big_writes/max_write: 128 KiB writes instead of 4 KiB;
+ *  - auto_cache: page cache kept across opens unless mtime/size changed.
+ */
+import fs from 'node:fs';
+import { createRequire } from 'node:module';
+import type { Logger } from '../log.js';
+import { StrataError } from '../errors.js';
+import type { UnionFs } from '../union/super.js';
+import { createFuseOps, type CallerSource } from './ops.js';
+
+const require = createRequire(import.meta.url);
+
+interface FuseInstance {
+  mount(cb: (err: Error | null) => void): void;
+  unmount(cb: (err: Error | null) => void): void;
+  _fuseOptions(): string;
+}
+type FuseConstructor = new (mnt: string, ops: object, opts: object) => FuseInstance;
+
+export interface FuseMountOptions {
+  fsname: string;
+  subtype: string;
+  /** Seconds the kernel may cache attributes and names. */
+  attrTimeout: number;
+  entryTimeout: number;
+  readOnly: boolean;
+}
+
+function escapeOption(value: string): string {
+  return value.replace(/\\/g, '\\\\').replace(/,/g, '\\,');
+}
+
+export function fuseOptionString(options: FuseMountOptions): string {
+  const list = [
+    'allow_other',
+    'default_permissions',
+    'use_ino',
+    'hard_remove',
+    'big_writes',
+    'max_write=131072',
+    'max_read=131072',
+    'auto_cache',
+    `attr_timeout=${options.attrTimeout}`,
+    `entry_timeout=${options.entryTimeout}`,
+    'negative_timeout=0',
+    `fsname=${escapeOption(options.fsname)}`,
+    `subtype=${escapeOption(options.subtype)}`,
+  ];
+  if (options.readOnly) list.push('ro');
+  return `-o${list.join(',')}`;
+}
+
+/** True when `mountpoint` is the mount point of something right now. */
+export function isMountPoint(mountpoint: string): boolean {
+  const info = fs.readFileSync('/proc/self/mountinfo', 'utf8');
+  for (const line of info.split('\n')) {
+    const fields = line.split(' ');
+    if (fields[4] !== undefined && unescapeMountPath(fields[4]) === mountpoint) return true;
+  }
+  return false;
+}
+
+function unescapeMountPath(value: string): string {
+  return value.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(parseInt(octal, 8)));
+}
+
+export class FuseMount {
+  private readonly fuse: FuseInstance;
+  private readonly logger: Logger;
+  readonly mountpoint: string;
+
+  constructor(ufs: UnionFs, mountpoint: string, options: FuseMountOptions, logger: Logger, callerOf?: CallerSource) {
+    this.logger = logger;
+    this.mountpoint = mountpoint;
+    const Fuse = require('fuse-native') as FuseConstructor;
+    const optionString = fuseOptionString(options);
+    class StrataFuse extends Fuse {
+      override _fuseOptions(): string {
+        return optionString;
+      }
+    }
+    this.fuse = new StrataFuse(mountpoint, createFuseOps(ufs, logger.child({ component: 'fuse-ops' }), callerOf), {
+      timeout: false,
+    });
+  }
+
+  mount(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.fuse.mount((err) => {
+        if (err) reject(new StrataError('STRATA_MOUNT_FAILED', `cannot mount FUSE at ${this.mountpoint}: ${err.message}`, { cause: err }));
+        else resolve();
+      });
+    });
+  }
+
+  unmount(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.fuse.unmount((err) => {
+        if (err) reject(err);
+        else resolve();
+      });
+    });
+  }
+
+  /** Resolves once the mount is gone (a plain `umount`, `fusermount -u`, or our own unmount). */
+  waitUntilUnmounted(pollMs = 500): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setInterval(() => {
+        if (!isMountPoint(this.mountpoint)) {
+          clearInterval(timer);
+          this.logger.info({ mountpoint: this.mountpoint }, 'unmounted');
+          resolve();
+        }
+      }, pollMs);
+    });
+  }
+}

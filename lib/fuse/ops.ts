@@ -1,0 +1,184 @@
+/**
+ * The FUSE operation table handed to fuse-native: it translates each callback-style request into a call on
+ * UnionFs and the result (or error) back into what fuse-native expects. This file and mount.ts are the only
+ * code that knows fuse-native's conventions; errno.ts is the only code that makes errnos.
+ */
+import type { Logger } from '../log.js';
+import { StatIndex } from '../native/index.js';
+import type { UnionFs, Caller } from '../union/super.js';
+import { toNegativeErrno } from './errno.js';
+import { encodeDirentStat, encodeStat } from './stat.js';
+
+type Done = (result: number) => void;
+type DoneWith<T> = (result: number, value?: T) => void;
+
+/** Supplies the requesting process's credentials for the current request, when the binding knows them. */
+export type CallerSource = () => Caller;
+
+const ROOT_CALLER: Caller = { uid: 0, gid: 0 };
+const S_IFDIR = 0o040000;
+
+export function createFuseOps(ufs: UnionFs, logger: Logger, callerOf: CallerSource = () => ROOT_CALLER) {
+  const statBuf = new Float64Array(StatIndex.length);
+  const fail = (err: unknown, op: string, path: string) => toNegativeErrno(err, logger, op, path);
+
+  /** Runs a synchronous operation and reports 0 or the errno. */
+  const run = (op: string, path: string, cb: Done, fn: () => void) => {
+    try {
+      fn();
+      cb(0);
+    } catch (err) {
+      cb(fail(err, op, path));
+    }
+  };
+  /** Runs an asynchronous operation (anything that may copy up) and reports 0 or the errno. */
+  const runAsync = (op: string, path: string, cb: Done, fn: () => Promise<unknown>) => {
+    fn().then(
+      () => cb(0),
+      (err: unknown) => cb(fail(err, op, path)),
+    );
+  };
+
+  return {
+    getattr(path: string, cb: DoneWith<Uint32Array>) {
+      try {
+        ufs.getattr(path, statBuf);
+        cb(0, encodeStat(statBuf));
+      } catch (err) {
+        cb(fail(err, 'getattr', path));
+      }
+    },
+    fgetattr(path: string, fd: number, cb: DoneWith<Uint32Array>) {
+      try {
+        ufs.fgetattr(path, fd, statBuf);
+        cb(0, encodeStat(statBuf));
+      } catch (err) {
+        cb(fail(err, 'fgetattr', path));
+      }
+    },
+    readdir(path: string, cb: (result: number, names?: string[], stats?: Uint32Array[]) => void) {
+      try {
+        const { entries, dirIno, parentIno } = ufs.readdir(path);
+        const names = ['.', '..'];
+        const stats = [encodeDirentStat(S_IFDIR, dirIno), encodeDirentStat(S_IFDIR, parentIno)];
+        for (const entry of entries) {
+          names.push(entry.name);
+          stats.push(encodeDirentStat(entry.type, entry.ino));
+        }
+        cb(0, names, stats);
+      } catch (err) {
+        cb(fail(err, 'readdir', path));
+      }
+    },
+    readlink(path: string, cb: DoneWith<string>) {
+      try {
+        cb(0, ufs.readlink(path));
+      } catch (err) {
+        cb(fail(err, 'readlink', path));
+      }
+    },
+    open(path: string, flags: number, cb: DoneWith<number>) {
+      ufs.open(path, flags).then(
+        (fd) => cb(0, fd),
+        (err: unknown) => cb(fail(err, 'open', path)),
+      );
+    },
+    create(path: string, mode: number, flags: number, cb: DoneWith<number>) {
+      ufs.create(path, mode, flags, callerOf()).then(
+        (fd) => cb(0, fd),
+        (err: unknown) => cb(fail(err, 'create', path)),
+      );
+    },
+    read(path: string, fd: number, buffer: Buffer, length: number, position: number, cb: Done) {
+      try {
+        cb(ufs.read(fd, buffer, length, position));
+      } catch (err) {
+        cb(fail(err, 'read', path));
+      }
+    },
+    write(path: string, fd: number, buffer: Buffer, length: number, position: number, cb: Done) {
+      try {
+        cb(ufs.write(fd, buffer, length, position));
+      } catch (err) {
+        cb(fail(err, 'write', path));
+      }
+    },
+    release(path: string, fd: number, cb: Done) {
+      run('release', path, cb, () => ufs.release(fd));
+    },
+    flush(_path: string, _fd: number, cb: Done) {
+      cb(0);
+    },
+    fsync(path: string, dataSync: number, fd: number, cb: Done) {
+      run('fsync', path, cb, () => ufs.fsync(fd, dataSync !== 0));
+    },
+    fsyncdir(_path: string, _dataSync: number, _fd: number, cb: Done) {
+      cb(0);
+    },
+    truncate(path: string, size: number, cb: Done) {
+      runAsync('truncate', path, cb, () => ufs.truncate(path, size));
+    },
+    ftruncate(path: string, fd: number, size: number, cb: Done) {
+      run('ftruncate', path, cb, () => ufs.ftruncate(fd, size));
+    },
+    utimens(path: string, atimeSec: number, atimeNsec: number, mtimeSec: number, mtimeNsec: number, cb: Done) {
+      runAsync('utimens', path, cb, () => ufs.utimens(path, atimeSec, atimeNsec, mtimeSec, mtimeNsec));
+    },
+    chmod(path: string, mode: number, cb: Done) {
+      runAsync('chmod', path, cb, () => ufs.chmod(path, mode));
+    },
+    chown(path: string, uid: number, gid: number, cb: Done) {
+      runAsync('chown', path, cb, () => ufs.chown(path, uid, gid));
+    },
+    mknod(path: string, mode: number, dev: number, cb: Done) {
+      runAsync('mknod', path, cb, () => ufs.mknod(path, mode, dev, callerOf()));
+    },
+    mkdir(path: string, mode: number, cb: Done) {
+      runAsync('mkdir', path, cb, () => ufs.mkdir(path, mode, callerOf()));
+    },
+    symlink(target: string, path: string, cb: Done) {
+      runAsync('symlink', path, cb, () => ufs.symlink(target, path, callerOf()));
+    },
+    link(existing: string, path: string, cb: Done) {
+      runAsync('link', path, cb, () => ufs.link(existing, path));
+    },
+    unlink(path: string, cb: Done) {
+      runAsync('unlink', path, cb, () => ufs.unlink(path));
+    },
+    rmdir(path: string, cb: Done) {
+      runAsync('rmdir', path, cb, () => ufs.rmdir(path));
+    },
+    rename(from: string, to: string, cb: Done) {
+      runAsync('rename', from, cb, () => ufs.rename(from, to));
+    },
+    getxattr(path: string, name: string, _position: number, cb: DoneWith<Buffer>) {
+      try {
+        cb(0, ufs.getxattr(path, name));
+      } catch (err) {
+        cb(fail(err, 'getxattr', path));
+      }
+    },
+    listxattr(path: string, cb: DoneWith<string[]>) {
+      try {
+        cb(0, ufs.listxattr(path));
+      } catch (err) {
+        cb(fail(err, 'listxattr', path));
+      }
+    },
+    setxattr(path: string, name: string, value: Buffer, _position: number, flags: number, cb: Done) {
+      // fuse-native hands over a view of the request buffer that is reused after we answer: copy it.
+      const copy = Buffer.from(value);
+      runAsync('setxattr', path, cb, () => ufs.setxattr(path, name, copy, flags));
+    },
+    removexattr(path: string, name: string, cb: Done) {
+      runAsync('removexattr', path, cb, () => ufs.removexattr(path, name));
+    },
+    statfs(path: string, cb: DoneWith<object>) {
+      try {
+        cb(0, ufs.statfs());
+      } catch (err) {
+        cb(fail(err, 'statfs', path));
+      }
+    },
+  };
+}

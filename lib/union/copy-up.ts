@@ -1,0 +1,145 @@
+/**
+ * Copy-up (fs/overlayfs/copy_up.c): before anything modifies an object that lives in a lower layer, it is
+ * copied into the upper layer. The copy is built in the work dir and renamed into place, so the upper
+ * layer only ever shows a complete copy. Order matters: data first, then xattrs (writing data clears
+ * security.capability), then owner, then mode (chown clears setuid/setgid), then times (everything
+ * before touches mtime/ctime).
+ */
+import fs from 'node:fs';
+import { sys, StatIndex } from '../native/index.js';
+import { fsError } from '../errors.js';
+import { S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, type UnionEntry } from './layer.js';
+import { layerPath } from './lookup.js';
+import { encodeOrigin } from './origin.js';
+import { isCopiedXattr, OVL_ORIGIN } from './xattrs.js';
+import type { UnionFs } from './super.js';
+
+export interface CopyUpOptions {
+  /** Skip copying file data (the caller is about to truncate to zero, e.g. open with O_TRUNC). */
+  skipData?: boolean;
+}
+
+/**
+ * Makes sure `entry` is in the upper layer, copying its parents first. Concurrent copy-ups of one path
+ * share a single copy (the second caller waits for the first), so racing writers never see a torn file.
+ */
+export async function copyUp(ufs: UnionFs, entry: UnionEntry, options: CopyUpOptions = {}): Promise<UnionEntry> {
+  if (entry.inUpper) return entry;
+  if (!ufs.upper) throw fsError('EROFS', entry.path);
+  const pending = ufs.pendingCopyUps.get(entry.path);
+  if (pending) return pending;
+  const work = copyUpOne(ufs, entry, options);
+  ufs.pendingCopyUps.set(entry.path, work);
+  try {
+    return await work;
+  } finally {
+    ufs.pendingCopyUps.delete(entry.path);
+  }
+}
+
+async function copyUpOne(ufs: UnionFs, entry: UnionEntry, options: CopyUpOptions): Promise<UnionEntry> {
+  const upper = ufs.upper;
+  if (!upper) throw fsError('EROFS', entry.path);
+  if (entry.path !== '/') {
+    const parent = ufs.lookup(parentPath(entry.path));
+    await copyUp(ufs, parent);
+  }
+  const source = entry.top;
+  const stat = new Float64Array(StatIndex.length);
+  const rc = sys.lstatRaw(source.real, stat);
+  if (rc < 0) throw fsError('EIO', `copy-up source ${source.real} vanished`);
+  const mode = stat[StatIndex.mode] ?? 0;
+  const type = mode & S_IFMT;
+  const temp = ufs.workTemp();
+  const realfs = ufs.realfs;
+  try {
+    if (type === S_IFDIR) {
+      realfs.mkdir(temp, 0o700);
+    } else if (type === S_IFREG) {
+      await copyFileData(ufs, source.real, temp, options.skipData ? 0 : (stat[StatIndex.size] ?? 0));
+    } else if (type === S_IFLNK) {
+      realfs.symlink(fs.readlinkSync(source.real), temp);
+    } else {
+      realfs.mknod(temp, mode, stat[StatIndex.rdev] ?? 0);
+    }
+    copyXattrs(ufs, source.real, temp);
+    setOrigin(ufs, entry, temp);
+    realfs.lchown(temp, stat[StatIndex.uid] ?? 0, stat[StatIndex.gid] ?? 0);
+    if (type !== S_IFLNK) realfs.chmod(temp, mode & 0o7777);
+    realfs.utimens(temp, stat[StatIndex.atimeSec] ?? 0, stat[StatIndex.atimeNsec] ?? 0, stat[StatIndex.mtimeSec] ?? 0, stat[StatIndex.mtimeNsec] ?? 0);
+    realfs.renameNoReplace(temp, ufs.upperReal(entry.path));
+  } catch (err) {
+    try {
+      realfs.removeTree(temp);
+    } catch {
+      // the temp may not exist yet; nothing else to undo
+    }
+    throw err;
+  }
+  const copied: UnionEntry = {
+    ...entry,
+    top: layerPath(upper, entry.path),
+    inUpper: true,
+    lowers: type === S_IFDIR ? [entry.top, ...entry.lowers] : [entry.top],
+    lowerRel: entry.lowerRel ?? entry.top.rel,
+  };
+  ufs.cacheEntry(copied);
+  ufs.logger.debug({ path: entry.path, from: source.real }, 'copied up');
+  return copied;
+}
+
+function parentPath(p: string): string {
+  const i = p.lastIndexOf('/');
+  return i <= 0 ? '/' : p.slice(0, i);
+}
+
+async function copyFileData(ufs: UnionFs, sourceReal: string, temp: string, length: number): Promise<void> {
+  const sourceFd = fs.openSync(sourceReal, fs.constants.O_RDONLY);
+  let targetFd: number | undefined;
+  try {
+    targetFd = ufs.realfs.openCreate(temp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
+    if (length > 0) await sys.copyData(sourceFd, targetFd, length);
+    // Like the kernel (unless mounted volatile), make the data durable before the rename publishes it.
+    fs.fsyncSync(targetFd);
+  } finally {
+    fs.closeSync(sourceFd);
+    if (targetFd !== undefined) fs.closeSync(targetFd);
+  }
+}
+
+function copyXattrs(ufs: UnionFs, from: string, to: string): void {
+  let names: string[];
+  try {
+    names = sys.llistxattr(from);
+  } catch (err) {
+    if ((err as { code?: string }).code === 'EOPNOTSUPP') return;
+    throw err;
+  }
+  for (const name of names) {
+    if (!isCopiedXattr(name)) continue;
+    const value = sys.lgetxattr(from, name);
+    if (value === null) continue;
+    try {
+      ufs.realfs.setxattr(to, name, value);
+    } catch (err) {
+      // Like the kernel, an attribute the upper filesystem refuses (e.g. a foreign security.* label) is
+      // skipped rather than failing the whole copy-up.
+      const code = (err as { code?: string }).code;
+      if (code !== 'EOPNOTSUPP' && code !== 'EPERM' && code !== 'EINVAL') throw err;
+      ufs.logger.warn({ name, path: from, code }, 'xattr not copied up');
+    }
+  }
+}
+
+/** Records where the copy came from, in the kernel's format, so st_ino survives the copy-up and remounts. */
+function setOrigin(ufs: UnionFs, entry: UnionEntry, temp: string): void {
+  let fb: Buffer;
+  try {
+    fb = encodeOrigin(entry.top.real, ufs.fsUuidOf(entry.top.layer));
+  } catch (err) {
+    // Filesystems without file handles (EOPNOTSUPP) simply get no origin, as with the kernel.
+    ufs.logger.debug({ path: entry.path, err: (err as { code?: string }).code }, 'no origin file handle');
+    return;
+  }
+  ufs.realfs.setxattr(temp, OVL_ORIGIN, fb);
+}

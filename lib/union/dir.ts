@@ -1,0 +1,266 @@
+/**
+ * Namespace changes (fs/overlayfs/dir.c): create, mkdir, mknod, symlink, link, unlink, rmdir, rename.
+ *
+ * Invariants kept here:
+ *  - A name removed from the merged view while a lower layer still has it leaves a whiteout (char 0/0).
+ *  - A directory created where a whiteout stood is opaque, so the lower directory it replaces stays hidden.
+ *  - New objects that need more than one step (owner, opaque flag, replacing a whiteout) are built in the
+ *    work dir and renamed into place; single-step creations by root are made in place, as the kernel does.
+ *  - A lower or merged directory that is renamed keeps finding its lower contents through
+ *    trusted.overlay.redirect (redirect_dir=on), never EXDEV.
+ */
+import fs from 'node:fs';
+import { sys, StatIndex } from '../native/index.js';
+import { fsError } from '../errors.js';
+import { S_IFDIR, S_IFMT, S_IFREG, type UnionEntry } from './layer.js';
+import { isWhiteoutStat, lowerPositive } from './lookup.js';
+import { isMergedEmpty } from './readdir.js';
+import { copyUp } from './copy-up.js';
+import { OVL_OPAQUE, OVL_REDIRECT } from './xattrs.js';
+import type { UnionFs, Caller } from './super.js';
+
+const S_ISGID = 0o2000;
+
+export function splitPath(p: string): { parent: string; name: string } {
+  const i = p.lastIndexOf('/');
+  return { parent: i <= 0 ? '/' : p.slice(0, i), name: p.slice(i + 1) };
+}
+
+type UpperState = 'none' | 'whiteout' | 'present';
+
+function upperState(ufs: UnionFs, real: string): UpperState {
+  if (sys.lstatRaw(real, ufs.statBuf) < 0) return 'none';
+  return isWhiteoutStat(ufs.statBuf) ? 'whiteout' : 'present';
+}
+
+/** Gives a new object the caller's owner; its group comes from a setgid parent, as on any Linux fs. */
+function chownToCaller(ufs: UnionFs, real: string, parentReal: string, caller: Caller): void {
+  if (caller.uid === 0 && caller.gid === 0) return;
+  let gid = caller.gid;
+  if (sys.lstatRaw(parentReal, ufs.statBuf) === 0 && ((ufs.statBuf[StatIndex.mode] ?? 0) & S_ISGID) !== 0) {
+    gid = ufs.statBuf[StatIndex.gid] ?? gid;
+  }
+  ufs.realfs.lchown(real, caller.uid, gid);
+}
+
+/**
+ * Creates a new object at `path` through `make`, which builds it at the real path it is given and may return
+ * an fd (for create). Handles copying the parent up, replacing a whiteout, and ownership.
+ */
+async function createObject(
+  ufs: UnionFs,
+  path: string,
+  caller: Caller,
+  isDir: boolean,
+  make: (real: string) => number | undefined,
+): Promise<number | undefined> {
+  const { parent: parentPathName, name } = splitPath(path);
+  const parent = await copyUp(ufs, ufs.lookupDir(parentPathName));
+  ufs.checkName(name);
+  const target = ufs.upperReal(path);
+  const state = upperState(ufs, target);
+  if (state === 'present') throw fsError('EEXIST', path);
+  let fd: number | undefined;
+  const needsTemp = state === 'whiteout' || caller.uid !== 0 || caller.gid !== 0;
+  if (!needsTemp) {
+    fd = make(target);
+  } else {
+    const temp = ufs.workTemp();
+    try {
+      fd = make(temp);
+      chownToCaller(ufs, temp, parent.top.real, caller);
+      if (state === 'whiteout' && isDir) {
+        // A directory cannot replace the whiteout by rename(2): swap the two, then drop the whiteout.
+        ufs.realfs.setxattr(temp, OVL_OPAQUE, Buffer.from('y'));
+        ufs.realfs.exchange(temp, target);
+        ufs.realfs.unlink(temp);
+      } else if (state === 'whiteout') {
+        ufs.realfs.rename(temp, target);
+      } else {
+        ufs.realfs.renameNoReplace(temp, target);
+      }
+    } catch (err) {
+      if (fd !== undefined) fs.closeSync(fd);
+      try {
+        ufs.realfs.removeTree(temp);
+      } catch {
+        // nothing was made
+      }
+      throw err;
+    }
+  }
+  ufs.invalidatePath(path);
+  return fd;
+}
+
+export async function create(ufs: UnionFs, path: string, mode: number, flags: number, caller: Caller): Promise<number> {
+  const openFlags = (flags & ~(fs.constants.O_TRUNC | fs.constants.O_NOCTTY | fs.constants.O_DIRECT)) | fs.constants.O_CREAT | fs.constants.O_EXCL;
+  const fd = await createObject(ufs, path, caller, false, (real) => ufs.realfs.openCreate(real, openFlags, mode & 0o7777));
+  if (fd === undefined) throw fsError('EIO', `create ${path} made no fd`);
+  return fd;
+}
+
+export async function mkdir(ufs: UnionFs, path: string, mode: number, caller: Caller): Promise<void> {
+  await createObject(ufs, path, caller, true, (real) => {
+    ufs.realfs.mkdir(real, mode & 0o7777);
+    return undefined;
+  });
+}
+
+export async function mknod(ufs: UnionFs, path: string, mode: number, dev: number, caller: Caller): Promise<void> {
+  await createObject(ufs, path, caller, false, (real) => {
+    if ((mode & S_IFMT) === S_IFREG || (mode & S_IFMT) === 0) {
+      fs.closeSync(ufs.realfs.openCreate(real, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, mode & 0o7777));
+    } else {
+      ufs.realfs.mknod(real, mode, dev);
+    }
+    return undefined;
+  });
+}
+
+export async function symlink(ufs: UnionFs, target: string, path: string, caller: Caller): Promise<void> {
+  await createObject(ufs, path, caller, false, (real) => {
+    ufs.realfs.symlink(target, real);
+    return undefined;
+  });
+}
+
+export async function link(ufs: UnionFs, existingPath: string, path: string): Promise<void> {
+  const existing = ufs.lookup(existingPath);
+  if (existing.type === S_IFDIR) throw fsError('EPERM', existingPath);
+  const source = await copyUp(ufs, existing);
+  await createObject(ufs, path, { uid: 0, gid: 0 }, false, (real) => {
+    ufs.realfs.link(source.top.real, real);
+    return undefined;
+  });
+  ufs.invalidatePath(existingPath);
+}
+
+/** Replaces the upper object at `real` (or nothing) with a whiteout, atomically. */
+function whiteoutOver(ufs: UnionFs, real: string): void {
+  const temp = ufs.workTemp();
+  ufs.realfs.makeWhiteout(temp);
+  try {
+    ufs.realfs.rename(temp, real);
+  } catch (err) {
+    ufs.realfs.unlink(temp);
+    throw err;
+  }
+}
+
+export async function unlink(ufs: UnionFs, path: string): Promise<void> {
+  const entry = ufs.lookup(path);
+  if (entry.type === S_IFDIR) throw fsError('EISDIR', path);
+  ufs.assertWritable(path);
+  const { parent: parentPathName, name } = splitPath(path);
+  const parent = ufs.lookupDir(parentPathName);
+  if (entry.inUpper) {
+    if (lowerPositive(ufs, parent, name)) whiteoutOver(ufs, entry.top.real);
+    else ufs.realfs.unlink(entry.top.real);
+  } else {
+    await copyUp(ufs, parent);
+    whiteoutOver(ufs, ufs.upperReal(path));
+  }
+  ufs.invalidatePath(path);
+}
+
+export async function rmdir(ufs: UnionFs, path: string): Promise<void> {
+  if (path === '/') throw fsError('EBUSY', path);
+  const entry = ufs.lookup(path);
+  if (entry.type !== S_IFDIR) throw fsError('ENOTDIR', path);
+  ufs.assertWritable(path);
+  if (!isMergedEmpty(ufs, entry)) throw fsError('ENOTEMPTY', path);
+  const { parent: parentPathName, name } = splitPath(path);
+  const parent = ufs.lookupDir(parentPathName);
+  const needsWhiteout = lowerPositive(ufs, parent, name);
+  if (entry.inUpper) {
+    // Move the upper dir (which may still hold whiteouts) out of the way in one step, then delete it.
+    const temp = ufs.workTemp();
+    if (needsWhiteout) {
+      ufs.realfs.makeWhiteout(temp);
+      ufs.realfs.exchange(temp, entry.top.real);
+    } else {
+      ufs.realfs.rename(entry.top.real, temp);
+    }
+    ufs.realfs.removeTree(temp);
+  } else {
+    await copyUp(ufs, parent);
+    whiteoutOver(ufs, ufs.upperReal(path));
+  }
+  ufs.invalidateTree(path);
+}
+
+/**
+ * The redirect a moved directory needs so lookup still finds its lower contents, or undefined when it has
+ * none. Within one parent a bare name is enough (the parent's lower dirs are the same); elsewhere the
+ * absolute lower path is needed. An existing redirect stays valid within the same parent.
+ */
+function redirectFor(entry: UnionEntry, sameParent: boolean): string | undefined {
+  if (entry.lowers.length === 0 || entry.lowerRel === undefined) return undefined;
+  if (sameParent) return entry.redirect ?? splitPath(entry.lowerRel).name;
+  return entry.lowerRel;
+}
+
+export async function rename(ufs: UnionFs, from: string, to: string): Promise<void> {
+  if (from === to) return;
+  ufs.assertWritable(from);
+  const { parent: fromParentPath, name: fromName } = splitPath(from);
+  const { parent: toParentPath, name: toName } = splitPath(to);
+  ufs.checkName(toName);
+  const source = ufs.lookup(from);
+  const toParent = ufs.lookupDir(toParentPath);
+  const dest = ufs.lookupChildCached(toParent, toName);
+  const sourceIsDir = source.type === S_IFDIR;
+  if (dest) {
+    const destIsDir = dest.type === S_IFDIR;
+    if (sourceIsDir && !destIsDir) throw fsError('ENOTDIR', to);
+    if (!sourceIsDir && destIsDir) throw fsError('EISDIR', to);
+    if (!sourceIsDir && dest.ino === source.ino) return; // two names of one inode: POSIX says do nothing
+    if (destIsDir && !isMergedEmpty(ufs, dest)) throw fsError('ENOTEMPTY', to);
+  }
+
+  const movedDir = await copyUp(ufs, source);
+  await copyUp(ufs, ufs.lookupDir(toParentPath));
+  const fromParent = ufs.lookupDir(fromParentPath);
+  const needsWhiteoutAtSource = lowerPositive(ufs, fromParent, fromName);
+  const sourceReal = movedDir.top.real;
+  const targetReal = ufs.upperReal(to);
+
+  if (sourceIsDir) {
+    const sameParent = fromParentPath === toParentPath;
+    const redirect = redirectFor(movedDir, sameParent);
+    if (redirect !== undefined && redirect !== movedDir.redirect) {
+      ufs.realfs.setxattr(sourceReal, OVL_REDIRECT, Buffer.from(redirect));
+    } else if (redirect === undefined && !movedDir.opaque && lowerPositive(ufs, ufs.lookupDir(toParentPath), toName)) {
+      // A directory with nothing below it, moved over a name a lower layer has, must not merge with it.
+      ufs.realfs.setxattr(sourceReal, OVL_OPAQUE, Buffer.from('y'));
+    }
+  }
+  if (dest && dest.type === S_IFDIR && dest.inUpper) {
+    // The destination is empty in the merged view, so its upper dir holds only whiteouts: clear them.
+    for (const name of fs.readdirSync(dest.top.real)) ufs.realfs.unlink(`${dest.top.real}/${name}`);
+  }
+  const targetState = upperState(ufs, targetReal);
+  if (sourceIsDir && targetState === 'whiteout') {
+    ufs.realfs.exchange(sourceReal, targetReal);
+    if (!needsWhiteoutAtSource) ufs.realfs.unlink(sourceReal);
+  } else if (needsWhiteoutAtSource) {
+    renameLeavingWhiteout(ufs, sourceReal, targetReal);
+  } else {
+    ufs.realfs.rename(sourceReal, targetReal);
+  }
+  ufs.invalidateTree(from);
+  ufs.invalidateTree(to);
+}
+
+function renameLeavingWhiteout(ufs: UnionFs, from: string, to: string): void {
+  try {
+    ufs.realfs.renameWhiteout(from, to);
+  } catch (err) {
+    const code = (err as { code?: string }).code;
+    if (code !== 'EINVAL' && code !== 'EOPNOTSUPP') throw err;
+    // The upper filesystem has no RENAME_WHITEOUT: rename, then put the whiteout in place.
+    ufs.realfs.rename(from, to);
+    whiteoutOver(ufs, from);
+  }
+}

@@ -1,0 +1,206 @@
+/**
+ * Mount parameters: parsing of the `-o` option string and validation of the directories, in the spirit of
+ * fs/overlayfs/params.c. Everything here runs before anything is mounted, so a bad option never leaves a
+ * half-made mount behind.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { StrataError } from '../errors.js';
+
+export interface UnionParams {
+  /** Lower dirs, top layer first (the leftmost in `lowerdir=`). */
+  lowerDirs: string[];
+  upperDir?: string;
+  workDir?: string;
+  /** Read-only when there is no upper dir, or when `ro` was given. */
+  readOnly: boolean;
+  fsname: string;
+  logLevel?: string;
+  /** Generic or kernel-overlayfs options that were accepted and have no effect here. */
+  ignored: string[];
+}
+
+/** Options mount(8) and mount.fuse3 pass along that do not concern the filesystem itself. */
+const GENERIC_OPTIONS = new Set([
+  'rw', 'dev', 'nodev', 'suid', 'nosuid', 'exec', 'noexec', 'atime', 'noatime', 'relatime', 'norelatime',
+  'strictatime', 'nostrictatime', 'lazytime', 'nolazytime', 'diratime', 'nodiratime', 'sync', 'async', 'dirsync',
+  'mand', 'nomand', 'auto', 'noauto', 'nofail', 'user', 'nouser', 'users', 'owner', 'group', 'defaults', '_netdev',
+  'silent', 'loud', 'iversion', 'noiversion',
+]);
+
+/** kernel overlayfs options with fixed behaviour in Strata: accepted when they ask for what Strata does. */
+const KERNEL_OPTIONS: Record<string, (value: string | undefined) => boolean> = {
+  redirect_dir: (v) => v === 'on' || v === 'follow' || v === 'nofollow' || v === 'off',
+  index: (v) => v === 'on' || v === 'off',
+  xino: (v) => v === 'on' || v === 'off' || v === 'auto',
+  metacopy: (v) => v === 'off' || v === 'on',
+  nfs_export: (v) => v === 'off' || v === 'on',
+  userxattr: (v) => v === undefined,
+  volatile: (v) => v === undefined,
+  uuid: (v) => v === 'on' || v === 'off' || v === 'null' || v === 'auto',
+  verity: (v) => v === 'off',
+};
+
+function badOption(message: string): StrataError {
+  return new StrataError('STRATA_BAD_OPTION', message);
+}
+
+/** Splits "a=1,b=x\,y" on unescaped commas; `\,` and `\\` are escapes, as fuse_opt does. */
+export function splitOptions(optionString: string): string[] {
+  const parts: string[] = [];
+  let current = '';
+  for (let i = 0; i < optionString.length; i++) {
+    const ch = optionString[i];
+    if (ch === '\\' && i + 1 < optionString.length) {
+      current += optionString[++i];
+    } else if (ch === ',') {
+      parts.push(current);
+      current = '';
+    } else {
+      current += ch;
+    }
+  }
+  parts.push(current);
+  return parts.filter((p) => p.length > 0);
+}
+
+/** Splits a lowerdir list on unescaped ':' (kernel overlayfs allows `\:` inside a path). */
+function splitLowerDirs(value: string): string[] {
+  const dirs: string[] = [];
+  let current = '';
+  for (let i = 0; i < value.length; i++) {
+    const ch = value[i];
+    if (ch === '\\' && value[i + 1] === ':') {
+      current += ':';
+      i++;
+    } else if (ch === ':') {
+      dirs.push(current);
+      current = '';
+    } else {
+      current += ch;
+    }
+  }
+  dirs.push(current);
+  return dirs;
+}
+
+/** Parses the option strings (each as given to one `-o`) into parameters, without touching the disk. */
+export function parseOptions(optionStrings: string[]): UnionParams {
+  const params: UnionParams = { lowerDirs: [], readOnly: false, fsname: 'strata-overlay', ignored: [] };
+  let sawLower = false;
+  let forceReadOnly = false;
+  for (const option of optionStrings.flatMap(splitOptions)) {
+    const eq = option.indexOf('=');
+    const key = eq < 0 ? option : option.slice(0, eq);
+    const value = eq < 0 ? undefined : option.slice(eq + 1);
+    switch (key) {
+      case 'lowerdir': {
+        if (!value) throw badOption('lowerdir= needs at least one directory');
+        const dirs = splitLowerDirs(value);
+        if (dirs.some((d) => d.length === 0)) throw badOption(`lowerdir="${value}" has an empty entry`);
+        params.lowerDirs = dirs;
+        sawLower = true;
+        break;
+      }
+      case 'upperdir':
+      case 'workdir':
+      case 'fsname':
+      case 'loglevel':
+        if (!value) throw badOption(`${key}= needs a value`);
+        if (key === 'upperdir') params.upperDir = value;
+        else if (key === 'workdir') params.workDir = value;
+        else if (key === 'fsname') params.fsname = value;
+        else params.logLevel = value;
+        break;
+      case 'ro':
+        forceReadOnly = true;
+        break;
+      // FUSE-level options that Strata always sets itself.
+      case 'allow_other':
+      case 'default_permissions':
+      case 'subtype':
+        params.ignored.push(option);
+        break;
+      default: {
+        const kernelCheck = KERNEL_OPTIONS[key];
+        if (kernelCheck) {
+          if (!kernelCheck(value)) throw badOption(`unsupported value in "${option}"`);
+          params.ignored.push(option);
+        } else if (GENERIC_OPTIONS.has(key) || key.startsWith('x-') || key.startsWith('comment=')) {
+          params.ignored.push(option);
+        } else {
+          throw badOption(`unknown mount option "${option}"`);
+        }
+      }
+    }
+  }
+  if (!sawLower) throw badOption('missing lowerdir= (give at least one lower directory)');
+  if (params.upperDir !== undefined && params.workDir === undefined) throw badOption('upperdir= needs workdir= as well');
+  if (params.workDir !== undefined && params.upperDir === undefined) throw badOption('workdir= needs upperdir= as well');
+  params.readOnly = forceReadOnly || params.upperDir === undefined;
+  return params;
+}
+
+function statDir(role: string, dir: string): fs.Stats {
+  let stat: fs.Stats;
+  try {
+    stat = fs.statSync(dir);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? 'EIO';
+    const why = code === 'ENOENT' ? 'does not exist' : code === 'EACCES' ? 'is not accessible' : `cannot be read (${code})`;
+    throw new StrataError('STRATA_BAD_DIR', `${role} "${dir}" ${why}`, { cause: err });
+  }
+  if (!stat.isDirectory()) throw new StrataError('STRATA_BAD_DIR', `${role} "${dir}" is not a directory`);
+  try {
+    fs.accessSync(dir, fs.constants.R_OK | fs.constants.X_OK);
+  } catch (err) {
+    throw new StrataError('STRATA_BAD_DIR', `${role} "${dir}" is not readable`, { cause: err });
+  }
+  return stat;
+}
+
+function isInside(child: string, parent: string): boolean {
+  const rel = path.relative(parent, child);
+  return rel === '' || (!rel.startsWith('..') && !path.isAbsolute(rel));
+}
+
+/**
+ * Resolves every directory to an absolute real path and checks the rules kernel overlayfs enforces:
+ * all dirs exist and are readable, work and upper are on the same filesystem and do not contain each other.
+ */
+export function validateParams(params: UnionParams, cwd = process.cwd()): UnionParams {
+  const resolve = (dir: string) => fs.realpathSync(path.resolve(cwd, dir));
+  const lowerDirs = params.lowerDirs.map((dir) => {
+    statDir('lowerdir', path.resolve(cwd, dir));
+    return resolve(dir);
+  });
+  const result: UnionParams = { ...params, lowerDirs };
+  if (params.upperDir !== undefined && params.workDir !== undefined) {
+    const upperStat = statDir('upperdir', path.resolve(cwd, params.upperDir));
+    const workStat = statDir('workdir', path.resolve(cwd, params.workDir));
+    const upperDir = resolve(params.upperDir);
+    const workDir = resolve(params.workDir);
+    if (upperStat.dev !== workStat.dev) {
+      throw new StrataError('STRATA_BAD_DIR', `workdir "${params.workDir}" is on another filesystem than upperdir "${params.upperDir}"`);
+    }
+    if (upperDir === workDir || isInside(workDir, upperDir) || isInside(upperDir, workDir)) {
+      throw new StrataError('STRATA_BAD_DIR', `workdir "${params.workDir}" and upperdir "${params.upperDir}" must be separate, non-nested directories`);
+    }
+    if (!params.readOnly) {
+      try {
+        fs.accessSync(upperDir, fs.constants.W_OK);
+        fs.accessSync(workDir, fs.constants.W_OK);
+      } catch (err) {
+        throw new StrataError('STRATA_BAD_DIR', `upperdir "${params.upperDir}" or workdir "${params.workDir}" is not writable`, { cause: err });
+      }
+    }
+    for (const lower of lowerDirs) {
+      if (isInside(lower, upperDir) || isInside(upperDir, lower)) {
+        throw new StrataError('STRATA_BAD_DIR', `lowerdir "${lower}" and upperdir "${params.upperDir}" overlap`);
+      }
+    }
+    result.upperDir = upperDir;
+    result.workDir = workDir;
+  }
+  return result;
+}

@@ -1,0 +1,309 @@
+/**
+ * The union filesystem instance (fs/overlayfs/super.c): the layer stack, the work dir, the lookup cache and
+ * the operations the FUSE adapter calls. Paths are merged-view paths ("/", "/a/b"), as FUSE hands them over.
+ *
+ * Cache invariant: `entries` maps a merged path to how it resolves. Lower layers never change and the upper
+ * layer only changes through this object, so an entry stays right until an operation here changes that
+ * path or one of its ancestors; every such operation drops the affected entries (invalidatePath/Tree).
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import type { Logger } from '../log.js';
+import { fsError } from '../errors.js';
+import { sys, StatIndex } from '../native/index.js';
+import { S_IFDIR, type Layer, type UnionEntry } from './layer.js';
+import { lookupChild, lookupRoot, type LookupContext } from './lookup.js';
+import { listMerged, type MergedEntry } from './readdir.js';
+import { RealFs } from './realfs.js';
+import type { UnionParams } from './params.js';
+import * as dirOps from './dir.js';
+import * as inodeOps from './inode.js';
+import * as fileOps from './file.js';
+import * as xattrOps from './xattrs.js';
+
+/** Who asked: new objects belong to the calling process's fsuid/fsgid. */
+export interface Caller {
+  uid: number;
+  gid: number;
+}
+
+export interface StatfsResult {
+  bsize: number;
+  frsize: number;
+  blocks: number;
+  bfree: number;
+  bavail: number;
+  files: number;
+  ffree: number;
+  favail: number;
+  fsid: number;
+  flag: number;
+  namemax: number;
+}
+
+const NAME_MAX = 255;
+/** Beyond this many cached resolutions the cache is dropped wholesale; re-resolving is cheap. */
+const MAX_CACHED_ENTRIES = 400_000;
+
+export class UnionFs implements LookupContext {
+  readonly logger: Logger;
+  readonly realfs: RealFs;
+  readonly layers: readonly Layer[];
+  readonly upper: Layer | undefined;
+  readonly samefs: boolean;
+  readonly readOnly: boolean;
+  readonly statBuf = new Float64Array(StatIndex.length);
+  /** The kernel's layout: <workdir>/work for temporaries, <workdir>/index for the hard link index. */
+  readonly workDir: string | undefined;
+  readonly pendingCopyUps = new Map<string, Promise<UnionEntry>>();
+
+  private readonly entries = new Map<string, UnionEntry>();
+  private readonly fsUuids = new Map<number, Buffer | null>();
+  private tempCounter = 0;
+
+  constructor(params: UnionParams, logger: Logger) {
+    this.logger = logger;
+    this.realfs = new RealFs(logger.child({ component: 'realfs' }));
+    const roots: Array<{ root: string; isUpper: boolean }> = [];
+    if (params.upperDir !== undefined) roots.push({ root: params.upperDir, isUpper: true });
+    for (const lower of params.lowerDirs) roots.push({ root: lower, isUpper: false });
+    const devs: number[] = [];
+    this.layers = roots.map(({ root, isUpper }, index) => {
+      const dev = fs.statSync(root).dev;
+      if (!devs.includes(dev)) devs.push(dev);
+      return { index, root, isUpper, dev, fsIndex: devs.indexOf(dev) };
+    });
+    this.upper = this.layers[0]?.isUpper ? this.layers[0] : undefined;
+    this.samefs = devs.length === 1;
+    this.readOnly = params.readOnly || this.upper === undefined;
+    this.workDir = params.workDir === undefined ? undefined : path.join(params.workDir, 'work');
+  }
+
+  /**
+   * Prepares <workdir>/work the way the kernel does at mount: whatever an earlier mount left there (temps
+   * of an interrupted copy-up, removed directories) is garbage and is deleted.
+   */
+  prepareWorkDir(): void {
+    if (!this.workDir || this.readOnly) return;
+    fs.rmSync(this.workDir, { recursive: true, force: true });
+    fs.mkdirSync(this.workDir, { mode: 0 });
+    fs.chmodSync(this.workDir, 0);
+  }
+
+  // --- lookup and cache -------------------------------------------------------------------------------
+
+  lookup(p: string): UnionEntry {
+    const cached = this.entries.get(p);
+    if (cached) return cached;
+    if (p === '/' || p === '') {
+      const root = lookupRoot(this);
+      this.cacheEntry(root);
+      return root;
+    }
+    const slash = p.lastIndexOf('/');
+    const parent = this.lookup(slash <= 0 ? '/' : p.slice(0, slash));
+    const name = p.slice(slash + 1);
+    const entry = this.lookupChildCached(parent, name);
+    if (!entry) throw fsError('ENOENT', p);
+    return entry;
+  }
+
+  lookupDir(p: string): UnionEntry {
+    const entry = this.lookup(p);
+    if (entry.type !== S_IFDIR) throw fsError('ENOTDIR', p);
+    return entry;
+  }
+
+  lookupChildCached(parent: UnionEntry, name: string): UnionEntry | undefined {
+    const childPath = parent.path === '/' ? `/${name}` : `${parent.path}/${name}`;
+    const cached = this.entries.get(childPath);
+    if (cached) return cached;
+    this.checkName(name);
+    const entry = lookupChild(this, parent, name);
+    if (entry) this.cacheEntry(entry);
+    return entry;
+  }
+
+  cacheEntry(entry: UnionEntry): void {
+    if (this.entries.size >= MAX_CACHED_ENTRIES) this.entries.clear();
+    this.entries.set(entry.path, entry);
+  }
+
+  invalidatePath(p: string): void {
+    this.entries.delete(p);
+  }
+
+  /** Drops `p` and everything below it (after a directory moved or went away). */
+  invalidateTree(p: string): void {
+    this.entries.delete(p);
+    const prefix = p === '/' ? '/' : `${p}/`;
+    for (const key of this.entries.keys()) {
+      if (key.startsWith(prefix)) this.entries.delete(key);
+    }
+  }
+
+  // --- helpers for the operation modules ----------------------------------------------------------------
+
+  checkName(name: string): void {
+    if (name.length > NAME_MAX / 4 && Buffer.byteLength(name) > NAME_MAX) throw fsError('ENAMETOOLONG', name);
+  }
+
+  assertWritable(p: string): void {
+    if (this.readOnly) throw fsError('EROFS', p);
+  }
+
+  upperReal(p: string): string {
+    if (!this.upper) throw fsError('EROFS', p);
+    return p === '/' ? this.upper.root : this.upper.root + p;
+  }
+
+  /** A fresh name in the work dir, in the kernel's style ("#<hex>"). */
+  workTemp(): string {
+    if (!this.workDir) throw fsError('EROFS', 'no work dir');
+    this.tempCounter += 1;
+    return `${this.workDir}/#${this.tempCounter.toString(16)}`;
+  }
+
+  fsUuidOf(layer: Layer): Buffer | null {
+    if (!this.fsUuids.has(layer.dev)) {
+      let uuid: Buffer | null = null;
+      try {
+        uuid = sys.getFsUuid(layer.root);
+      } catch {
+        uuid = null;
+      }
+      this.fsUuids.set(layer.dev, uuid);
+    }
+    return this.fsUuids.get(layer.dev) ?? null;
+  }
+
+  // --- operations -----------------------------------------------------------------------------------------
+
+  getattr(p: string, out: Float64Array): void {
+    inodeOps.getattr(this, p, out);
+  }
+
+  /** getattr on an open file; `p` is empty when the file was unlinked while open. */
+  fgetattr(p: string, fd: number, out: Float64Array): void {
+    if (p) inodeOps.getattr(this, p, out);
+    else inodeOps.getattrByFd(fd, out);
+  }
+
+  readdir(p: string): { entries: MergedEntry[]; dirIno: number; parentIno: number } {
+    const dir = this.lookupDir(p);
+    const entries = listMerged(this, dir, (parent, name) => this.lookupChildCached(parent, name));
+    const parentIno = p === '/' ? dir.ino : this.lookup(path.posix.dirname(p)).ino;
+    return { entries, dirIno: dir.ino, parentIno };
+  }
+
+  readlink(p: string): string {
+    return inodeOps.readlink(this, p);
+  }
+
+  open(p: string, flags: number): Promise<number> {
+    return fileOps.open(this, p, flags);
+  }
+
+  read(fd: number, buffer: Buffer, length: number, position: number): number {
+    return fileOps.read(fd, buffer, length, position);
+  }
+
+  write(fd: number, buffer: Buffer, length: number, position: number): number {
+    return fileOps.write(fd, buffer, length, position);
+  }
+
+  release(fd: number): void {
+    fileOps.release(fd);
+  }
+
+  fsync(fd: number, dataOnly: boolean): void {
+    fileOps.fsync(fd, dataOnly);
+  }
+
+  ftruncate(fd: number, size: number): void {
+    fileOps.ftruncate(fd, size);
+  }
+
+  create(p: string, mode: number, flags: number, caller: Caller): Promise<number> {
+    this.assertWritable(p);
+    return dirOps.create(this, p, mode, flags, caller);
+  }
+
+  mkdir(p: string, mode: number, caller: Caller): Promise<void> {
+    this.assertWritable(p);
+    return dirOps.mkdir(this, p, mode, caller);
+  }
+
+  mknod(p: string, mode: number, dev: number, caller: Caller): Promise<void> {
+    this.assertWritable(p);
+    return dirOps.mknod(this, p, mode, dev, caller);
+  }
+
+  symlink(target: string, p: string, caller: Caller): Promise<void> {
+    this.assertWritable(p);
+    return dirOps.symlink(this, target, p, caller);
+  }
+
+  link(existing: string, p: string): Promise<void> {
+    this.assertWritable(p);
+    return dirOps.link(this, existing, p);
+  }
+
+  unlink(p: string): Promise<void> {
+    return dirOps.unlink(this, p);
+  }
+
+  rmdir(p: string): Promise<void> {
+    return dirOps.rmdir(this, p);
+  }
+
+  rename(from: string, to: string): Promise<void> {
+    return dirOps.rename(this, from, to);
+  }
+
+  chmod(p: string, mode: number): Promise<void> {
+    this.assertWritable(p);
+    return inodeOps.chmod(this, p, mode);
+  }
+
+  chown(p: string, uid: number, gid: number): Promise<void> {
+    this.assertWritable(p);
+    return inodeOps.chown(this, p, uid, gid);
+  }
+
+  utimens(p: string, atimeSec: number, atimeNsec: number, mtimeSec: number, mtimeNsec: number): Promise<void> {
+    this.assertWritable(p);
+    return inodeOps.utimens(this, p, atimeSec, atimeNsec, mtimeSec, mtimeNsec);
+  }
+
+  truncate(p: string, size: number): Promise<void> {
+    this.assertWritable(p);
+    return inodeOps.truncate(this, p, size);
+  }
+
+  getxattr(p: string, name: string): Buffer {
+    return xattrOps.getXattr(this, p, name);
+  }
+
+  listxattr(p: string): string[] {
+    return xattrOps.listXattrs(this, p);
+  }
+
+  setxattr(p: string, name: string, value: Buffer, flags: number): Promise<void> {
+    return xattrOps.setXattr(this, p, name, value, flags);
+  }
+
+  removexattr(p: string, name: string): Promise<void> {
+    return xattrOps.removeXattr(this, p, name);
+  }
+
+  statfs(): StatfsResult {
+    const root = (this.upper ?? this.layers[0])?.root;
+    if (!root) throw fsError('EIO', 'no layers');
+    const s = fs.statfsSync(root);
+    return {
+      bsize: s.bsize, frsize: s.bsize, blocks: s.blocks, bfree: s.bfree, bavail: s.bavail,
+      files: s.files, ffree: s.ffree, favail: s.ffree, fsid: 0, flag: this.readOnly ? 1 : 0, namemax: NAME_MAX,
+    };
+  }
+}
