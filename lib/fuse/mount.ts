@@ -17,6 +17,8 @@ import { createFuseOps, type CallerSource } from './ops.js';
 const require = createRequire(import.meta.url);
 
 interface FuseInstance {
+  /** From our patch (scripts/fuse-native/0003): the credentials behind the request being dispatched. */
+  getCaller(): { uid: number; gid: number; pid: number; umask: number };
   mount(cb: (err: Error | null) => void): void;
   unmount(cb: (err: Error | null) => void): void;
   _fuseOptions(): string;
@@ -75,7 +77,7 @@ export class FuseMount {
   private readonly logger: Logger;
   readonly mountpoint: string;
 
-  constructor(ufs: UnionFs, mountpoint: string, options: FuseMountOptions, logger: Logger, callerOf?: CallerSource) {
+  constructor(ufs: UnionFs, mountpoint: string, options: FuseMountOptions, logger: Logger) {
     this.logger = logger;
     this.mountpoint = mountpoint;
     const Fuse = require('fuse-native') as FuseConstructor;
@@ -85,9 +87,16 @@ export class FuseMount {
         return optionString;
       }
     }
-    this.fuse = new StrataFuse(mountpoint, createFuseOps(ufs, logger.child({ component: 'fuse-ops' }), callerOf), {
+    // The op table needs the instance (for the caller) and the instance needs the op table: close over a slot.
+    let instance: FuseInstance | undefined;
+    const callerOf: CallerSource = () => {
+      const caller = instance?.getCaller();
+      return caller ? { uid: caller.uid, gid: caller.gid } : { uid: 0, gid: 0 };
+    };
+    instance = new StrataFuse(mountpoint, createFuseOps(ufs, logger.child({ component: 'fuse-ops' }), callerOf), {
       timeout: false,
     });
+    this.fuse = instance;
   }
 
   mount(): Promise<void> {
