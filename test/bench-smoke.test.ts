@@ -61,8 +61,12 @@ t.test('--quick runs every workload on every implementation and prints a table a
   const result = runBench(['--quick', '--impl', implementations.join(','), '--cache-dir', cacheDir, '--out', outFile]);
   t.equal(result.status, 0, `exit status (stderr tail: ${result.stderr.slice(-1500)})`);
 
-  const lines = result.stdout.split('\n');
+  // The main table runs from its header to the first blank line (a CPU table and the JSON follow).
+  const all = result.stdout.split('\n');
+  const start = all.findIndex((l) => l.startsWith('workload '));
+  const lines = all.slice(start, all.indexOf('', start));
   const header = lines[0] ?? '';
+  t.ok(start >= 0, 'a table header is printed');
   for (const impl of implementations) t.match(header, impl, `table header names ${impl}`);
   for (const workload of workloads) {
     const row = lines.find((l) => l.startsWith(`${workload} `));
@@ -73,7 +77,7 @@ t.test('--quick runs every workload on every implementation and prints a table a
   }
 
   const json = JSON.parse(readFileSync(outFile, 'utf8')) as {
-    workloads: { name: string; results: Record<string, { samples: number[]; value?: number; error?: unknown }>; ratios: Record<string, number> }[];
+    workloads: { name: string; results: Record<string, { samples: number[]; serverCpuSamples: number[]; value?: number; error?: unknown }>; ratios: Record<string, number> }[];
   };
   t.same(json.workloads.map((w) => w.name), workloads, 'the results file lists every workload in order');
   for (const w of json.workloads) {
@@ -86,6 +90,9 @@ t.test('--quick runs every workload on every implementation and prints a table a
     if (implementations.includes('strata')) t.ok(w.ratios['strata/kernel'] !== undefined && w.ratios['strata/fuse-overlayfs'] !== undefined, `${w.name} has both ratios`);
   }
   t.match(result.stdout, /"workloads": \[/, 'the JSON is printed too');
+  for (const impl of implementations.filter((i) => i !== 'kernel')) {
+    t.ok(json.workloads.every((w) => w.results[impl]?.serverCpuSamples.length === 1), `${impl}: its server's CPU time is measured`);
+  }
   t.same(mountsUnder(root), [], 'no mount is left behind');
   t.same(readdirSync(benchTmp), [], 'the scratch dir is removed');
 });

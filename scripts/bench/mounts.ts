@@ -3,7 +3,7 @@
  * tracker that guarantees every mount the benchmark made is gone when it exits (normally, on an error
  * or on Ctrl-C).
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { StrataError } from '../../lib/errors.js';
 import type { Logger } from '../../lib/log.js';
@@ -121,5 +121,33 @@ export function checkAvailable(name: ImplementationName, strataEntry: string): s
         : 'fuse-overlayfs is not installed (apt-get install fuse-overlayfs)';
     case 'strata':
       return existsSync(strataEntry) ? undefined : `${strataEntry} does not exist (run npm run build)`;
+  }
+}
+
+/**
+ * The process serving a FUSE mount: the one whose command line names the mountpoint (both fuse-overlayfs and
+ * strata-overlay take it as an argument). Undefined for the kernel, which has no server.
+ */
+export function findServerPid(mountpoint: string): number | undefined {
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name) || Number(name) === process.pid) continue;
+    try {
+      if (readFileSync(`/proc/${name}/cmdline`, 'utf8').split('\0').includes(mountpoint)) return Number(name);
+    } catch {
+      // The process ended while we looked.
+    }
+  }
+  return undefined;
+}
+
+/** user + system CPU seconds a process (all its threads) has used so far; needs the clock tick, from getconf CLK_TCK. */
+export function cpuSecondsOf(pid: number, clockTicksPerSecond: number): number | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // Fields after the parenthesised command name, which may itself hold spaces: state is [0], utime [11], stime [12].
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / clockTicksPerSecond;
+  } catch {
+    return undefined;
   }
 }

@@ -12,6 +12,9 @@ export interface CellResult {
   /** Seconds of each successful run, in run order. */
   samples: number[];
   medianSeconds?: number;
+  /** CPU seconds the FUSE server used during each run (empty for the kernel): shows where the time goes. */
+  serverCpuSamples: number[];
+  serverCpuMedianSeconds?: number;
   /** The median shown in the workload's unit (seconds or MB/s). */
   value?: number;
   error?: { code: string; message: string };
@@ -40,6 +43,7 @@ export function summarize(report: WorkloadReport): void {
   for (const cell of Object.values(report.results)) {
     if (!cell || cell.error) continue;
     cell.medianSeconds = median(cell.samples);
+    cell.serverCpuMedianSeconds = median(cell.serverCpuSamples);
     if (cell.medianSeconds !== undefined) {
       cell.value = report.unit === 'MB/s' && report.bytes ? report.bytes / 1e6 / cell.medianSeconds : cell.medianSeconds;
     }
@@ -71,8 +75,25 @@ export function formatTable(reports: readonly WorkloadReport[], implementations:
     ...implementations.map((i) => formatValue(r.results[i], r.unit)),
     ...ratioNames.map((name) => (r.ratios[name] === undefined ? '-' : `${r.ratios[name].toFixed(2)}x`)),
   ]);
+  return alignedTable(headers, rows, 2);
+}
+
+export function formatCpuTable(reports: readonly WorkloadReport[], implementations: readonly ImplementationName[]): string {
+  const headers = ['workload', ...implementations];
+  const rows = reports.map((r) => [
+    r.name,
+    ...implementations.map((i) => {
+      const cpu = r.results[i]?.serverCpuMedianSeconds;
+      return cpu === undefined ? '-' : `${cpu.toFixed(2)} s`;
+    }),
+  ]);
+  return alignedTable(headers, rows, 1);
+}
+
+/** Text columns (the first `leftAligned`) pad right; figures pad left so their units line up. */
+function alignedTable(headers: readonly string[], rows: readonly (readonly string[])[], leftAligned: number): string {
   const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((row) => (row[i] ?? '').length)));
   const line = (cells: readonly string[]): string =>
-    cells.map((c, i) => (i === 0 || i === 1 ? c.padEnd(widths[i] ?? 0) : c.padStart(widths[i] ?? 0))).join('  ').trimEnd();
+    cells.map((c, i) => (i < leftAligned ? c.padEnd(widths[i] ?? 0) : c.padStart(widths[i] ?? 0))).join('  ').trimEnd();
   return [line(headers), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)].join('\n');
 }

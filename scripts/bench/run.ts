@@ -19,8 +19,8 @@ import { hideBin } from 'yargs/helpers';
 import { StrataError } from '../../lib/errors.js';
 import { createLogger, type Logger } from '../../lib/log.js';
 import { describeFixture, isProcessAlive, loadOrBuildFixture, type Fixture, type FixtureSpec } from './fixture.js';
-import { checkAvailable, IMPLEMENTATION_NAMES, isImplementationName, liveMountpoints, MountTracker, type ImplementationName } from './mounts.js';
-import { formatTable, summarize, type WorkloadReport } from './report.js';
+import { checkAvailable, cpuSecondsOf, findServerPid, IMPLEMENTATION_NAMES, isImplementationName, liveMountpoints, MountTracker, type ImplementationName } from './mounts.js';
+import { formatCpuTable, formatTable, summarize, type WorkloadReport } from './report.js';
 import { CommandRunner } from './shell.js';
 import { WORKLOAD_NAMES, WORKLOADS, type Workload } from './workloads.js';
 
@@ -152,10 +152,17 @@ interface Session {
   readonly mounts: MountTracker;
   readonly scratch: string;
   readonly log: Logger;
+  readonly clockTicksPerSecond: number;
+}
+
+interface RunSample {
+  readonly seconds: number;
+  /** CPU the FUSE server process used during the timed command; undefined for the kernel. */
+  readonly serverCpuSeconds?: number;
 }
 
 /** One timed run: fresh upper and mount, warm or cold cache as the workload states, checked result. */
-async function runOnce(session: Session, options: BenchOptions, fixture: Fixture, workload: Workload, impl: ImplementationName, run: number): Promise<number> {
+async function runOnce(session: Session, options: BenchOptions, fixture: Fixture, workload: Workload, impl: ImplementationName, run: number): Promise<RunSample> {
   const { runner, mounts } = session;
   const runDir = join(session.scratch, `${workload.name}.${impl}.${run}`);
   const dirs = { lowerdir: fixture.lowerdir, upperdir: join(runDir, 'upper'), workdir: join(runDir, 'work'), mountpoint: join(runDir, 'mnt') };
@@ -165,10 +172,14 @@ async function runOnce(session: Session, options: BenchOptions, fixture: Fixture
     await mounts.mount(impl, dirs, options.strataEntry);
     try {
       if (workload.cache === 'cold') await dropCaches(runner);
+      const serverPid = impl === 'kernel' ? undefined : findServerPid(dirs.mountpoint);
+      const cpuBefore = serverPid === undefined ? undefined : cpuSecondsOf(serverPid, session.clockTicksPerSecond);
       const ctx = { fixture, mountpoint: dirs.mountpoint, upperdir: dirs.upperdir, runner };
       const result = await workload.run(ctx);
+      const cpuAfter = serverPid === undefined ? undefined : cpuSecondsOf(serverPid, session.clockTicksPerSecond);
       workload.check(ctx, result);
-      return result.seconds;
+      const serverCpuSeconds = cpuBefore !== undefined && cpuAfter !== undefined ? cpuAfter - cpuBefore : undefined;
+      return { seconds: result.seconds, serverCpuSeconds };
     } finally {
       await mounts.unmount(dirs.mountpoint);
     }
@@ -194,7 +205,7 @@ async function benchmark(session: Session, options: BenchOptions): Promise<{ rep
       cache: workload.cache,
       unit: workload.metric,
       bytes: workload.bytes?.(fixture),
-      results: Object.fromEntries(options.implementations.map((i) => [i, { samples: [] }])),
+      results: Object.fromEntries(options.implementations.map((i) => [i, { samples: [], serverCpuSamples: [] }])),
       ratios: {},
     };
     // Implementations alternate within each round, so drift on the shared machine hits them alike.
@@ -203,9 +214,10 @@ async function benchmark(session: Session, options: BenchOptions): Promise<{ rep
         const cell = report.results[impl];
         if (!cell || cell.error) continue;
         try {
-          const seconds = await runOnce(session, options, fixture, workload, impl, run);
-          cell.samples.push(seconds);
-          log.info({ workload: workload.name, implementation: impl, run, seconds: Number(seconds.toFixed(4)) }, 'run done');
+          const sample = await runOnce(session, options, fixture, workload, impl, run);
+          cell.samples.push(sample.seconds);
+          if (sample.serverCpuSeconds !== undefined) cell.serverCpuSamples.push(sample.serverCpuSeconds);
+          log.info({ workload: workload.name, implementation: impl, run, seconds: Number(sample.seconds.toFixed(4)), serverCpuSeconds: sample.serverCpuSeconds }, 'run done');
         } catch (err) {
           cell.error = errorOf(err);
           log.error({ workload: workload.name, implementation: impl, run, err: cell.error.message }, 'run failed');
@@ -244,7 +256,8 @@ async function main(): Promise<number> {
   await cleanOrphanScratch(mounts, log);
   const scratch = mkdtempSync(join(tmpdir(), SCRATCH_PREFIX));
   writeFileSync(join(scratch, OWNER_FILE), String(process.pid));
-  const session: Session = { runner, mounts, scratch, log };
+  const clockTicksPerSecond = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+  const session: Session = { runner, mounts, scratch, log, clockTicksPerSecond };
 
   let cleaning: Promise<void> | undefined;
   const cleanUp = (): Promise<void> =>
@@ -276,7 +289,13 @@ async function main(): Promise<number> {
     };
     mkdirSync(dirname(options.outFile), { recursive: true });
     writeFileSync(options.outFile, `${JSON.stringify(results, null, 2)}\n`);
-    process.stdout.write(`${formatTable(reports, options.implementations)}\n\n`);
+    process.stdout.write(
+      `# ${options.runs} run(s) per cell, median shown; fixture ${describeFixture(fixture)}\n` +
+        `# ratios: strata's median time / the other's (above 1: strata slower)\n` +
+        `${formatTable(reports, options.implementations)}\n\n`,
+    );
+    const fuseImpls = options.implementations.filter((i) => i !== 'kernel');
+    if (fuseImpls.length) process.stdout.write(`# FUSE server CPU seconds during the timed command (median)\n${formatCpuTable(reports, fuseImpls)}\n\n`);
     process.stdout.write(`${JSON.stringify(results, null, 2)}\n`);
     process.stderr.write(`strata-bench: results written to ${options.outFile}\n`);
     const failed = reports.flatMap((r) => Object.entries(r.results).filter(([, c]) => c?.error).map(([i]) => `${r.name} on ${i}`));
