@@ -17,7 +17,17 @@ export type Sublevel<V> = ReturnType<Level<string, string>['sublevel']> & {
   readonly __value?: V;
 };
 
-export type SublevelName = 'meta' | 'layers' | 'images' | 'mounts' | 'volumes' | 'refs';
+/**
+ * Record kinds. Layer store: `layers` (chain records by chainID), `layerContents` (extracted content by diffID;
+ * several chains can share one), `refs` (holders of layers, key `<chainID>|<holder>`), `images` (by image id,
+ * the config digest) and `imageNames` (`name:tag` -> image id).
+ */
+export type SublevelName = 'meta' | 'layers' | 'layerContents' | 'images' | 'imageNames' | 'mounts' | 'volumes' | 'refs';
+
+/** One operation of an atomic multi-sublevel batch (see Metastore.batch). */
+export type BatchOp =
+  | { type: 'put'; sublevel: SublevelName; key: string; value: unknown }
+  | { type: 'del'; sublevel: SublevelName; key: string };
 
 export class Metastore {
   readonly db: Level<string, unknown>;
@@ -43,6 +53,28 @@ export class Metastore {
   /** A JSON sublevel for one record kind. */
   sublevel<V>(name: SublevelName) {
     return this.db.sublevel<string, V>(name, { valueEncoding: 'json' });
+  }
+
+  /** Writes every operation atomically: all of them land, or none. */
+  async batch(ops: readonly BatchOp[]): Promise<void> {
+    if (ops.length === 0) return;
+    await this.db.batch(
+      ops.map((op) =>
+        op.type === 'put'
+          ? { type: 'put' as const, sublevel: this.sublevel(op.sublevel), key: op.key, value: op.value }
+          : { type: 'del' as const, sublevel: this.sublevel(op.sublevel), key: op.key },
+      ),
+    );
+  }
+
+  /** Every [key, value] of a sublevel, in key order; `prefix` restricts to keys starting with it. */
+  async entries<V>(name: SublevelName, prefix?: string): Promise<Array<[string, V]>> {
+    const range = prefix === undefined ? {} : { gte: prefix, lt: `${prefix}\uffff` };
+    return this.sublevel<V>(name).iterator(range).all();
+  }
+
+  async get<V>(name: SublevelName, key: string): Promise<V | undefined> {
+    return this.sublevel<V>(name).get(key);
   }
 
   private async checkSchema(): Promise<void> {

@@ -1,0 +1,96 @@
+/**
+ * What `strata image …` and `strata layer …` need from the layer and image store. The CLI talks only to this
+ * interface: openLocalImageBackend() runs the stores in-process on --root (LevelDB allows one process per
+ * database, so this is for when no daemon holds the store); the daemon can offer a remote implementation.
+ */
+import path from 'node:path';
+import { mkdir, stat } from 'node:fs/promises';
+import type { Logger } from '../log.js';
+import { Metastore } from '../store/metastore.js';
+import { LayerStore } from '../layers/layer-store.js';
+import { ImageStore, type ImageRecord, type ImageSummary, type RemoveImageResult } from '../images/image-store.js';
+import type { Digest } from '../layers/digest.js';
+import type { LayerInfo, ProgressListener } from '../layers/types.js';
+
+export const DEFAULT_ROOT = '/var/lib/strata';
+
+export interface ImageBackend {
+  importImage(source: string, options: { name?: string; onProgress?: ProgressListener }): Promise<ImageRecord[]>;
+  listImages(): Promise<ImageSummary[]>;
+  inspectImage(ref: string): Promise<ImageRecord>;
+  removeImage(ref: string): Promise<RemoveImageResult>;
+  /** Removes untagged images, then unreferenced layers. */
+  pruneImages(): Promise<{ deletedImages: Digest[]; deletedLayers: Digest[] }>;
+
+  /** Imports a layer tar (plain, gzip, zstd) or a directory, optionally on top of `parent` (a layer id). */
+  importLayer(source: string, options: { parent?: string; onProgress?: ProgressListener }): Promise<LayerInfo>;
+  listLayers(): Promise<LayerInfo[]>;
+  inspectLayer(ref: string): Promise<LayerInfo>;
+  removeLayer(ref: string): Promise<{ removed: Digest }>;
+  pruneLayers(): Promise<{ deletedLayers: Digest[] }>;
+
+  close(): Promise<void>;
+}
+
+/** The stores of one state dir, opened and recovered; what a daemon hosts. */
+export interface ImageServices {
+  layers: LayerStore;
+  images: ImageStore;
+}
+
+/** Opens the layer and image store on an already-open metastore, running crash recovery first. */
+export async function openImageServices(metastore: Metastore, rootDir: string, logger: Logger): Promise<ImageServices> {
+  const layers = new LayerStore(metastore, rootDir, logger);
+  await layers.open();
+  const images = new ImageStore(metastore, rootDir, logger, layers);
+  await images.open();
+  return { layers, images };
+}
+
+/** An in-process backend on `rootDir` (its own LevelDB at <root>/db). */
+export async function openLocalImageBackend(rootDir: string, logger: Logger): Promise<ImageBackend> {
+  const root = path.resolve(rootDir);
+  await mkdir(root, { recursive: true, mode: 0o711 });
+  const metastore = await Metastore.open(path.join(root, 'db'), logger);
+  try {
+    const services = await openImageServices(metastore, root, logger);
+    return new LocalImageBackend(metastore, services);
+  } catch (err) {
+    await metastore.close();
+    throw err;
+  }
+}
+
+export class LocalImageBackend implements ImageBackend {
+  constructor(private readonly metastore: Metastore, private readonly services: ImageServices) {}
+
+  importImage(source: string, options: { name?: string; onProgress?: ProgressListener }) {
+    return this.services.images.import(path.resolve(source), options);
+  }
+  listImages() { return this.services.images.list(); }
+  inspectImage(ref: string) { return this.services.images.resolve(ref); }
+  removeImage(ref: string) { return this.services.images.remove(ref); }
+  pruneImages() { return this.services.images.prune(); }
+
+  async importLayer(source: string, options: { parent?: string; onProgress?: ProgressListener }): Promise<LayerInfo> {
+    const { layers } = this.services;
+    const parent = options.parent === undefined ? null : await layers.resolve(options.parent);
+    const resolved = path.resolve(source);
+    const isDir = await stat(resolved).then((s) => s.isDirectory(), () => false);
+    return isDir
+      ? layers.importDirectory(resolved, { parent, onProgress: options.onProgress })
+      : layers.importTarFile(resolved, { parent, onProgress: options.onProgress });
+  }
+  listLayers() { return this.services.layers.list(); }
+  async inspectLayer(ref: string) { return this.services.layers.inspect(await this.services.layers.resolve(ref)); }
+  async removeLayer(ref: string) {
+    const chainID = await this.services.layers.resolve(ref);
+    await this.services.layers.remove(chainID);
+    return { removed: chainID };
+  }
+  async pruneLayers() { return { deletedLayers: await this.services.layers.prune() }; }
+
+  async close(): Promise<void> {
+    await this.metastore.close();
+  }
+}

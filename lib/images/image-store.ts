@@ -1,0 +1,320 @@
+/**
+ * The image store: images (by id = config digest) with their names, manifest, config and layer chain, on top of
+ * the LayerStore. An image holds every layer of its chain as holder `image:<id>`.
+ *
+ * Import is all or nothing: every layer blob is extracted and verified into layer-tmp first; then one batch
+ * writes the layers, the image record, its names and its references (LayerStore.commit), and only then is
+ * content renamed into place (finished by recovery after a crash).
+ */
+import { mkdir, rm, stat } from 'node:fs/promises';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { StrataError } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { BatchOp, Metastore } from '../store/metastore.js';
+import { chainIdsOf, type Digest } from '../layers/digest.js';
+import { refOpsFor, type CommitItem, type LayerStore, type StagedLayer } from '../layers/layer-store.js';
+import type { ProgressListener } from '../layers/types.js';
+import { normalizeName, readDockerArchive, readOciLayout, sniffSource, unpackArchive, type ImageConfig, type SourceImage } from './sources.js';
+
+export interface ImageRecord {
+  /** The config digest, as Docker names images. */
+  id: Digest;
+  names: string[];
+  manifestDigest: Digest | null;
+  manifest: unknown;
+  config: ImageConfig;
+  diffIDs: Digest[];
+  /** chainIDs, bottom layer first; the last one is what a mount stacks. */
+  chainIDs: Digest[];
+  /** Bytes of file data over all layers. */
+  size: number;
+  created: string | null;
+  importedAt: string;
+  source: 'oci-layout' | 'docker-archive';
+}
+
+export interface ImageSummary {
+  id: Digest;
+  names: string[];
+  manifestDigest: Digest | null;
+  layers: number;
+  size: number;
+  created: string | null;
+}
+
+export interface RemoveImageResult {
+  untagged: string[];
+  /** The image ids removed (their layers are released; prune deletes unused layers). */
+  deleted: Digest[];
+}
+
+/** Archives unpack into layer-tmp; the bound guards against a zip bomb of a different kind. */
+const MAX_ARCHIVE_BYTES = 512 * 2 ** 30;
+
+export class ImageStore {
+  private readonly log: Logger;
+  private writeQueue: Promise<unknown> = Promise.resolve();
+
+  constructor(
+    private readonly metastore: Metastore,
+    readonly rootDir: string,
+    logger: Logger,
+    readonly layers: LayerStore,
+  ) {
+    this.log = logger.child({ component: 'images' });
+  }
+
+  /** Drops images whose layers did not survive a crash (LayerStore.recover() must have run). */
+  async open(): Promise<void> {
+    await this.exclusive(async () => {
+      const ops: BatchOp[] = [];
+      for (const image of await this.allImages()) {
+        const top = image.chainIDs.at(-1);
+        if (top === undefined || (await this.layers.has(top))) continue;
+        ops.push(...this.deleteOps(image));
+        this.log.warn({ id: image.id }, 'dropping image whose layers are gone');
+      }
+      await this.metastore.batch(ops);
+    });
+  }
+
+  /**
+   * Imports every image of an OCI layout dir, a docker-save archive (file or unpacked dir) or a tarred OCI layout.
+   * With `name`, the source must hold exactly one image (or one whose ref tag equals name's tag).
+   */
+  async import(source: string, options: { name?: string; onProgress?: ProgressListener } = {}): Promise<ImageRecord[]> {
+    let st;
+    try {
+      st = await stat(source);
+    } catch (err) {
+      throw new StrataError('STRATA_NOT_FOUND', `cannot read ${source}: no such file or directory`, { cause: err });
+    }
+    let unpacked: string | null = null;
+    let dir = source;
+    try {
+      if (st.isFile()) {
+        unpacked = path.join(this.layers.tmpDir, `archive-${randomBytes(6).toString('hex')}`);
+        await mkdir(unpacked, { mode: 0o700 });
+        await unpackArchive(source, unpacked, MAX_ARCHIVE_BYTES);
+        dir = unpacked;
+      } else if (!st.isDirectory()) {
+        throw new StrataError('STRATA_BAD_ARCHIVE', `${source} is neither an image archive nor an OCI layout dir`);
+      }
+      const kind = await sniffSource(dir);
+      if (kind === null) {
+        throw new StrataError('STRATA_UNSUPPORTED', `${source} is neither an OCI image layout (oci-layout, index.json) nor a docker save archive (manifest.json); for a single layer use "strata layer import"`);
+      }
+      const found = kind === 'oci-layout' ? await readOciLayout(dir) : await readDockerArchive(dir);
+      const chosen = this.choose(found, options.name, source);
+      const records: ImageRecord[] = [];
+      for (const image of chosen) records.push(await this.importOne(image, kind, options.onProgress));
+      return records;
+    } finally {
+      if (unpacked !== null) await rm(unpacked, { recursive: true, force: true });
+    }
+  }
+
+  private choose(found: SourceImage[], name: string | undefined, source: string): SourceImage[] {
+    if (name === undefined) return found;
+    const wanted = normalizeName(name);
+    let pick = found;
+    if (found.length > 1) {
+      const tag = wanted.slice(wanted.lastIndexOf(':') + 1);
+      pick = found.filter((img) => img.names.includes(wanted) || img.refTag === tag);
+      if (pick.length !== 1) {
+        const offered = found.map((img) => img.names[0] ?? img.refTag ?? img.configDigest).join(', ');
+        throw new StrataError('STRATA_BAD_OPTION', `${source} holds ${found.length} images (${offered}); none or several match --name ${name}`);
+      }
+    }
+    return pick.map((img) => ({ ...img, names: [wanted] }));
+  }
+
+  private async importOne(image: SourceImage, kind: ImageRecord['source'], onProgress?: ProgressListener): Promise<ImageRecord> {
+    const staged: StagedLayer[] = [];
+    try {
+      const items: CommitItem[] = [];
+      for (const [i, layer] of image.layers.entries()) {
+        if (await this.layers.hasContent(layer.diffID)) {
+          items.push({ existingDiffID: layer.diffID });
+          continue;
+        }
+        const stagedLayer = await this.layers.stageTarFile(layer.file, {
+          what: layer.what,
+          mediaType: layer.mediaType,
+          expectDigest: layer.digest,
+          expectSize: layer.size,
+          expectDiffID: layer.diffID,
+          onProgress: (bytes) => onProgress?.({ layer: i + 1, layers: image.layers.length, bytes, totalBytes: layer.size ?? null }),
+        });
+        staged.push(stagedLayer);
+        items.push({ staged: stagedLayer });
+      }
+      const chainIDs = chainIdsOf(image.layers.map((l) => l.diffID));
+      const holder = holderOf(image.configDigest);
+      return await this.exclusive(async () => {
+        const id = image.configDigest;
+        const existing = await this.metastore.get<ImageRecord>('images', id);
+        const ops: BatchOp[] = [];
+        for (const name of image.names) {
+          const owner = await this.metastore.get<Digest>('imageNames', name);
+          if (owner !== undefined && owner !== id) {
+            // The name moves to the new image (like docker tag); the old image stays, addressable by id.
+            const other = await this.metastore.get<ImageRecord>('images', owner);
+            if (other !== undefined) ops.push({ type: 'put', sublevel: 'images', key: owner, value: { ...other, names: other.names.filter((n) => n !== name) } });
+          }
+          ops.push({ type: 'put', sublevel: 'imageNames', key: name, value: id });
+        }
+        let size = 0;
+        for (const layer of image.layers) {
+          const s = staged.find((x) => x.diffID === layer.diffID);
+          size += s !== undefined ? s.size : (await this.layers.getContent(layer.diffID)).size;
+        }
+        const record: ImageRecord = {
+          id,
+          names: [...new Set([...(existing?.names ?? []), ...image.names])].sort(),
+          manifestDigest: image.manifestDigest ?? existing?.manifestDigest ?? null,
+          manifest: image.manifest,
+          config: image.config,
+          diffIDs: image.layers.map((l) => l.diffID),
+          chainIDs,
+          size,
+          created: typeof image.config.created === 'string' ? image.config.created : null,
+          importedAt: existing?.importedAt ?? new Date().toISOString(),
+          source: kind,
+        };
+        ops.push({ type: 'put', sublevel: 'images', key: id, value: record });
+        ops.push(...refOpsFor(chainIDs, holder, 'put'));
+        await this.layers.commit(null, items, () => ops);
+        this.log.info({ id, names: record.names, layers: chainIDs.length }, 'imported image');
+        return record;
+      });
+    } catch (err) {
+      for (const s of staged) await this.layers.discard(s);
+      throw err;
+    }
+  }
+
+  // ---------------------------------------------------------------- queries
+
+  /**
+   * Resolves an image reference: a name (`busybox`, `busybox:1.36`), `name@sha256:<manifest digest>`,
+   * a manifest digest, an image id, or a prefix of an id (at least 4 hex digits).
+   */
+  async resolve(ref: string): Promise<ImageRecord> {
+    const at = ref.indexOf('@sha256:');
+    if (at > 0 || ref.startsWith('sha256:') || /^[0-9a-f]{4,64}$/.test(ref)) {
+      const digest = at > 0 ? ref.slice(at + 1) : ref.startsWith('sha256:') ? ref : `sha256:${ref}`;
+      const all = await this.allImages();
+      const byManifest = all.filter((img) => img.manifestDigest === digest);
+      if (byManifest.length === 1) return byManifest[0]!;
+      if (at < 0) {
+        const byId = all.filter((img) => img.id.startsWith(digest));
+        if (byId.length === 1) return byId[0]!;
+        if (byId.length > 1) throw new StrataError('STRATA_BAD_OPTION', `image id ${ref} is ambiguous (${byId.length} images match)`);
+      }
+      throw new StrataError('STRATA_NOT_FOUND', `no image ${ref}`);
+    }
+    let name: string;
+    try {
+      name = normalizeName(ref);
+    } catch {
+      throw new StrataError('STRATA_BAD_OPTION', `"${ref}" is not an image name or id`);
+    }
+    const id = await this.metastore.get<Digest>('imageNames', name);
+    const image = id === undefined ? undefined : await this.metastore.get<ImageRecord>('images', id);
+    if (image === undefined) throw new StrataError('STRATA_NOT_FOUND', `no image ${ref}`);
+    return image;
+  }
+
+  async list(): Promise<ImageSummary[]> {
+    return (await this.allImages()).map((img) => ({
+      id: img.id, names: img.names, manifestDigest: img.manifestDigest, layers: img.chainIDs.length, size: img.size, created: img.created,
+    }));
+  }
+
+  /**
+   * The top chainID of an image or layer reference (images win when a string could be both), for a mount:
+   * acquire() it, then lowerDirSpec() it. Null for an image without layers.
+   */
+  async resolveTopLayer(ref: string): Promise<Digest | null> {
+    try {
+      return (await this.resolve(ref)).chainIDs.at(-1) ?? null;
+    } catch (err) {
+      if (!(err instanceof StrataError) || err.code !== 'STRATA_NOT_FOUND') throw err;
+    }
+    return this.layers.resolve(ref);
+  }
+
+  /** Content dirs of an image or layer reference, top layer first (see LayerStore.lowerDirSpec for long stacks). */
+  async lowerDirs(ref: string): Promise<string[]> {
+    const top = await this.resolveTopLayer(ref);
+    return top === null ? [] : this.layers.lowerDirs(top);
+  }
+
+  // ---------------------------------------------------------------- removal
+
+  /**
+   * `image rm`: a name untags; the image goes (releasing its layers) once no name is left. An id removes the
+   * image with all its names. Layers are deleted by prune, not here.
+   */
+  async remove(ref: string): Promise<RemoveImageResult> {
+    return this.exclusive(async () => {
+      const image = await this.resolve(ref);
+      const byName = image.names.includes(safeNormalize(ref));
+      const untagged = byName ? [safeNormalize(ref)] : image.names;
+      const remaining = image.names.filter((n) => !untagged.includes(n));
+      const ops: BatchOp[] = untagged.map((name) => ({ type: 'del' as const, sublevel: 'imageNames' as const, key: name }));
+      if (remaining.length > 0) {
+        ops.push({ type: 'put', sublevel: 'images', key: image.id, value: { ...image, names: remaining } });
+        await this.metastore.batch(ops);
+        return { untagged, deleted: [] };
+      }
+      ops.push(...this.deleteOps(image).filter((op) => op.sublevel !== 'imageNames'));
+      await this.metastore.batch(ops);
+      this.log.info({ id: image.id }, 'removed image');
+      return { untagged, deleted: [image.id] };
+    });
+  }
+
+  /** Removes images without a name, then every layer nothing uses. */
+  async prune(): Promise<{ deletedImages: Digest[]; deletedLayers: Digest[] }> {
+    const deletedImages = await this.exclusive(async () => {
+      const dangling = (await this.allImages()).filter((img) => img.names.length === 0);
+      await this.metastore.batch(dangling.flatMap((img) => this.deleteOps(img)));
+      return dangling.map((img) => img.id);
+    });
+    return { deletedImages, deletedLayers: await this.layers.prune() };
+  }
+
+  private deleteOps(image: ImageRecord): BatchOp[] {
+    return [
+      { type: 'del', sublevel: 'images', key: image.id },
+      ...image.names.map((name) => ({ type: 'del' as const, sublevel: 'imageNames' as const, key: name })),
+      ...refOpsFor(image.chainIDs, holderOf(image.id), 'del'),
+    ];
+  }
+
+  private async allImages(): Promise<ImageRecord[]> {
+    return (await this.metastore.entries<ImageRecord>('images')).map(([, v]) => v);
+  }
+
+  private exclusive<T>(work: () => Promise<T>): Promise<T> {
+    const run = this.writeQueue.then(work, work);
+    this.writeQueue = run.catch(() => undefined);
+    return run;
+  }
+}
+
+/** The reference holder name of an image. */
+export function holderOf(imageId: Digest): string {
+  return `image:${imageId}`;
+}
+
+function safeNormalize(ref: string): string {
+  try {
+    return normalizeName(ref);
+  } catch {
+    return ref;
+  }
+}
