@@ -19,7 +19,7 @@ export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)
 export const strataCli = path.join(repoRoot, 'dist/lib/cli/strata.js');
 export const strataOverlayJs = path.join(repoRoot, 'dist/lib/cli/strata-overlay.js');
 
-interface Teardown {
+export interface Teardown {
   teardown(fn: () => unknown): void;
 }
 
@@ -133,13 +133,19 @@ export class DaemonHandle {
     const child = spawn(this.execStart[0] ?? '', this.argv, { env: { ...process.env, ...this.env }, stdio: ['ignore', 'ignore', 'pipe'] });
     this.child = child;
     child.stderr!.on('data', (chunk: Buffer) => { this.stderr += chunk.toString(); });
-    this.exited = new Promise((resolve) => child.on('exit', (code, signal) => { this.exit = { code, signal }; resolve(); }));
+    // 'close' (not 'exit') so that all of stderr has been read when the exit is seen.
+    this.exited = new Promise((resolve) => child.on('close', (code, signal) => { this.exit = { code, signal }; resolve(); }));
     for (let i = 0; i < 600; i++) {
       if (this.exit !== undefined) throw new Error(`stratad exited (${JSON.stringify(this.exit)}) before answering: ${this.stderr}`);
       if (await pingSocket(this.socket)) return;
       await sleep(50);
     }
     throw new Error(`stratad did not answer on ${this.socket}: ${this.stderr}`);
+  }
+
+  /** Waits until the daemon's log (its stderr, read asynchronously) matches `pattern`. */
+  async waitForLog(pattern: RegExp): Promise<string> {
+    return waitFor(`a log line matching ${pattern}`, () => (pattern.test(this.stderr) ? this.stderr : undefined));
   }
 
   get pid(): number {

@@ -1,0 +1,134 @@
+/**
+ * stratad's crash behaviour with real processes: kill -9 of the daemon (helpers surviving, or killed too as systemd
+ * does with the control group, leaving "Transport endpoint is not connected" mountpoints), kill -9 of one helper
+ * while another mount keeps serving, and SIGTERM with a shell cd'd into a mount. Upper data must survive each.
+ */
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import t from 'tap';
+import { isAlive, isMounted, makeLayer, startDaemon, stagedExecStart, tempDir, waitFor, type DaemonHandle, type Teardown } from './helpers/daemon-harness.js';
+
+interface MountView {
+  Name: string;
+  State: { Status: string; Pid: number; Restarts: number };
+}
+
+function pidOf(daemon: DaemonHandle, name: string): number {
+  return daemon.json<MountView[]>(['mount', 'inspect', name])[0]?.State.Pid ?? 0;
+}
+
+function statError(file: string): string | undefined {
+  try {
+    fs.statSync(file);
+    return undefined;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code;
+  }
+}
+
+async function setUp(t: Teardown, label: string, config?: Record<string, unknown>) {
+  const dir = tempDir(t, label);
+  const extraArgs: string[] = [];
+  if (config !== undefined) {
+    fs.writeFileSync(path.join(dir, 'stratad.json'), JSON.stringify(config));
+    extraArgs.push('--config', path.join(dir, 'stratad.json'));
+  }
+  const execStart = stagedExecStart(path.join(dir, 'install'));
+  const lower = makeLayer(path.join(dir, 'lower'), { 'data/base': 'base\n' });
+  const targets = { a: path.join(dir, 'mnt-a'), b: path.join(dir, 'mnt-b') };
+  fs.mkdirSync(targets.a);
+  fs.mkdirSync(targets.b);
+  const options = { root: path.join(dir, 'root'), socket: path.join(dir, 'strata.sock'), execStart, extraArgs };
+  const daemon = await startDaemon(t, options);
+  for (const [name, target] of Object.entries(targets)) {
+    const r = daemon.cli(['mount', 'create', lower, '--target', target, '--name', name]);
+    if (r.status !== 0) throw new Error(r.stderr);
+    fs.writeFileSync(path.join(target, 'data/written'), `upper data of ${name}\n`);
+  }
+  return { dir, lower, targets, daemon, options };
+}
+
+t.test('kill -9 of the daemon: restart ends the orphaned helpers and remounts with the data', async (t) => {
+  const { targets, daemon, options } = await setUp(t, 'daemon-kill9');
+  const oldHelpers = [pidOf(daemon, 'a'), pidOf(daemon, 'b')];
+  t.ok(oldHelpers.every((p) => p > 0));
+  t.same(await daemon.kill('SIGKILL'), { code: null, signal: 'SIGKILL' });
+  t.ok(oldHelpers.every(isAlive), 'the helpers outlive a kill -9 of the daemon');
+
+  const restarted = await startDaemon(t, options);
+  const views = restarted.json<MountView[]>(['mount', 'ls']);
+  t.same(views.map((v) => [v.Name, v.State.Status]), [['a', 'mounted'], ['b', 'mounted']], 'both mounts are back');
+  for (const pid of oldHelpers) await waitFor(`old helper ${pid} to end`, () => !isAlive(pid));
+  t.ok(views.every((v) => !oldHelpers.includes(v.State.Pid)), 'the mounts are served by new, supervised helpers');
+  for (const [name, target] of Object.entries(targets)) {
+    t.ok(isMounted(target));
+    t.equal(fs.readFileSync(path.join(target, 'data/written'), 'utf8'), `upper data of ${name}\n`, `mount ${name} kept its upper data`);
+    t.equal(fs.readFileSync(path.join(target, 'data/base'), 'utf8'), 'base\n');
+  }
+  fs.writeFileSync(path.join(targets.a, 'after'), 'x');
+  t.equal(fs.readFileSync(path.join(targets.a, 'after'), 'utf8'), 'x', 'the remounted union is writable');
+  t.same(await restarted.kill('SIGTERM'), { code: 0, signal: null });
+  t.notOk(isMounted(targets.a) || isMounted(targets.b), 'SIGTERM unmounted everything');
+});
+
+t.test('kill -9 of the daemon and its helpers: dead mountpoints are recovered without losing data', async (t) => {
+  const { dir, targets, daemon, options } = await setUp(t, 'daemon-enotconn');
+  const helpers = [pidOf(daemon, 'a'), pidOf(daemon, 'b')];
+  await daemon.kill('SIGKILL');
+  for (const pid of helpers) process.kill(pid, 'SIGKILL');
+  for (const pid of helpers) await waitFor(`helper ${pid} to die`, () => !isAlive(pid));
+  t.equal(statError(path.join(targets.a, 'data')), 'ENOTCONN', 'the mountpoint is left "Transport endpoint is not connected"');
+  // An orphaned staging dir from an interrupted create must be cleaned at start-up.
+  const orphan = path.join(options.root, 'mounts', `.staging-${'0'.repeat(64)}`);
+  fs.mkdirSync(path.join(orphan, 'upper'), { recursive: true });
+
+  const restarted = await startDaemon(t, options);
+  for (const [name, target] of Object.entries(targets)) {
+    t.equal(statError(path.join(target, 'data')), undefined, `${name} answers again`);
+    t.equal(fs.readFileSync(path.join(target, 'data/written'), 'utf8'), `upper data of ${name}\n`, `${name} kept its upper data`);
+  }
+  t.notOk(fs.existsSync(orphan), 'the orphaned staging dir was removed');
+  t.ok(await restarted.waitForLog(/"mount":"a".*detached a leftover mount/), 'the recovery is logged');
+  await restarted.kill('SIGTERM');
+  t.ok(dir);
+});
+
+t.test('one helper crashing does not disturb the other mount, and is restarted', async (t) => {
+  const { targets, daemon } = await setUp(t, 'daemon-helper-crash');
+  const victim = pidOf(daemon, 'a');
+  const bystander = pidOf(daemon, 'b');
+  process.kill(victim, 'SIGKILL');
+  // Read from b while a is down and restarting.
+  t.equal(fs.readFileSync(path.join(targets.b, 'data/written'), 'utf8'), 'upper data of b\n', 'the other mount keeps serving');
+  const back = await waitFor('mount a to be restarted', () => {
+    const view = daemon.json<MountView[]>(['mount', 'inspect', 'a'])[0];
+    return view?.State.Status === 'mounted' && view.State.Pid !== victim ? view : undefined;
+  });
+  t.equal(back.State.Restarts, 1, 'the restart is counted');
+  t.equal(fs.readFileSync(path.join(targets.a, 'data/written'), 'utf8'), 'upper data of a\n', 'the restarted mount has its data');
+  t.equal(pidOf(daemon, 'b'), bystander, 'the other helper was never touched');
+  t.ok(await daemon.waitForLog(/"mount":"a".*mount helper ended unexpectedly/), 'the crash is logged in the mount\'s logger');
+  await daemon.kill('SIGTERM');
+});
+
+t.test('SIGTERM with a shell inside a mount: lazy detach with a warning, exit 0, remounted on next start', async (t) => {
+  const { targets, daemon, options } = await setUp(t, 'daemon-sigterm', { helperExitGraceMs: 500 });
+  const shell = spawn('bash', ['-c', `cd ${targets.a} && exec sleep 600`], { stdio: 'ignore' });
+  t.teardown(() => { shell.kill('SIGKILL'); });
+  await waitFor('the shell to enter the mount', () => {
+    try { return fs.readlinkSync(`/proc/${shell.pid}/cwd`) === targets.a; } catch { return false; }
+  });
+  const helper = pidOf(daemon, 'a');
+  t.same(await daemon.kill('SIGTERM'), { code: 0, signal: null }, 'the daemon exits 0');
+  t.match(daemon.stderr, /"mount":"a".*detached lazily/, 'the busy mount was detached lazily, with a warning');
+  t.notOk(isMounted(targets.a), 'the busy mount is gone from the namespace');
+  t.notOk(isMounted(targets.b), 'the idle mount was unmounted');
+  t.notOk(isAlive(helper), 'no helper outlives the daemon');
+  shell.kill('SIGKILL');
+
+  const restarted = await startDaemon(t, options);
+  t.same(restarted.json<MountView[]>(['mount', 'ls']).map((v) => v.State.Status), ['mounted', 'mounted'], 'both mounts come back on the next start');
+  t.equal(fs.readFileSync(path.join(targets.a, 'data/written'), 'utf8'), 'upper data of a\n');
+  await restarted.kill('SIGTERM');
+});
