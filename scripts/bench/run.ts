@@ -11,7 +11,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
-import { cpus, release, tmpdir } from 'node:os';
+import { cpus, loadavg, release, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import yargs from 'yargs';
@@ -142,6 +142,8 @@ function hostInfo(): Record<string, unknown> {
     cpus: cpus().length,
     cpuModel: cpus()[0]?.model,
     node: process.version,
+    // The machine is shared: a high load average means the figures of this run are noisier than usual.
+    loadAverage1m5m15m: loadavg().map((l) => Number(l.toFixed(2))),
     fuseOverlayfs: quiet('fuse-overlayfs', ['--version']).split('\n').find((l) => l.startsWith('fuse-overlayfs')) ?? 'unknown',
     strataCommit: quiet('git', ['-C', REPO_ROOT, 'rev-parse', '--short', 'HEAD']),
   };
@@ -178,7 +180,8 @@ async function runOnce(session: Session, options: BenchOptions, fixture: Fixture
       const result = await workload.run(ctx);
       const cpuAfter = serverPid === undefined ? undefined : cpuSecondsOf(serverPid, session.clockTicksPerSecond);
       workload.check(ctx, result);
-      const serverCpuSeconds = cpuBefore !== undefined && cpuAfter !== undefined ? cpuAfter - cpuBefore : undefined;
+      const serverCpuSeconds =
+        cpuBefore !== undefined && cpuAfter !== undefined ? Math.round((cpuAfter - cpuBefore) * session.clockTicksPerSecond) / session.clockTicksPerSecond : undefined;
       return { seconds: result.seconds, serverCpuSeconds };
     } finally {
       await mounts.unmount(dirs.mountpoint);
@@ -274,6 +277,7 @@ async function main(): Promise<number> {
   }
 
   const startedAt = new Date().toISOString();
+  const loadAtStart = loadavg().map((l) => Number(l.toFixed(2)));
   try {
     const { reports, fixture } = await benchmark(session, options);
     const results = {
@@ -281,7 +285,7 @@ async function main(): Promise<number> {
       finishedAt: new Date().toISOString(),
       mode: options.quick ? 'quick' : 'full',
       runs: options.runs,
-      host: hostInfo(),
+      host: { ...hostInfo(), loadAverageAtStart: loadAtStart },
       fixture: { dir: fixture.dir, ...fixture.manifest },
       implementations: options.implementations,
       ratioDefinition: 'median time of strata divided by median time of the other implementation; above 1 means strata is slower',
