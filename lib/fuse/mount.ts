@@ -1,11 +1,14 @@
 /**
  * Mounting a UnionFs over FUSE with the patched fuse-native, with the options a union filesystem needs:
  *  - use_ino: our stable inode numbers reach stat and readdir (libfuse would invent its own);
- *  - hard_remove: an unlinked open file is not renamed to .fuse_hidden* (that would land in the upper dir);
+ *  - no hard_remove: libfuse hides an unlinked open file by renaming it to .fuse_hidden*, which ops.ts turns
+ *    into a real unlink plus a private handle, so fstat still works (nlink 0) and nothing lands in the upper dir;
  *  - allow_other + default_permissions: other users can use the mount and the kernel checks permissions
  *    against the attributes we report, as it does for kernel overlayfs;
  *  - big_writes/max_write: 128 KiB writes instead of 4 KiB;
- *  - auto_cache: page cache kept across opens unless mtime/size changed.
+ *  - auto_cache: page cache kept across opens unless mtime/size changed;
+ *  - attr_timeout=0 by default: the high-level libfuse API gives each name its own kernel inode, so the
+ *    attributes of one hard link would stay stale after a write through another; entries stay cached.
  */
 import fs from 'node:fs';
 import { createRequire } from 'node:module';
@@ -43,7 +46,6 @@ export function fuseOptionString(options: FuseMountOptions): string {
     'allow_other',
     'default_permissions',
     'use_ino',
-    'hard_remove',
     'big_writes',
     'max_write=131072',
     'max_read=131072',
@@ -55,6 +57,8 @@ export function fuseOptionString(options: FuseMountOptions): string {
     `subtype=${escapeOption(options.subtype)}`,
   ];
   if (options.readOnly) list.push('ro');
+  // Device nodes and setuid binaries work on the mount as on kernel overlayfs (only root may ask for this).
+  if (process.getuid?.() === 0) list.push('dev', 'suid');
   return `-o${list.join(',')}`;
 }
 

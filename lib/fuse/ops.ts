@@ -3,8 +3,9 @@
  * UnionFs and the result (or error) back into what fuse-native expects. This file and mount.ts are the only
  * code that knows fuse-native's conventions; errno.ts is the only code that makes errnos.
  */
+import fs from 'node:fs';
 import type { Logger } from '../log.js';
-import { StatIndex } from '../native/index.js';
+import { sys, StatIndex } from '../native/index.js';
 import type { UnionFs, Caller } from '../union/super.js';
 import { toNegativeErrno } from './errno.js';
 import { encodeDirentStat, encodeStat } from './stat.js';
@@ -16,10 +17,39 @@ type DoneWith<T> = (result: number, value?: T) => void;
 export type CallerSource = () => Caller;
 
 const ROOT_CALLER: Caller = { uid: 0, gid: 0 };
+/**
+ * libfuse (without hard_remove) hides a file that is unlinked while open by renaming it to this name and
+ * unlinking that name on the last release. We turn the rename into the real unlink and keep an O_PATH fd,
+ * so fstat on the open file still works (nlink 0, as on kernel overlayfs) and the upper dir gets no extra file.
+ */
+const LIBFUSE_HIDDEN_NAME = /\/\.fuse_hidden[0-9a-f]{16}$/;
+const O_PATH = 0o10000000;
+
+interface HiddenFile {
+  fd: number;
+  ino: number;
+}
 const S_IFDIR = 0o040000;
 
 export function createFuseOps(ufs: UnionFs, logger: Logger, callerOf: CallerSource = () => ROOT_CALLER) {
   const statBuf = new Float64Array(StatIndex.length);
+  const hiddenFiles = new Map<string, HiddenFile>();
+  const statHidden = (hidden: HiddenFile): Uint32Array => {
+    if (sys.fstatRaw(hidden.fd, statBuf) < 0) throw Object.assign(new Error('hidden file fd'), { code: 'EIO' });
+    statBuf[StatIndex.ino] = hidden.ino;
+    return encodeStat(statBuf);
+  };
+  const hideUnlinkedOpenFile = async (from: string, hiddenPath: string) => {
+    const entry = ufs.lookup(from);
+    const fd = fs.openSync(entry.top.real, O_PATH | fs.constants.O_NOFOLLOW);
+    try {
+      await ufs.unlink(from);
+    } catch (err) {
+      fs.closeSync(fd);
+      throw err;
+    }
+    hiddenFiles.set(hiddenPath, { fd, ino: entry.ino });
+  };
   const fail = (err: unknown, op: string, path: string) => toNegativeErrno(err, logger, op, path);
 
   /** Runs a synchronous operation and reports 0 or the errno. */
@@ -42,6 +72,8 @@ export function createFuseOps(ufs: UnionFs, logger: Logger, callerOf: CallerSour
   return {
     getattr(path: string, cb: DoneWith<Uint32Array>) {
       try {
+        const hidden = hiddenFiles.get(path);
+        if (hidden) return cb(0, statHidden(hidden));
         ufs.getattr(path, statBuf);
         cb(0, encodeStat(statBuf));
       } catch (err) {
@@ -50,6 +82,8 @@ export function createFuseOps(ufs: UnionFs, logger: Logger, callerOf: CallerSour
     },
     fgetattr(path: string, fd: number, cb: DoneWith<Uint32Array>) {
       try {
+        const hidden = hiddenFiles.get(path);
+        if (hidden) return cb(0, statHidden(hidden));
         ufs.fgetattr(path, fd, statBuf);
         cb(0, encodeStat(statBuf));
       } catch (err) {
@@ -143,12 +177,18 @@ export function createFuseOps(ufs: UnionFs, logger: Logger, callerOf: CallerSour
       runAsync('link', path, cb, () => ufs.link(existing, path));
     },
     unlink(path: string, cb: Done) {
+      const hidden = hiddenFiles.get(path);
+      if (hidden) {
+        hiddenFiles.delete(path);
+        return run('unlink', path, cb, () => fs.closeSync(hidden.fd));
+      }
       runAsync('unlink', path, cb, () => ufs.unlink(path));
     },
     rmdir(path: string, cb: Done) {
       runAsync('rmdir', path, cb, () => ufs.rmdir(path));
     },
     rename(from: string, to: string, cb: Done) {
+      if (LIBFUSE_HIDDEN_NAME.test(to)) return runAsync('rename', from, cb, () => hideUnlinkedOpenFile(from, to));
       runAsync('rename', from, cb, () => ufs.rename(from, to));
     },
     getxattr(path: string, name: string, _position: number, cb: DoneWith<Buffer>) {

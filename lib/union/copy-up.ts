@@ -40,9 +40,9 @@ export async function copyUp(ufs: UnionFs, entry: UnionEntry, options: CopyUpOpt
 async function copyUpOne(ufs: UnionFs, entry: UnionEntry, options: CopyUpOptions): Promise<UnionEntry> {
   const upper = ufs.upper;
   if (!upper) throw fsError('EROFS', entry.path);
+  let parentReal: string | undefined;
   if (entry.path !== '/') {
-    const parent = ufs.lookup(parentPath(entry.path));
-    await copyUp(ufs, parent);
+    parentReal = (await copyUp(ufs, ufs.lookup(parentPath(entry.path)))).top.real;
   }
   const source = entry.top;
   const stat = new Float64Array(StatIndex.length);
@@ -67,7 +67,13 @@ async function copyUpOne(ufs: UnionFs, entry: UnionEntry, options: CopyUpOptions
     realfs.lchown(temp, stat[StatIndex.uid] ?? 0, stat[StatIndex.gid] ?? 0);
     if (type !== S_IFLNK) realfs.chmod(temp, mode & 0o7777);
     realfs.utimens(temp, stat[StatIndex.atimeSec] ?? 0, stat[StatIndex.atimeNsec] ?? 0, stat[StatIndex.mtimeSec] ?? 0, stat[StatIndex.mtimeNsec] ?? 0);
+    // Linking the copy into its parent is not a change users made: keep the parent's times, as the kernel does.
+    const parentStat = new Float64Array(StatIndex.length);
+    const haveParentTimes = parentReal !== undefined && sys.lstatRaw(parentReal, parentStat) === 0;
     realfs.renameNoReplace(temp, ufs.upperReal(entry.path));
+    if (haveParentTimes && parentReal !== undefined) {
+      realfs.utimens(parentReal, parentStat[StatIndex.atimeSec] ?? 0, parentStat[StatIndex.atimeNsec] ?? 0, parentStat[StatIndex.mtimeSec] ?? 0, parentStat[StatIndex.mtimeNsec] ?? 0);
+    }
   } catch (err) {
     try {
       realfs.removeTree(temp);
@@ -78,6 +84,7 @@ async function copyUpOne(ufs: UnionFs, entry: UnionEntry, options: CopyUpOptions
   }
   const copied: UnionEntry = {
     ...entry,
+    opaque: false,
     top: layerPath(upper, entry.path),
     inUpper: true,
     lowers: type === S_IFDIR ? [entry.top, ...entry.lowers] : [entry.top],

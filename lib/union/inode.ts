@@ -30,9 +30,9 @@ export function getattrByFd(fd: number, out: Float64Array): void {
 
 function fixupAttrs(entry: UnionEntry, out: Float64Array): void {
   out[StatIndex.ino] = entry.ino;
-  // Like kernel overlayfs, a merged directory reports one link: its subdirectory count is not known
-  // without merging every layer.
-  if (entry.type === S_IFDIR && entry.lowers.length > 0 && !entry.opaque) out[StatIndex.nlink] = 1;
+  // Like kernel overlayfs, a merged directory (more than one real dir behind it) reports one link: its
+  // subdirectory count is not known without merging every layer.
+  if (entry.type === S_IFDIR && entry.lowers.length > 0) out[StatIndex.nlink] = 1;
 }
 
 export async function chmod(ufs: UnionFs, path: string, mode: number): Promise<void> {

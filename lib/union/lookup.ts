@@ -118,7 +118,7 @@ export function lookupChild(ctx: LookupContext, parent: UnionEntry, name: string
     }
     // Only a directory gets here. Its own opaque and redirect xattrs steer the search below it.
     if (readXattrString(candidate.real, OVL_OPAQUE) === 'y') {
-      if (candidate === found) opaque = true;
+      if (candidate === found && candidate.layer.isUpper) opaque = true;
       break;
     }
     const target = readXattrString(candidate.real, OVL_REDIRECT);

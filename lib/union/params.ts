@@ -16,6 +16,9 @@ export interface UnionParams {
   readOnly: boolean;
   fsname: string;
   logLevel?: string;
+  /** Seconds the kernel may cache attributes / names (FUSE attr_timeout / entry_timeout). */
+  attrTimeout?: number;
+  entryTimeout?: number;
   /** Generic or kernel-overlayfs options that were accepted and have no effect here. */
   ignored: string[];
 }
@@ -115,6 +118,16 @@ export function parseOptions(optionStrings: string[]): UnionParams {
       case 'ro':
         forceReadOnly = true;
         break;
+      case 'attr_timeout':
+      case 'entry_timeout': {
+        const seconds = Number(value);
+        if (value === undefined || value === '' || !Number.isFinite(seconds) || seconds < 0) {
+          throw badOption(`${key}= needs a number of seconds, got "${value ?? ''}"`);
+        }
+        if (key === 'attr_timeout') params.attrTimeout = seconds;
+        else params.entryTimeout = seconds;
+        break;
+      }
       // FUSE-level options that Strata always sets itself.
       case 'allow_other':
       case 'default_permissions':
