@@ -104,6 +104,8 @@ t.test('bad options get a one-line error naming what was wrong, before anything 
     [['--workload', 'tar-c-cold,nope'], 'nope'],
     [['--source', join(root, 'missing-tree')], 'missing-tree'],
     [['--bogus-flag'], 'bogus-flag'],
+    [['--source', '/etc/hostname'], 'not a directory'],
+    [['--out', '/etc/hostname/results.json'], 'cannot write the results file'],
   ] as const) {
     const result = runBench(['--quick', '--cache-dir', cacheDir, ...args]);
     t.equal(result.status, 2, `${args.join(' ')}: usage exit status`);

@@ -10,7 +10,7 @@
  * scratch dirs of a benchmark that was killed outright are cleaned at the next start.
  */
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { accessSync, constants as fsConstants, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, release, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -84,6 +84,7 @@ async function parseOptions(argv: string[]): Promise<BenchOptions & { logLevel: 
   const sizes = args.quick ? QUICK : FULL;
   const source = resolve(args.source);
   if (!existsSync(source)) throw new StrataError('STRATA_BAD_DIR', `--source ${source} does not exist`);
+  if (!statSync(source).isDirectory()) throw new StrataError('STRATA_BAD_DIR', `--source ${source} is not a directory`);
   const cacheDir = resolve(args['cache-dir']);
   const stamp = new Date().toISOString().replace(/[:.]/g, '-');
   const workloadNames = parseList('workload', args.workload, WORKLOAD_NAMES, (v): v is string => WORKLOAD_NAMES.includes(v));
@@ -242,6 +243,14 @@ async function main(): Promise<number> {
     return 2;
   }
   const log = createLogger({ level: options.logLevel, name: 'strata-bench' });
+  try {
+    // Found out now rather than after a half-hour run.
+    mkdirSync(dirname(options.outFile), { recursive: true });
+    accessSync(dirname(options.outFile), fsConstants.W_OK);
+  } catch (err) {
+    process.stderr.write(`strata-bench: STRATA_BAD_DIR: cannot write the results file ${options.outFile}: ${(err as Error).message}\n`);
+    return 2;
+  }
   if (process.getuid?.() !== 0) {
     process.stderr.write('strata-bench: STRATA_BAD_OPTION: must run as root (it mounts overlays and drops page caches)\n');
     return 2;
@@ -291,8 +300,6 @@ async function main(): Promise<number> {
       ratioDefinition: 'median time of strata divided by median time of the other implementation; above 1 means strata is slower',
       workloads: reports,
     };
-    mkdirSync(dirname(options.outFile), { recursive: true });
-    writeFileSync(options.outFile, `${JSON.stringify(results, null, 2)}\n`);
     process.stdout.write(
       `# ${options.runs} run(s) per cell, median shown; fixture ${describeFixture(fixture)}\n` +
         `# ratios: strata's median time / the other's (above 1: strata slower)\n` +
@@ -301,6 +308,8 @@ async function main(): Promise<number> {
     const fuseImpls = options.implementations.filter((i) => i !== 'kernel');
     if (fuseImpls.length) process.stdout.write(`# FUSE server CPU seconds during the timed command (median)\n${formatCpuTable(reports, fuseImpls)}\n\n`);
     process.stdout.write(`${JSON.stringify(results, null, 2)}\n`);
+    // Written after printing, so a full disk at the end loses nothing that was measured.
+    writeFileSync(options.outFile, `${JSON.stringify(results, null, 2)}\n`);
     process.stderr.write(`strata-bench: results written to ${options.outFile}\n`);
     const failed = reports.flatMap((r) => Object.entries(r.results).filter(([, c]) => c?.error).map(([i]) => `${r.name} on ${i}`));
     if (failed.length) {
