@@ -121,7 +121,7 @@ export class DaemonHandle {
     return [
       ...this.execStart.slice(1),
       '--root', this.root, '--socket', this.socket, '--log-level', 'debug',
-      ...(program === undefined ? [] : ['--mount-program', program]),
+      ...(program === undefined || this.extraArgs.includes('--mount-program') ? [] : ['--mount-program', program]),
       ...this.extraArgs,
     ];
   }
