@@ -13,7 +13,8 @@ import { hideBin } from 'yargs/helpers';
 import { StrataError } from '../lib/errors.js';
 import { createLogger, type Logger } from '../lib/log.js';
 import { MountService } from '../lib/mounts/service.js';
-import { noLayerStore } from '../lib/mounts/sources.js';
+import { LocalImageBackend, openImageServices } from '../lib/cli/backend.js';
+import { StoreLayerProvider } from '../lib/images/layer-provider.js';
 import { Metastore } from '../lib/store/metastore.js';
 import { buildApi, listenOnSocket } from './api/server.js';
 import { loadConfig, type DaemonConfig } from './config.js';
@@ -70,13 +71,24 @@ async function run(argv: string[]): Promise<void> {
   const pidFile = path.join(config.root, 'stratad.pid');
   await writeFile(pidFile, `${process.pid}\n`);
 
-  const mounts = new MountService(store, noLayerStore, logger, {
+  let services;
+  try {
+    await notifier.status('recovering the layer store');
+    services = await openImageServices(store, config.root, logger);
+  } catch (err) {
+    await store.close();
+    await rm(pidFile, { force: true });
+    throw err;
+  }
+  // The daemon owns the metastore: it never calls this backend's close(), which would close the store under it.
+  const images = new LocalImageBackend(store, services);
+  const mounts = new MountService(store, new StoreLayerProvider(services.images, services.layers), logger, {
     rootDir: config.root,
     mountProgram: config.mountProgram,
     mountTimeoutMs: config.mountTimeoutMs,
     helperExitGraceMs: config.helperExitGraceMs,
   });
-  const api = buildApi({ config, mounts, version: VERSION, startedAt: new Date().toISOString() }, logger.child({ component: 'api' }));
+  const api = buildApi({ config, mounts, images, version: VERSION, startedAt: new Date().toISOString() }, logger.child({ component: 'api' }));
 
   let stopping: Promise<void> | undefined;
   const stop = (signal: string): Promise<void> => {

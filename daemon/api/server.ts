@@ -16,6 +16,8 @@ import { STRATA_ERRORS, StrataError } from '../../lib/errors.js';
 import type { Logger } from '../../lib/log.js';
 import type { MountService } from '../../lib/mounts/service.js';
 import type { DaemonConfig } from '../config.js';
+import type { ImageBackend } from '../../lib/cli/backend.js';
+import { registerImageRoutes } from './images.js';
 
 const execFileAsync = promisify(execFile);
 
@@ -24,6 +26,8 @@ export const API_VERSION = '1.0';
 export interface ApiContext {
   config: DaemonConfig;
   mounts: MountService;
+  /** The layer and image store, when this daemon hosts one. */
+  images?: ImageBackend;
   version: string;
   startedAt: string;
 }
@@ -146,6 +150,8 @@ export function buildApi(context: ApiContext, logger: Logger): FastifyInstance {
     const query = request.query as { force: boolean; keepUpper: boolean };
     return context.mounts.remove((request.params as { id: string }).id, { force: query.force, keepUpper: query.keepUpper });
   });
+
+  if (context.images !== undefined) registerImageRoutes(app, context.images);
 
   return app;
 }

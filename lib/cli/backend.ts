@@ -11,6 +11,7 @@ import { LayerStore } from '../layers/layer-store.js';
 import { ImageStore, type ImageRecord, type ImageSummary, type RemoveImageResult } from '../images/image-store.js';
 import type { Digest } from '../layers/digest.js';
 import type { LayerInfo, ProgressListener } from '../layers/types.js';
+import { DEFAULT_SOCKET, StrataClient } from '../api/client.js';
 
 export const DEFAULT_ROOT = '/var/lib/strata';
 
@@ -93,4 +94,44 @@ export class LocalImageBackend implements ImageBackend {
   async close(): Promise<void> {
     await this.metastore.close();
   }
+}
+
+/**
+ * The same operations through a running daemon's control API. Paths are sent absolute: the daemon runs on this
+ * machine and reads them itself. Progress is not streamed (the daemon logs it).
+ */
+export class RemoteImageBackend implements ImageBackend {
+  constructor(private readonly client: StrataClient) {}
+
+  importImage(source: string, options: { name?: string }) {
+    return this.client.request<ImageRecord[]>('POST', '/images/load', { Path: path.resolve(source), ...(options.name === undefined ? {} : { Name: options.name }) });
+  }
+  listImages() { return this.client.request<ImageSummary[]>('GET', '/images/json'); }
+  inspectImage(ref: string) { return this.client.request<ImageRecord>('GET', `/images/${encodeURIComponent(ref)}/json`); }
+  removeImage(ref: string) { return this.client.request<RemoveImageResult>('DELETE', `/images/${encodeURIComponent(ref)}`); }
+  pruneImages() { return this.client.request<{ deletedImages: Digest[]; deletedLayers: Digest[] }>('POST', '/images/prune'); }
+
+  importLayer(source: string, options: { parent?: string }) {
+    return this.client.request<LayerInfo>('POST', '/layers/import', { Path: path.resolve(source), ...(options.parent === undefined ? {} : { Parent: options.parent }) });
+  }
+  listLayers() { return this.client.request<LayerInfo[]>('GET', '/layers/json'); }
+  inspectLayer(ref: string) { return this.client.request<LayerInfo>('GET', `/layers/${encodeURIComponent(ref)}/json`); }
+  removeLayer(ref: string) { return this.client.request<{ removed: Digest }>('DELETE', `/layers/${encodeURIComponent(ref)}`); }
+  pruneLayers() { return this.client.request<{ deletedLayers: Digest[] }>('POST', '/layers/prune'); }
+
+  async close(): Promise<void> {}
+}
+
+/**
+ * The backend the CLI should use: the daemon's when its socket answers (it holds the store's lock), unless --root
+ * names a different state dir than the daemon serves; otherwise the store in-process.
+ */
+export async function openImageBackend(options: { root?: string; socket?: string }, logger: Logger): Promise<ImageBackend> {
+  const client = new StrataClient(options.socket ?? process.env.STRATA_SOCKET ?? DEFAULT_SOCKET);
+  const root = path.resolve(options.root ?? process.env.STRATA_ROOT ?? DEFAULT_ROOT);
+  if (await client.isReachable()) {
+    const info = await client.request<{ Root: string }>('GET', '/info');
+    if (options.root === undefined || info.Root === root) return new RemoteImageBackend(client);
+  }
+  return openLocalImageBackend(root, logger);
 }

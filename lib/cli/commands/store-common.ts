@@ -1,22 +1,26 @@
 /** Shared by `strata image` and `strata layer`: opening the backend, progress on a TTY, and formatting. */
 import type { CommandModule } from 'yargs';
 import { createLogger } from '../../log.js';
-import { DEFAULT_ROOT, openLocalImageBackend, type ImageBackend } from '../backend.js';
+import { openImageBackend, type ImageBackend } from '../backend.js';
 import type { ImportProgress, ProgressListener } from '../../layers/types.js';
 
 export interface StoreArgs {
   json: boolean;
   root?: string;
+  socket?: string;
 }
 
 // Subcommand handlers declare their own argument shapes; yargs's overloads cannot follow them.
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 export type Sub = CommandModule<StoreArgs, any>;
 
-/** Runs `work` against the backend for --root, always closing it (LevelDB holds a lock until then). */
+/**
+ * Runs `work` against the daemon when it answers on --socket (and serves --root), else against the store for --root
+ * in-process, always closing it (LevelDB holds a lock until then).
+ */
 export async function withBackend<T>(argv: StoreArgs, work: (backend: ImageBackend) => Promise<T>): Promise<T> {
   const logger = createLogger({ name: 'strata' });
-  const backend = await openLocalImageBackend(argv.root ?? process.env.STRATA_ROOT ?? DEFAULT_ROOT, logger);
+  const backend = await openImageBackend({ root: argv.root, socket: argv.socket }, logger);
   try {
     return await work(backend);
   } finally {
