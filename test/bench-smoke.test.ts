@@ -37,20 +37,33 @@ t.teardown(() => {
   rmSync(root, { recursive: true, force: true });
 });
 
+/** The FUSE server of a mount: the process whose command line names the mountpoint. */
+function serverPidOf(mountpoint: string): number | undefined {
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      if (readFileSync(`/proc/${name}/cmdline`, 'utf8').split('\0').includes(mountpoint)) return Number(name);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return undefined;
+}
+
 function runBench(args: string[]): { status: number | null; stdout: string; stderr: string } {
   const result = spawnSync(process.execPath, [benchEntry, ...args], { env, encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 });
   return { status: result.status, stdout: result.stdout, stderr: result.stderr };
 }
 
 /** Starts the benchmark and resolves once it logs that a mount is live (it then holds that mount). */
-function startUntilMounted(args: string[]): Promise<{ child: ReturnType<typeof spawn>; exited: Promise<number | null> }> {
+function startUntilMounted(args: string[]): Promise<{ child: ReturnType<typeof spawn>; exited: Promise<number | null>; stderr: () => string }> {
   const child = spawn(process.execPath, [benchEntry, '--log-level', 'debug', ...args], { env, stdio: ['ignore', 'ignore', 'pipe'] });
   const exited = new Promise<number | null>((done) => child.on('close', (code, signal) => done(code ?? (signal ? -1 : null))));
   return new Promise((resolveMounted, reject) => {
     let stderr = '';
     child.stderr!.setEncoding('utf8').on('data', (chunk: string) => {
       stderr += chunk;
-      if (stderr.includes('"msg":"mounted"')) resolveMounted({ child, exited });
+      if (stderr.includes('"msg":"mounted"')) resolveMounted({ child, exited, stderr: () => stderr });
     });
     void exited.then((code) => reject(new Error(`benchmark exited ${code} before mounting: ${stderr.slice(-2000)}`)));
   });
@@ -138,4 +151,29 @@ t.test('a benchmark killed outright is cleaned up by the next run', async (t) =>
   t.match(result.stderr, 'cleaning up after a benchmark that did not exit cleanly');
   t.same(mountsUnder(root), [], 'the orphan mount is gone');
   t.same(readdirSync(benchTmp), [], 'the orphan scratch dir is gone');
+});
+
+t.test('a hung implementation times out: its cell fails, the rest of the run goes on, nothing stays mounted', async (t) => {
+  // find-ls-cold drops the page cache (sync) before its command, so the server is stopped before it answers.
+  const { exited, stderr } = await startUntilMounted(['--quick', '--impl', 'fuse-overlayfs', '--workload', 'find-ls-cold,copy-up', '--timeout', '5', '--cache-dir', cacheDir, '--out', join(root, 'hung.json')]);
+  const mountpoint = mountsUnder(benchTmp)[0] ?? '';
+  const server = serverPidOf(mountpoint);
+  t.ok(server, 'found the fuse-overlayfs server of the mount');
+  if (server === undefined) return;
+  t.teardown(() => {
+    try {
+      process.kill(server, 'SIGKILL');
+    } catch {
+      // the benchmark already killed it
+    }
+  });
+  process.kill(server, 'SIGSTOP');
+  t.equal(await exited, 1, 'exits 1: a workload failed');
+  t.match(stderr(), 'timed out after 5 s');
+  t.match(stderr(), 'STRATA_BENCH_FAILED: 1 workload(s) failed: find-ls-cold on fuse-overlayfs');
+  const json = JSON.parse(readFileSync(join(root, 'hung.json'), 'utf8')) as { workloads: { name: string; results: Record<string, { error?: unknown; value?: number }> }[] };
+  t.ok(json.workloads[0]?.results['fuse-overlayfs']?.error, 'the hung cell has an error');
+  t.ok((json.workloads[1]?.results['fuse-overlayfs']?.value ?? 0) > 0, 'the next workload still ran');
+  t.same(mountsUnder(root), [], 'no mount is left behind');
+  t.same(readdirSync(benchTmp), [], 'the scratch dir is removed');
 });

@@ -15,7 +15,7 @@
  */
 import { lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync, existsSync } from 'node:fs';
 import { basename, join } from 'node:path';
-import { StrataError } from '../../lib/errors.js';
+import { isErrno, StrataError } from '../../lib/errors.js';
 import type { Logger } from '../../lib/log.js';
 import { CommandRunner, shellQuote } from './shell.js';
 
@@ -66,7 +66,12 @@ export async function loadOrBuildFixture(cacheDir: string, spec: FixtureSpec, ru
     log.info({ source: spec.source, fixture: dir }, 'building the benchmark fixture (once; reused by later runs)');
     try {
       await buildFixture(staging, spec, runner, log);
-      renameSync(staging, dir);
+      try {
+        renameSync(staging, dir);
+      } catch (err) {
+        // Another benchmark built the same fixture meanwhile: theirs is as good as ours (ours is removed below).
+        if (!(isErrno(err, 'ENOTEMPTY', 'EEXIST') && existsSync(join(dir, 'manifest.json')))) throw err;
+      }
     } finally {
       rmSync(staging, { recursive: true, force: true });
     }

@@ -37,10 +37,12 @@ interface BenchOptions {
   readonly outFile: string;
   readonly strataEntry: string;
   readonly quick: boolean;
+  /** A timed command still running after this long is a hung implementation: it is killed and the cell fails. */
+  readonly timeoutSeconds: number;
 }
 
-const FULL = { runs: 3, maxFiles: 50_000, bigFileMiB: 1024, copyUpMiB: 256, smallFiles: 20_000 };
-const QUICK = { runs: 1, maxFiles: 2_000, bigFileMiB: 64, copyUpMiB: 32, smallFiles: 2_000 };
+const FULL = { timeoutSeconds: 600, runs: 3, maxFiles: 50_000, bigFileMiB: 1024, copyUpMiB: 256, smallFiles: 20_000 };
+const QUICK = { timeoutSeconds: 120, runs: 1, maxFiles: 2_000, bigFileMiB: 64, copyUpMiB: 32, smallFiles: 2_000 };
 
 function parseList<T extends string>(what: string, raw: string, allowed: readonly string[], isT: (v: string) => v is T): T[] {
   const items = raw.split(',').map((s) => s.trim()).filter(Boolean);
@@ -64,6 +66,7 @@ async function parseOptions(argv: string[]): Promise<BenchOptions & { logLevel: 
     .option('quick', { type: 'boolean', default: false, describe: 'small sizes and 1 run: a smoke run in under a minute' })
     .option('impl', { type: 'string', default: IMPLEMENTATION_NAMES.join(','), describe: 'comma-separated implementations to run' })
     .option('workload', { type: 'string', default: WORKLOAD_NAMES.join(','), describe: 'comma-separated workloads to run' })
+    .option('timeout', { type: 'number', describe: `seconds before a timed command counts as hung (default ${FULL.timeoutSeconds}, --quick ${QUICK.timeoutSeconds})` })
     .option('runs', { type: 'number', describe: `runs per workload and implementation; the median is reported (default ${FULL.runs}, --quick ${QUICK.runs})` })
     .option('source', { type: 'string', default: '/usr/share', describe: 'real tree copied (once) into the lower' })
     .option('max-files', { type: 'number', describe: `cap on files copied from --source (default ${FULL.maxFiles}, --quick ${QUICK.maxFiles})` })
@@ -92,6 +95,7 @@ async function parseOptions(argv: string[]): Promise<BenchOptions & { logLevel: 
     implementations: parseList('impl', args.impl, IMPLEMENTATION_NAMES, isImplementationName),
     workloads: WORKLOADS.filter((w) => workloadNames.includes(w.name)),
     runs: positiveInt('runs', args.runs, sizes.runs),
+    timeoutSeconds: positiveInt('timeout', args.timeout, sizes.timeoutSeconds),
     fixture: {
       source,
       maxFiles: positiveInt('max-files', args['max-files'], sizes.maxFiles),
@@ -178,7 +182,12 @@ async function runOnce(session: Session, options: BenchOptions, fixture: Fixture
       const serverPid = impl === 'kernel' ? undefined : findServerPid(dirs.mountpoint);
       const cpuBefore = serverPid === undefined ? undefined : cpuSecondsOf(serverPid, session.clockTicksPerSecond);
       const ctx = { fixture, mountpoint: dirs.mountpoint, upperdir: dirs.upperdir, runner };
-      const result = await workload.run(ctx);
+      const result = await runWithDeadline(workload.run(ctx), options.timeoutSeconds, () => {
+        // Killing the server aborts its FUSE connection, which frees a command blocked inside the mount.
+        session.log.error({ workload: workload.name, implementation: impl, timeoutSeconds: options.timeoutSeconds }, 'timed out; killing the command and the server');
+        runner.killAll();
+        if (serverPid !== undefined) killQuietly(serverPid);
+      });
       const cpuAfter = serverPid === undefined ? undefined : cpuSecondsOf(serverPid, session.clockTicksPerSecond);
       workload.check(ctx, result);
       const serverCpuSeconds =
@@ -189,6 +198,36 @@ async function runOnce(session: Session, options: BenchOptions, fixture: Fixture
     }
   } finally {
     rmSync(runDir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Resolves like `work`, unless it is still pending after `seconds`: then `onTimeout` runs (it must make `work`
+ * settle, by killing what it waits for) and the result is a STRATA_BENCH_FAILED error.
+ */
+async function runWithDeadline<T>(work: Promise<T>, seconds: number, onTimeout: () => void): Promise<T> {
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    onTimeout();
+  }, seconds * 1000);
+  try {
+    const value = await work;
+    if (timedOut) throw new StrataError('STRATA_BENCH_FAILED', `timed out after ${seconds} s`);
+    return value;
+  } catch (err) {
+    if (timedOut) throw new StrataError('STRATA_BENCH_FAILED', `timed out after ${seconds} s; the command and the server were killed`, { cause: err });
+    throw err;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+function killQuietly(pid: number): void {
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch {
+    // Already gone.
   }
 }
 
