@@ -4,14 +4,13 @@
  * They only read and verify metadata (every JSON blob against its digest); layer blobs are verified while
  * they are extracted (LayerStore.stageTarFile with expectDigest/expectDiffID).
  */
-import { createWriteStream } from 'node:fs';
 import { mkdir, readFile, realpath, stat, symlink } from 'node:fs/promises';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { createReadStream } from 'node:fs';
 import tarStream from 'tar-stream';
 import { StrataError } from '../errors.js';
-import { safeComponents } from '../layers/apply-tar.js';
+import { safeComponents, writeEntryData } from '../layers/apply-tar.js';
 import { hexOf, isDigest, parseDigest, sha256Of, type Digest } from '../layers/digest.js';
 import { LAYER_MEDIA_TYPES } from '../layers/layer-store.js';
 
@@ -276,7 +275,7 @@ export async function unpackArchive(file: string, dest: string, maxBytes: number
         await mkdir(full, { recursive: true });
         entry.resume();
       } else if (h.type === 'file' || h.type === 'contiguous-file') {
-        await pipeline(entry as unknown as NodeJS.ReadableStream, createWriteStream(full, { flags: 'wx', mode: 0o600 }));
+        await writeEntryData(entry as unknown as AsyncIterable<Buffer>, full);
       } else if (h.type === 'symlink') {
         await symlink(h.linkname ?? '', full);
         entry.resume();

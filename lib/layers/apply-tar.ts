@@ -13,8 +13,7 @@
  *  - an entry larger than `maxEntryBytes` is refused before a byte of it is written.
  * Any failure throws a StrataError naming the entry; the caller discards the whole target dir.
  */
-import { createWriteStream } from 'node:fs';
-import { chmod, lchown, link, lstat, mkdir, rm, symlink } from 'node:fs/promises';
+import { chmod, lchown, link, lstat, mkdir, open, rm, symlink } from 'node:fs/promises';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -147,7 +146,8 @@ class LayerTarApplier {
   async apply(input: Readable, stages: readonly StreamStage[]): Promise<ApplyResult> {
     const extractor = createExtractor();
     const piping = pipeline([input, ...stages, extractor as unknown as NodeJS.WritableStream]);
-    piping.catch(() => undefined); // surfaced by the iterator or the final await
+    let streamError: unknown;
+    piping.catch((err: unknown) => { streamError = err; }); // surfaced by the iterator or the final await
     try {
       for await (const entry of extractor) {
         const header = entry.header;
@@ -162,7 +162,10 @@ class LayerTarApplier {
       await piping;
     } catch (err) {
       input.destroy();
-      throw this.explain(err);
+      if (err instanceof StrataError || err instanceof FsError) throw err;
+      // The iterator only reports "Stream was destroyed"; the pipeline has the cause (gunzip, truncation, limits).
+      await piping.catch(() => undefined);
+      throw this.explain(streamError ?? err);
     }
     // Directory times last, deepest first: creating children changes a directory's mtime.
     const dirs = [...this.dirTimes.values()].sort((a, b) => b.depth - a.depth);
@@ -241,7 +244,7 @@ class LayerTarApplier {
       case 'file':
       case 'contiguous-file': {
         await this.removeExisting(parts, full);
-        await pipeline(data, createWriteStream(full, { flags: 'wx', mode: 0o600 }));
+        await writeEntryData(data, full);
         this.contentBytes += size;
         await this.setMetadata(full, header, false);
         this.setTimes(full, ...timesOf(header));
@@ -365,6 +368,30 @@ function timesOf(header: Headers): [TimeSpec, TimeSpec] {
   const mtime = parsePaxTime(pax?.mtime) ?? { sec: Math.floor(fallbackMs / 1000), nsec: 0 };
   const atime = parsePaxTime(pax?.atime) ?? mtime;
   return [atime, mtime];
+}
+
+/**
+ * Writes an entry's data to a new file. Not stream.pipeline(): tar-stream's entries are streamx streams, and a
+ * pipeline from one that is destroyed mid-way (a truncated tar) never settles; async iteration rejects instead.
+ */
+export async function writeEntryData(data: AsyncIterable<Buffer>, file: string): Promise<void> {
+  const handle = await open(file, 'wx', 0o600);
+  try {
+    let pending: Buffer[] = [];
+    let pendingBytes = 0;
+    for await (const chunk of data) {
+      pending.push(chunk);
+      pendingBytes += chunk.length;
+      if (pendingBytes >= 1 << 18) {
+        await handle.writev(pending);
+        pending = [];
+        pendingBytes = 0;
+      }
+    }
+    if (pending.length > 0) await handle.writev(pending);
+  } finally {
+    await handle.close();
+  }
 }
 
 async function lstatOrNull(full: string) {

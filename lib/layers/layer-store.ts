@@ -19,7 +19,7 @@ import { randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { mkdir, open, readdir, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
-import type { Readable } from 'node:stream';
+import { PassThrough, type Readable } from 'node:stream';
 import { StrataError, isErrno } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { StrataSys } from '../native/index.js';
@@ -141,14 +141,16 @@ export class LayerStore {
     if (parent !== null) await this.getRecord(parent);
     const tar = spawn('tar', [
       '--create', '--format=posix', '--pax-option=delete=atime,delete=ctime', '--sort=name', '--numeric-owner',
-      '--xattrs', '--xattrs-include=*', '--one-file-system', '--directory', dir, '.',
+      '--xattrs', '--xattrs-include=*', '--one-file-system', '--file=-', '--directory', dir, '.',
     ], { stdio: ['ignore', 'pipe', 'pipe'] });
     let tarErrors = '';
     tar.stderr.setEncoding('utf8').on('data', (s: string) => { tarErrors += s; });
     const exited = new Promise<number>((resolve) => tar.on('close', (code) => resolve(code ?? 1)));
+    // Read at once: Node drains (and drops) a child's unread stdout when the child exits.
+    const tarOut = tar.stdout.pipe(new PassThrough({ highWaterMark: 1 << 20 }));
     let staged: StagedLayer;
     try {
-      staged = await this.stage(tar.stdout, 'none', {
+      staged = await this.stage(tarOut, 'none', {
         what: dir,
         mediaType: 'application/vnd.oci.image.layer.v1.tar',
         onProgress: (bytes) => options.onProgress?.({ layer: 1, layers: 1, bytes, totalBytes: null }),
@@ -203,6 +205,7 @@ export class LayerStore {
         sys,
       });
       await decoder.checked;
+      if (tarHash.bytes === 0) throw new StrataError('STRATA_BAD_ARCHIVE', `${options.what} is empty, not a tar`);
       if (options.expectDigest !== undefined && blobHash.digest !== options.expectDigest) {
         throw new StrataError('STRATA_DIGEST_MISMATCH', `${options.what}: blob digest is ${blobHash.digest}, expected ${options.expectDigest}`);
       }
