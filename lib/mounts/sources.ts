@@ -63,7 +63,13 @@ export async function resolveSources(references: string[], layers: LayerProvider
       await checkUsableDir(reference, 'layer directory');
       resolved.push({ reference, kind: 'dir', lowerDirs: [reference], layerIds: [] });
     } else {
-      const found = await layers.resolve(reference);
+      let found;
+      try {
+        found = await layers.resolve(reference);
+      } catch (err) {
+        if (!(err instanceof StrataError) || (err.code !== 'STRATA_NOT_FOUND' && err.code !== 'STRATA_BAD_OPTION')) throw err;
+        throw new StrataError('STRATA_NOT_FOUND', `no image or layer named "${reference}": import it with \`strata image import\`, or give a directory as /path or ./path`, { cause: err });
+      }
       for (const dir of found.lowerDirs) await checkUsableDir(dir, `layer directory of ${reference}`);
       resolved.push({ reference, ...found });
     }
