@@ -13,13 +13,14 @@ import { execFileSync } from 'node:child_process';
 import { accessSync, constants as fsConstants, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, release, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { StrataError } from '../../lib/errors.js';
 import { createLogger, type Logger } from '../../lib/log.js';
 import { describeFixture, isProcessAlive, loadOrBuildFixture, type Fixture, type FixtureSpec } from './fixture.js';
-import { checkAvailable, cpuSecondsOf, findServerPid, IMPLEMENTATION_NAMES, isImplementationName, liveMountpoints, MountTracker, type ImplementationName } from './mounts.js';
+import { checkAvailable, cpuSecondsOf, findServerPid, IMPLEMENTATION_NAMES, isImplementationName, isMounted, liveMountpoints, MountTracker, type ImplementationName } from './mounts.js';
 import { formatCpuTable, formatTable, summarize, type WorkloadReport } from './report.js';
 import { CommandRunner } from './shell.js';
 import { WORKLOAD_NAMES, WORKLOADS, type Workload } from './workloads.js';
@@ -174,12 +175,13 @@ async function runOnce(session: Session, options: BenchOptions, fixture: Fixture
   const runDir = join(session.scratch, `${workload.name}.${impl}.${run}`);
   const dirs = { lowerdir: fixture.lowerdir, upperdir: join(runDir, 'upper'), workdir: join(runDir, 'work'), mountpoint: join(runDir, 'mnt') };
   for (const dir of [dirs.upperdir, dirs.workdir, dirs.mountpoint]) mkdirSync(dir, { recursive: true });
+  let serverPid: number | undefined;
   try {
     if (workload.cache === 'warm') await workload.warm?.({ fixture, runner });
     await mounts.mount(impl, dirs, options.strataEntry);
     try {
       if (workload.cache === 'cold') await dropCaches(runner);
-      const serverPid = impl === 'kernel' ? undefined : findServerPid(dirs.mountpoint);
+      serverPid = impl === 'kernel' ? undefined : findServerPid(dirs.mountpoint);
       const cpuBefore = serverPid === undefined ? undefined : cpuSecondsOf(serverPid, session.clockTicksPerSecond);
       const ctx = { fixture, mountpoint: dirs.mountpoint, upperdir: dirs.upperdir, runner };
       const result = await runWithDeadline(workload.run(ctx), options.timeoutSeconds, () => {
@@ -195,10 +197,34 @@ async function runOnce(session: Session, options: BenchOptions, fixture: Fixture
       return { seconds: result.seconds, serverCpuSeconds };
     } finally {
       await mounts.unmount(dirs.mountpoint);
+      // A server still winding down would steal CPU from the next run.
+      if (serverPid !== undefined && !(await processExits(serverPid, 10_000))) {
+        session.log.warn({ implementation: impl, pid: serverPid }, 'the FUSE server is still running 10 s after its unmount');
+      }
     }
   } finally {
-    rmSync(runDir, { recursive: true, force: true });
+    // Never recurse into a mount that is somehow still live: that would delete through it.
+    if (isMounted(dirs.mountpoint)) session.log.error({ mountpoint: dirs.mountpoint }, 'still mounted; leaving its run dir in place');
+    else rmSync(runDir, { recursive: true, force: true });
   }
+}
+
+/** A zombie counts as exited: a daemonized server's parent (here, often not a reaping init) may never reap it. */
+function isRunning(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch {
+    return false;
+  }
+}
+
+async function processExits(pid: number, withinMs: number): Promise<boolean> {
+  for (let waited = 0; waited < withinMs; waited += 50) {
+    if (!isRunning(pid)) return true;
+    await sleep(50);
+  }
+  return !isRunning(pid);
 }
 
 /**
