@@ -23,6 +23,8 @@ const PROGRAM = 'strata-overlay';
 const READY_FD_ENV = 'STRATA_OVERLAY_READY_FD';
 
 interface CommandLine {
+  /** The mount.fuse form's SOURCE, used as fsname unless -o fsname= says otherwise. */
+  source?: string;
   foreground: boolean;
   debug: boolean;
   optionStrings: string[];
@@ -67,6 +69,7 @@ export function parseCommandLine(argv: string[]): CommandLine {
   if (positional.length === 0) throw new StrataError('STRATA_BAD_OPTION', 'missing MOUNTPOINT');
   if (positional.length > 2) throw new StrataError('STRATA_BAD_OPTION', `too many arguments: ${positional.join(' ')}`);
   line.mountpoint = positional[positional.length - 1] as string;
+  if (positional.length === 2) line.source = positional[0];
   return line;
 }
 
@@ -89,7 +92,9 @@ function checkMountpoint(mountpoint: string): string {
 
 /** Validates everything that can be validated before mounting, so failures leave nothing behind. */
 function prepare(line: CommandLine): { params: UnionParams; mountpoint: string } {
-  const params = validateParams(parseOptions(line.optionStrings));
+  const parsed = parseOptions(line.optionStrings);
+  if (line.source !== undefined && !parsed.fsnameGiven) parsed.fsname = line.source;
+  const params = validateParams(parsed);
   const mountpoint = checkMountpoint(line.mountpoint);
   for (const dir of [...params.lowerDirs, params.upperDir, params.workDir]) {
     if (dir !== undefined && (dir === mountpoint || dir.startsWith(`${mountpoint}/`))) {

@@ -11,6 +11,7 @@ import { fsError } from '../errors.js';
 import { S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, type UnionEntry } from './layer.js';
 import { layerPath } from './lookup.js';
 import { encodeOrigin } from './origin.js';
+import { indexPathFor, storeUnionNlink, unionNlinkOf } from './index.js';
 import { isCopiedXattr, OVL_ORIGIN } from './xattrs.js';
 import type { UnionFs } from './super.js';
 
@@ -50,30 +51,48 @@ async function copyUpOne(ufs: UnionFs, entry: UnionEntry, options: CopyUpOptions
   if (rc < 0) throw fsError('EIO', `copy-up source ${source.real} vanished`);
   const mode = stat[StatIndex.mode] ?? 0;
   const type = mode & S_IFMT;
+  const target = ufs.upperReal(entry.path);
+  // A lower file with several names goes through the hard link index, so all its names stay one inode.
+  const indexed = type === S_IFREG && (entry.lowerNlink ?? 1) > 1 && ufs.indexDir !== undefined;
+  const unionNlink = indexed ? (entry.indexReal ? unionNlinkOf(ufs, entry) : undefined) ?? entry.lowerNlink ?? 1 : 0;
   const temp = ufs.workTemp();
   const realfs = ufs.realfs;
+  let madeIndexEntry = false;
   try {
-    if (type === S_IFDIR) {
-      realfs.mkdir(temp, 0o700);
-    } else if (type === S_IFREG) {
-      await copyFileData(ufs, source.real, temp, options.skipData ? 0 : (stat[StatIndex.size] ?? 0));
-    } else if (type === S_IFLNK) {
-      realfs.symlink(fs.readlinkSync(source.real), temp);
+    if (indexed && entry.indexReal !== undefined) {
+      // Another name of this file was copied up already: link this name to the same inode.
+      realfs.link(entry.indexReal, temp);
     } else {
-      realfs.mknod(temp, mode, stat[StatIndex.rdev] ?? 0);
+      if (type === S_IFDIR) {
+        realfs.mkdir(temp, 0o700);
+      } else if (type === S_IFREG) {
+        await copyFileData(ufs, source.real, temp, options.skipData ? 0 : (stat[StatIndex.size] ?? 0));
+      } else if (type === S_IFLNK) {
+        realfs.symlink(fs.readlinkSync(source.real), temp);
+      } else {
+        realfs.mknod(temp, mode, stat[StatIndex.rdev] ?? 0);
+      }
+      copyXattrs(ufs, source.real, temp);
+      setOrigin(ufs, entry, temp);
+      realfs.lchown(temp, stat[StatIndex.uid] ?? 0, stat[StatIndex.gid] ?? 0);
+      if (type !== S_IFLNK) realfs.chmod(temp, mode & 0o7777);
+      realfs.utimens(temp, stat[StatIndex.atimeSec] ?? 0, stat[StatIndex.atimeNsec] ?? 0, stat[StatIndex.mtimeSec] ?? 0, stat[StatIndex.mtimeNsec] ?? 0);
+      if (indexed) {
+        const indexPath = indexPathFor(ufs, source);
+        if (indexPath !== undefined) {
+          realfs.link(temp, indexPath);
+          madeIndexEntry = true;
+        }
+      }
     }
-    copyXattrs(ufs, source.real, temp);
-    setOrigin(ufs, entry, temp);
-    realfs.lchown(temp, stat[StatIndex.uid] ?? 0, stat[StatIndex.gid] ?? 0);
-    if (type !== S_IFLNK) realfs.chmod(temp, mode & 0o7777);
-    realfs.utimens(temp, stat[StatIndex.atimeSec] ?? 0, stat[StatIndex.atimeNsec] ?? 0, stat[StatIndex.mtimeSec] ?? 0, stat[StatIndex.mtimeNsec] ?? 0);
     // Linking the copy into its parent is not a change users made: keep the parent's times, as the kernel does.
     const parentStat = new Float64Array(StatIndex.length);
     const haveParentTimes = parentReal !== undefined && sys.lstatRaw(parentReal, parentStat) === 0;
-    realfs.renameNoReplace(temp, ufs.upperReal(entry.path));
+    realfs.renameNoReplace(temp, target);
     if (haveParentTimes && parentReal !== undefined) {
       realfs.utimens(parentReal, parentStat[StatIndex.atimeSec] ?? 0, parentStat[StatIndex.atimeNsec] ?? 0, parentStat[StatIndex.mtimeSec] ?? 0, parentStat[StatIndex.mtimeNsec] ?? 0);
     }
+    if (indexed) storeUnionNlink(ufs, target, unionNlink);
   } catch (err) {
     try {
       realfs.removeTree(temp);
@@ -82,6 +101,7 @@ async function copyUpOne(ufs: UnionFs, entry: UnionEntry, options: CopyUpOptions
     }
     throw err;
   }
+  if (madeIndexEntry) ufs.invalidateHardLinkAliases();
   const copied: UnionEntry = {
     ...entry,
     opaque: false,
@@ -89,6 +109,7 @@ async function copyUpOne(ufs: UnionFs, entry: UnionEntry, options: CopyUpOptions
     inUpper: true,
     lowers: type === S_IFDIR ? [entry.top, ...entry.lowers] : [entry.top],
     lowerRel: entry.lowerRel ?? entry.top.rel,
+    indexReal: undefined,
   };
   ufs.cacheEntry(copied);
   ufs.logger.debug({ path: entry.path, from: source.real }, 'copied up');

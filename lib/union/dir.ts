@@ -16,6 +16,7 @@ import { S_IFDIR, S_IFMT, S_IFREG, type UnionEntry } from './layer.js';
 import { isWhiteoutStat, lowerPositive } from './lookup.js';
 import { isMergedEmpty } from './readdir.js';
 import { copyUp } from './copy-up.js';
+import { adjustUnionNlink, indexEntryOf, unionNlinkAt } from './index.js';
 import { OVL_OPAQUE, OVL_REDIRECT } from './xattrs.js';
 import type { UnionFs, Caller } from './super.js';
 
@@ -129,10 +130,13 @@ export async function link(ufs: UnionFs, existingPath: string, path: string): Pr
   const existing = ufs.lookup(existingPath);
   if (existing.type === S_IFDIR) throw fsError('EPERM', existingPath);
   const source = await copyUp(ufs, existing);
+  const indexEntry = indexEntryOf(ufs, source);
+  const unionNlinkBefore = indexEntry === undefined ? undefined : unionNlinkAt(ufs, indexEntry);
   await createObject(ufs, path, { uid: 0, gid: 0 }, false, (real) => {
     ufs.realfs.link(source.top.real, real);
     return undefined;
   });
+  if (indexEntry !== undefined && unionNlinkBefore !== undefined) adjustUnionNlink(ufs, indexEntry, unionNlinkBefore, +1);
   ufs.invalidatePath(existingPath);
 }
 
@@ -154,6 +158,8 @@ export async function unlink(ufs: UnionFs, path: string): Promise<void> {
   ufs.assertWritable(path);
   const { parent: parentPathName, name } = splitPath(path);
   const parent = ufs.lookupDir(parentPathName);
+  const indexEntry = indexEntryOf(ufs, entry);
+  const unionNlinkBefore = indexEntry === undefined ? undefined : unionNlinkAt(ufs, indexEntry);
   if (entry.inUpper) {
     if (lowerPositive(ufs, parent, name)) whiteoutOver(ufs, entry.top.real);
     else ufs.realfs.unlink(entry.top.real);
@@ -161,6 +167,7 @@ export async function unlink(ufs: UnionFs, path: string): Promise<void> {
     await copyUp(ufs, parent);
     whiteoutOver(ufs, ufs.upperReal(path));
   }
+  if (indexEntry !== undefined && unionNlinkBefore !== undefined) adjustUnionNlink(ufs, indexEntry, unionNlinkBefore, -1);
   ufs.invalidatePath(path);
 }
 

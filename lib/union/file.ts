@@ -25,7 +25,7 @@ export async function open(ufs: UnionFs, path: string, flags: number): Promise<n
   }
   // O_DIRECT needs aligned buffers the FUSE request buffers do not guarantee; creation flags were handled.
   const realFlags = flags & ~((O_CREAT ?? 0) | (O_EXCL ?? 0) | (O_NOCTTY ?? 0) | (O_DIRECT ?? 0));
-  return fs.openSync(entry.top.real, realFlags);
+  return fs.openSync(ufs.dataReal(entry), realFlags);
 }
 
 export function read(fd: number, buffer: Buffer, length: number, position: number): number {

@@ -7,19 +7,25 @@ import { sys, StatIndex } from '../native/index.js';
 import { fsError } from '../errors.js';
 import { S_IFDIR, type UnionEntry } from './layer.js';
 import { copyUp } from './copy-up.js';
+import { storedUnionNlink } from './index.js';
 import type { UnionFs } from './super.js';
 
 /** Fills `out` with the attributes of `path`. */
 export function getattr(ufs: UnionFs, path: string, out: Float64Array): void {
   let entry = ufs.lookup(path);
-  if (sys.lstatRaw(entry.top.real, out) < 0) {
+  if (sys.lstatRaw(ufs.dataReal(entry), out) < 0) {
     // The cached resolution went stale (the object moved within its layer): resolve once more.
     ufs.invalidatePath(path);
     entry = ufs.lookup(path);
-    const rc = sys.lstatRaw(entry.top.real, out);
+    const rc = sys.lstatRaw(ufs.dataReal(entry), out);
     if (rc < 0) throw fsError('ENOENT', path);
   }
   fixupAttrs(entry, out);
+  // An inode shared with the hard link index reports the union's link count, not the real one.
+  if (entry.type !== S_IFDIR && (entry.indexReal !== undefined || (entry.inUpper && (out[StatIndex.nlink] ?? 1) > 1))) {
+    const nlink = storedUnionNlink(ufs.dataReal(entry), out[StatIndex.nlink] ?? 1, entry.lowerNlink);
+    if (nlink !== undefined) out[StatIndex.nlink] = nlink;
+  }
 }
 
 /** Attributes of an open file by fd: used for files already unlinked, where no path is left. */
@@ -59,5 +65,5 @@ export async function truncate(ufs: UnionFs, path: string, size: number): Promis
 }
 
 export function readlink(ufs: UnionFs, path: string): string {
-  return fs.readlinkSync(ufs.lookup(path).top.real);
+  return fs.readlinkSync(ufs.dataReal(ufs.lookup(path)));
 }

@@ -59,6 +59,13 @@ export interface UnionEntry {
   redirect?: string;
   /** Inode number reported for this object, stable across copy-up and remount. */
   ino: number;
+  /**
+   * For a lower hard link (st_nlink > 1) that is not in the upper layer yet: the index entry holding its
+   * copied-up data, once any of its names was copied up. Data and attributes come from there.
+   */
+  indexReal?: string;
+  /** st_nlink of the lower object, for lower non-directories. */
+  lowerNlink?: number;
 }
 
 export function isDirType(type: number): boolean {

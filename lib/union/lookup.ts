@@ -14,6 +14,8 @@ import { decodeOrigin, inoFromHandle } from './origin.js';
 
 export interface LookupContext {
   readonly layers: readonly Layer[];
+  /** Finds the index entry of a lower hard link, when the hard link index is in use. */
+  findIndexEntry?(lower: LayerPath): string | undefined;
   readonly samefs: boolean;
   /** Scratch buffer for lstat results; lookups are synchronous so one buffer is enough. */
   readonly statBuf: Float64Array;
@@ -80,6 +82,7 @@ export function lookupChild(ctx: LookupContext, parent: UnionEntry, name: string
   let found: LayerPath | undefined;
   let foundType = 0;
   let foundIno = 0;
+  let foundNlink = 1;
   let opaque = false;
   let redirect: string | undefined;
   const lowers: LayerPath[] = [];
@@ -111,6 +114,7 @@ export function lookupChild(ctx: LookupContext, parent: UnionEntry, name: string
       found = candidate;
       foundType = type;
       foundIno = stat[StatIndex.ino] ?? 0;
+      foundNlink = stat[StatIndex.nlink] ?? 1;
       if (type !== S_IFDIR) break;
     } else {
       if (type !== S_IFDIR) break; // a non-dir below a dir is hidden by it
@@ -139,7 +143,12 @@ export function lookupChild(ctx: LookupContext, parent: UnionEntry, name: string
   if (inUpper) ino = upperIno(ctx, found, foundIno);
   else ino = layerIno(ctx, found.layer, foundIno);
   const lowerRel = inUpper ? lowers[0]?.rel : found.rel;
-  return { path: childPath, type: foundType, top: found, inUpper, lowers, lowerRel, opaque, redirect, ino };
+  const entry: UnionEntry = { path: childPath, type: foundType, top: found, inUpper, lowers, lowerRel, opaque, redirect, ino };
+  if (!inUpper && foundType !== S_IFDIR) {
+    entry.lowerNlink = foundNlink;
+    if (foundNlink > 1 && ctx.findIndexEntry) entry.indexReal = ctx.findIndexEntry(found);
+  }
+  return entry;
 }
 
 /**

@@ -15,6 +15,8 @@ export interface UnionParams {
   /** Read-only when there is no upper dir, or when `ro` was given. */
   readOnly: boolean;
   fsname: string;
+  /** True when fsname= was given explicitly. */
+  fsnameGiven: boolean;
   logLevel?: string;
   /** Seconds the kernel may cache attributes / names (FUSE attr_timeout / entry_timeout). */
   attrTimeout?: number;
@@ -89,7 +91,7 @@ function splitLowerDirs(value: string): string[] {
 
 /** Parses the option strings (each as given to one `-o`) into parameters, without touching the disk. */
 export function parseOptions(optionStrings: string[]): UnionParams {
-  const params: UnionParams = { lowerDirs: [], readOnly: false, fsname: 'strata-overlay', ignored: [] };
+  const params: UnionParams = { lowerDirs: [], readOnly: false, fsname: 'strata-overlay', fsnameGiven: false, ignored: [] };
   let sawLower = false;
   let forceReadOnly = false;
   for (const option of optionStrings.flatMap(splitOptions)) {
@@ -112,7 +114,10 @@ export function parseOptions(optionStrings: string[]): UnionParams {
         if (!value) throw badOption(`${key}= needs a value`);
         if (key === 'upperdir') params.upperDir = value;
         else if (key === 'workdir') params.workDir = value;
-        else if (key === 'fsname') params.fsname = value;
+        else if (key === 'fsname') {
+          params.fsname = value;
+          params.fsnameGiven = true;
+        }
         else params.logLevel = value;
         break;
       case 'ro':

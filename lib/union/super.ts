@@ -11,7 +11,8 @@ import path from 'node:path';
 import type { Logger } from '../log.js';
 import { fsError } from '../errors.js';
 import { sys, StatIndex } from '../native/index.js';
-import { S_IFDIR, type Layer, type UnionEntry } from './layer.js';
+import { S_IFDIR, type Layer, type LayerPath, type UnionEntry } from './layer.js';
+import { findIndexEntry } from './index.js';
 import { lookupChild, lookupRoot, type LookupContext } from './lookup.js';
 import { listMerged, type MergedEntry } from './readdir.js';
 import { RealFs } from './realfs.js';
@@ -55,6 +56,7 @@ export class UnionFs implements LookupContext {
   readonly statBuf = new Float64Array(StatIndex.length);
   /** The kernel's layout: <workdir>/work for temporaries, <workdir>/index for the hard link index. */
   readonly workDir: string | undefined;
+  readonly indexDir: string | undefined;
   readonly pendingCopyUps = new Map<string, Promise<UnionEntry>>();
 
   private readonly entries = new Map<string, UnionEntry>();
@@ -77,6 +79,7 @@ export class UnionFs implements LookupContext {
     this.samefs = devs.length === 1;
     this.readOnly = params.readOnly || this.upper === undefined;
     this.workDir = params.workDir === undefined ? undefined : path.join(params.workDir, 'work');
+    this.indexDir = params.workDir === undefined ? undefined : path.join(params.workDir, 'index');
   }
 
   /**
@@ -88,6 +91,24 @@ export class UnionFs implements LookupContext {
     fs.rmSync(this.workDir, { recursive: true, force: true });
     fs.mkdirSync(this.workDir, { mode: 0 });
     fs.chmodSync(this.workDir, 0);
+    // The index is kept across mounts (it is what keeps lower hard links together), as the kernel keeps it.
+    if (this.indexDir && !fs.existsSync(this.indexDir)) fs.mkdirSync(this.indexDir, { mode: 0 });
+  }
+
+  findIndexEntry(lower: LayerPath): string | undefined {
+    return this.readOnly ? undefined : findIndexEntry(this, lower);
+  }
+
+  /** The real object holding the data and attributes of `entry` (its index entry, for indexed lower links). */
+  dataReal(entry: UnionEntry): string {
+    return entry.indexReal ?? entry.top.real;
+  }
+
+  /** Drops cached lower hard links, whose index entry may have just been created. */
+  invalidateHardLinkAliases(): void {
+    for (const [key, entry] of this.entries) {
+      if ((entry.lowerNlink ?? 1) > 1) this.entries.delete(key);
+    }
   }
 
   // --- lookup and cache -------------------------------------------------------------------------------

@@ -45,14 +45,14 @@ function checkXattrName(name: string): void {
 
 export function getXattr(ufs: UnionFs, path: string, name: string): Buffer {
   checkXattrName(name);
-  const value = sys.lgetxattr(ufs.lookup(path).top.real, realXattrName(name));
+  const value = sys.lgetxattr(ufs.dataReal(ufs.lookup(path)), realXattrName(name));
   if (value === null) throw fsError('ENODATA', name);
   return value;
 }
 
 export function listXattrs(ufs: UnionFs, path: string): string[] {
   const names: string[] = [];
-  for (const realName of sys.llistxattr(ufs.lookup(path).top.real)) {
+  for (const realName of sys.llistxattr(ufs.dataReal(ufs.lookup(path)))) {
     const visible = visibleXattrName(realName);
     if (visible !== undefined) names.push(visible);
   }
@@ -73,7 +73,7 @@ export async function removeXattr(ufs: UnionFs, path: string, name: string): Pro
   let entry = ufs.lookup(path);
   const realName = realXattrName(name);
   // Removing an attribute the object does not have must not copy it up (the kernel answers ENODATA).
-  if (!entry.inUpper && sys.lgetxattr(entry.top.real, realName) === null) throw fsError('ENODATA', name);
+  if (!entry.inUpper && sys.lgetxattr(ufs.dataReal(entry), realName) === null) throw fsError('ENODATA', name);
   entry = await copyUp(ufs, entry);
   ufs.realfs.removexattr(entry.top.real, realName);
 }
