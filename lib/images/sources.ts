@@ -294,9 +294,12 @@ export async function unpackArchive(file: string, dest: string, maxBytes: number
 
 // ------------------------------------------------------------------ helpers
 
-/** "busybox" -> "busybox:latest"; a name with a tag or digest is kept. */
+/**
+ * "busybox" -> "busybox:latest"; a name with a tag or digest is kept. Docker Hub names are shown the familiar way
+ * ("docker.io/library/busybox:1" -> "busybox:1"), as docker does, so either spelling finds the image.
+ */
 export function normalizeName(name: string): string {
-  const trimmed = name.trim();
+  const trimmed = name.trim().replace(/^(?:docker\.io|index\.docker\.io)\/(?:library\/)?/, '');
   if (!/^[a-z0-9][a-z0-9._/:@-]*$/i.test(trimmed) || trimmed.length > 255) {
     throw new StrataError('STRATA_BAD_OPTION', `"${name}" is not a valid image name (repo[:tag])`);
   }
