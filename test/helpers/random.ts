@@ -1,0 +1,97 @@
+/**
+ * Seeded random lower trees and op sequences for the differential suite. Everything is a pure function of the
+ * seed, so the kernel and the candidate see identical inputs and a failure is replayed with STRATA_TEST_SEED.
+ */
+import type { Op } from './ops.js';
+import type { LayerSpec } from './tree.js';
+
+/** mulberry32: tiny, well-known, good enough to pick test inputs. */
+export function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+export function seedFromEnv(): number {
+  const fromEnv = process.env.STRATA_TEST_SEED;
+  if (fromEnv !== undefined) {
+    const n = Number(fromEnv);
+    if (!Number.isInteger(n)) throw new Error(`STRATA_TEST_SEED must be an integer, not "${fromEnv}"`);
+    return n;
+  }
+  return Math.floor(Math.random() * 2 ** 31);
+}
+
+const NAMES = ['a', 'b', 'c', 'd'];
+/** The small pool every random path comes from: depth 1 and 2, so renames and rmdirs collide often. */
+export const PATH_POOL: string[] = [...NAMES, ...NAMES.flatMap((n) => NAMES.map((m) => `${n}/${m}`))];
+
+/** Two random lower layers (top first) over the pool, including whiteouts and an opaque dir in the top one. */
+export function randomLayers(rand: () => number): [LayerSpec, LayerSpec] {
+  const pick = <T>(items: readonly T[]): T => items[Math.floor(rand() * items.length)]!;
+  // A whiteout only means something over a merged dir: the kernel lists whiteouts inside a dir that has
+  // nothing beneath it (it reads such a dir directly), so those are only generated where the bottom has a dir.
+  const layer = (isTop: boolean, below: LayerSpec = {}): LayerSpec => {
+    const spec: LayerSpec = {};
+    for (const name of NAMES) {
+      const kind = pick(isTop ? ['none', 'none', 'file', 'dir', 'dir', 'symlink', 'whiteout', 'opaque'] : ['none', 'file', 'dir', 'dir', 'dir', 'symlink']);
+      if (kind === 'none') continue;
+      if (kind === 'file') spec[name] = { type: 'file', content: `${isTop ? 'top' : 'bottom'} ${name} ${Math.floor(rand() * 1000)}`, mode: pick([0o644, 0o600, 0o755]) };
+      else if (kind === 'symlink') spec[name] = { type: 'symlink', target: pick(NAMES) };
+      else if (kind === 'whiteout') spec[name] = { type: 'whiteout' };
+      else {
+        spec[name] = { type: 'dir', opaque: kind === 'opaque', mode: pick([0o755, 0o700]) };
+        for (const child of NAMES) {
+          const merged = isTop && kind === 'dir' && below[name]?.type === 'dir';
+          const c = pick(['none', 'none', 'file', 'dir', ...(merged ? ['whiteout'] : [])]);
+          if (c === 'file') spec[`${name}/${child}`] = { type: 'file', content: `${name}/${child} ${Math.floor(rand() * 1000)}`, xattrs: rand() < 0.3 ? { 'user.r': 'v' } : undefined };
+          else if (c === 'dir') spec[`${name}/${child}`] = { type: 'dir' };
+          else if (c === 'whiteout') spec[`${name}/${child}`] = { type: 'whiteout' };
+        }
+      }
+    }
+    return spec;
+  };
+  const bottom = layer(false);
+  return [layer(true, bottom), bottom];
+}
+
+/** `count` random ops over the pool. Ops that could block (reading fifos) are never generated. */
+export function randomOps(rand: () => number, count: number): Op[] {
+  const pick = <T>(items: readonly T[]): T => items[Math.floor(rand() * items.length)]!;
+  const p = () => pick(PATH_POOL);
+  const text = () => `w${Math.floor(rand() * 100000)}`;
+  const makers: (() => Op)[] = [
+    () => ['create', p(), text()],
+    () => ['create', p(), text()],
+    () => ['write', p(), text()],
+    () => ['append', p(), text()],
+    () => ['writeAt', p(), Math.floor(rand() * 8), text()],
+    () => ['truncate', p(), Math.floor(rand() * 6)],
+    () => ['unlink', p()],
+    () => ['unlink', p()],
+    () => ['mkdir', p()],
+    () => ['mkdir', p()],
+    () => ['rmdir', p()],
+    () => ['rename', p(), p()],
+    () => ['rename', p(), p()],
+    () => ['rename', p(), p()],
+    () => ['link', p(), p()],
+    () => ['symlink', pick(NAMES), p()],
+    () => ['chmod', p(), pick([0o600, 0o640, 0o755, 0o700])],
+    () => ['chown', p(), pick([0, 1, 1000]), pick([0, 2, 1000])],
+    () => ['setMtime', p(), '1100000000.000000321'],
+    () => ['setxattr', p(), pick(['user.k', 'user.j', 'trusted.k']), text()],
+    () => ['removexattr', p(), pick(['user.k', 'user.r'])],
+    () => ['read', p()],
+    () => ['stat', p()],
+    () => ['readdir', pick(['.', ...NAMES])],
+    () => ['readlink', p()],
+  ];
+  return Array.from({ length: count }, () => pick(makers)());
+}

@@ -1,0 +1,274 @@
+/**
+ * Named scenarios of the differential suite: each is a pair of lower layers (top first) and a list of ops,
+ * all relative to the scenario's own dir in the mount, so every scenario runs in the same pair of mounts.
+ * The expected outcome of every op is whatever kernel overlayfs (redirect_dir=on,index=on) does.
+ */
+import type { Op } from '../helpers/ops.js';
+import type { LayerSpec } from '../helpers/tree.js';
+
+export interface Scenario {
+  name: string;
+  /** [top lower, bottom lower]; paths relative to the scenario dir. */
+  layers: [LayerSpec, LayerSpec];
+  ops: Op[];
+  /** Ops run after the candidate has been remounted (and on the still-mounted kernel). */
+  afterRemount?: Op[];
+}
+
+const long = (c: string, n: number) => c.repeat(n);
+const T1 = '1200000000.111111111';
+const T2 = '1200000000.987654321';
+const MiB = 1024 * 1024;
+
+export const scenarios: Scenario[] = [
+  {
+    name: 'lookup-stops-at-whiteout',
+    layers: [
+      { a: { type: 'whiteout' }, d: { type: 'whiteout' } },
+      { a: { type: 'file', content: 'bottom a' }, d: { type: 'dir' }, 'd/x': { type: 'file', content: 'x' }, keep: { type: 'file', content: 'k' } },
+    ],
+    ops: [['stat', 'a'], ['stat', 'd/x'], ['readdir', '.'], ['create', 'a', 'new a'], ['read', 'a'], ['stat', 'a'], ['mkdir', 'd'], ['readdir', 'd'], ['readdir', '.']],
+  },
+  {
+    name: 'lookup-stops-at-opaque-dir',
+    layers: [
+      { d: { type: 'dir', opaque: true }, 'd/z': { type: 'file', content: 'z' } },
+      { 'd/x': { type: 'file', content: 'x' }, 'd/y': { type: 'dir' } },
+    ],
+    ops: [['readdir', 'd'], ['stat', 'd/x'], ['stat', 'd/y'], ['read', 'd/z'], ['listxattr', 'd'], ['getxattr', 'd', 'trusted.overlay.opaque'], ['create', 'd/x', 'new'], ['readdir', 'd']],
+  },
+  {
+    name: 'lookup-stops-at-non-dir',
+    layers: [
+      { n: { type: 'file', content: 'top file' } },
+      { 'n/inner': { type: 'file', content: 'hidden' }, m: { type: 'file', content: 'bottom m' }, 'o/inner': { type: 'file', content: 'o' } },
+    ],
+    ops: [['stat', 'n'], ['stat', 'n/inner'], ['read', 'n'], ['readdir', '.'], ['stat', 'o/inner'], ['readdir', 'o']],
+  },
+  {
+    name: 'readdir-merge-and-dtype',
+    layers: [
+      { 'm/a': { type: 'dir' }, 'm/a/in': { type: 'file', content: '' }, 'm/e': { type: 'file', content: 'e' }, 'm/shadow': { type: 'file', content: 's' }, 'm/wh': { type: 'whiteout' } },
+      { 'm/a': { type: 'file', content: 'file a' }, 'm/b': { type: 'dir' }, 'm/c': { type: 'symlink', target: 'b' }, 'm/p': { type: 'fifo' }, 'm/shadow': { type: 'dir' }, 'm/shadow/x': { type: 'file' }, 'm/wh': { type: 'file', content: 'gone' }, 'm/dev': { type: 'chardev', major: 1, minor: 3 } },
+    ],
+    ops: [
+      ['readdir', 'm'], ['stat', 'm/a'], ['readdir', 'm/a'], ['stat', 'm/shadow'], ['stat', 'm/wh'],
+      ['create', 'm/f', 'f'], ['readdir', 'm'], ['unlink', 'm/e'], ['readdir', 'm'], ['mkdir', 'm/e'], ['readdir', 'm'], ['rename', 'm/b', 'm/b2'], ['readdir', 'm'],
+    ],
+  },
+  {
+    name: 'unlink-and-rmdir-leave-whiteouts',
+    layers: [
+      { 'top': { type: 'file', content: 't' } },
+      { f: { type: 'file', content: 'f' }, 'd/x': { type: 'file', content: 'x' }, 'e': { type: 'dir' } },
+    ],
+    ops: [
+      ['unlink', 'f'], ['stat', 'f'], ['unlink', 'f'], ['rmdir', 'd'], ['unlink', 'd/x'], ['rmdir', 'd'], ['stat', 'd'], ['rmdir', 'e'], ['unlink', 'top'],
+      ['readdir', '.'], ['unlink', 'd'], ['rmdir', 'nonexistent'], ['unlink', '.'], ['create', 'f', 'again'], ['read', 'f'], ['mkdir', 'd'], ['readdir', 'd'],
+    ],
+  },
+  {
+    name: 'rmdir-of-dir-that-only-looks-empty',
+    layers: [
+      { 'd/a': { type: 'whiteout' }, 'd/b': { type: 'whiteout' }, 'e/a': { type: 'whiteout' }, 'o': { type: 'dir', opaque: true } },
+      { 'd/a': { type: 'file', content: 'a' }, 'd/b': { type: 'dir' }, 'e/a': { type: 'file' }, 'e/b': { type: 'file' }, 'o/x': { type: 'file' }, 'g/x': { type: 'file' }, 'g/y': { type: 'dir' } },
+    ],
+    ops: [
+      ['readdir', 'd'], ['rmdir', 'd'], ['stat', 'd'], ['readdir', 'e'], ['rmdir', 'e'], ['rmdir', 'o'],
+      ['unlink', 'g/x'], ['rmdir', 'g'], ['rmdir', 'g/y'], ['readdir', 'g'], ['rmdir', 'g'], ['readdir', '.'],
+    ],
+  },
+  {
+    name: 'mkdir-over-whiteout-is-opaque',
+    layers: [
+      { 'w': { type: 'whiteout' } },
+      { 'd/old': { type: 'file', content: 'old' }, 'd/olddir/x': { type: 'file' }, 'w/hidden': { type: 'file' } },
+    ],
+    ops: [
+      ['unlink', 'd/old'], ['unlink', 'd/olddir/x'], ['rmdir', 'd/olddir'], ['rmdir', 'd'], ['mkdir', 'd', 0o750], ['readdir', 'd'], ['stat', 'd'],
+      ['create', 'd/new', 'n'], ['readdir', 'd'], ['getxattr', 'd', 'trusted.overlay.opaque'], ['listxattr', 'd'],
+      ['mkdir', 'w'], ['readdir', 'w'], ['stat', 'w/hidden'], ['mkdir', 'd'],
+    ],
+    afterRemount: [['readdir', 'd'], ['readdir', 'w'], ['stat', 'd/old']],
+  },
+  {
+    name: 'rename-files',
+    layers: [
+      { 'b': { type: 'file', content: 'B top' } },
+      { a: { type: 'file', content: 'A', mode: 0o640 }, 'sub/c': { type: 'file', content: 'C' }, 'b': { type: 'file', content: 'B bottom' } },
+    ],
+    ops: [
+      ['rename', 'a', 'a2'], ['read', 'a2'], ['stat', 'a2'], ['stat', 'a'], ['rename', 'sub/c', 'c'], ['readdir', 'sub'], ['read', 'c'],
+      ['create', 'n', 'N'], ['rename', 'n', 'sub/n'], ['rename', 'b', 'sub/b'], ['read', 'sub/b'], ['readdir', '.'], ['readdir', 'sub'],
+      ['rename', 'sub/b', 'b'], ['read', 'b'], ['rename', 'missing', 'x'], ['rename', 'a2', 'nodir/x'],
+    ],
+    afterRemount: [['read', 'b'], ['readdir', '.'], ['readdir', 'sub']],
+  },
+  {
+    name: 'rename-dirs-redirect',
+    layers: [
+      { 'md/q': { type: 'file', content: 'q top' } },
+      { 'ld/x': { type: 'file', content: 'x' }, 'ld/y/z': { type: 'file', content: 'z' }, 'md/p': { type: 'file', content: 'p bottom' } },
+    ],
+    ops: [
+      ['rename', 'ld', 'ld2'], ['readdir', 'ld2'], ['read', 'ld2/y/z'], ['stat', 'ld'], ['mkdir', 'ld'], ['readdir', 'ld'],
+      ['mkdir', 'other'], ['rename', 'md', 'other/md2'], ['readdir', 'other/md2'], ['read', 'other/md2/p'], ['read', 'other/md2/q'],
+      ['rename', 'ld2', 'ld3'], ['create', 'ld3/new', 'new'], ['readdir', 'ld3'], ['rename', 'ld3/y', 'yy'], ['readdir', 'yy'],
+      ['unlink', 'ld3/x'], ['readdir', 'ld3'], ['rename', 'other/md2', 'md'], ['readdir', 'md'], ['readdir', '.'],
+    ],
+    afterRemount: [['readdir', 'ld3'], ['readdir', 'yy'], ['read', 'yy/z'], ['readdir', 'md'], ['readdir', 'ld'], ['readdir', '.']],
+  },
+  {
+    name: 'rename-over-existing-targets',
+    layers: [
+      { 'lookempty/a': { type: 'whiteout' } },
+      {
+        f1: { type: 'file', content: '1' }, f2: { type: 'file', content: '2' }, de: { type: 'dir' }, 'dn/x': { type: 'file' }, dir2: { type: 'dir' },
+        fd: { type: 'file', content: 'fd' }, 'lookempty/a': { type: 'file' }, 'srcdir/k': { type: 'file', content: 'k' },
+      },
+    ],
+    ops: [
+      ['rename', 'f1', 'f2'], ['read', 'f2'], ['stat', 'f1'], ['rename', 'dir2', 'de'], ['stat', 'dir2'], ['readdir', 'de'],
+      ['mkdir', 'dsrc'], ['rename', 'dsrc', 'dn'], ['rename', 'f2', 'dn'], ['rename', 'dn', 'fd'], ['rename', 'f2', 'f2'], ['read', 'f2'],
+      ['rename', 'srcdir', 'lookempty'], ['readdir', 'lookempty'], ['read', 'lookempty/k'], ['rename', 'de', 'de/sub'], ['rename', '.', 'x'],
+      ['readdir', '.'],
+    ],
+    afterRemount: [['readdir', 'lookempty'], ['readdir', '.']],
+  },
+  {
+    name: 'hard-links',
+    layers: [
+      {},
+      { h1: { type: 'file', content: 'shared' }, h2: { type: 'hardlink', target: 'h1' }, 'sub/h3': { type: 'hardlink', target: 'h1' }, solo: { type: 'file', content: 's' } },
+    ],
+    ops: [
+      ['stat', 'h1'], ['sameIno', 'h1', 'h2'], ['rememberIno', 'h1', 'h1-before'], ['writeViaOtherLink', 'h1', 'h2', 'changed'], ['read', 'sub/h3'],
+      ['stat', 'h2'], ['stat', 'sub/h3'], ['sameIno', 'h1-before', 'h1'], ['sameIno', 'h1', 'sub/h3'],
+      ['link', 'h1', 'h4'], ['stat', 'h4'], ['unlink', 'sub/h3'], ['stat', 'h1'],
+      ['link', 'solo', 'solo2'], ['stat', 'solo'], ['sameIno', 'solo', 'solo2'], ['append', 'solo2', '+'], ['read', 'solo'],
+      ['create', 'u', 'u'], ['link', 'u', 'u2'], ['link', 'u', 'sub/u3'], ['stat', 'u'], ['link', 'sub', 'dirlink'], ['link', 'missing', 'm2'], ['link', 'u', 'h1'],
+    ],
+    afterRemount: [['stat', 'h1'], ['read', 'h2'], ['sameIno', 'h1', 'h2'], ['sameIno', 'h1-before', 'h1'], ['sameIno', 'solo', 'solo2'], ['stat', 'u']],
+  },
+  {
+    name: 'symlinks',
+    layers: [
+      {},
+      { t: { type: 'file', content: 'target' }, sl: { type: 'symlink', target: 't' }, dangling: { type: 'symlink', target: 'nowhere' }, abs: { type: 'symlink', target: '/etc/hostname' } },
+    ],
+    ops: [
+      ['readlink', 'sl'], ['read', 'sl'], ['stat', 'sl'], ['read', 'dangling'], ['readlink', 'abs'], ['symlink', 'x/y', 'newl'], ['readlink', 'newl'], ['stat', 'newl'],
+      ['lchown', 'sl', 1, 2], ['readlink', 'sl'], ['stat', 'sl'], ['rename', 'sl', 'sl2'], ['readlink', 'sl2'], ['symlink', 't', 'sl2'], ['readlink', 't'],
+      ['setxattr', 'sl2', 'user.k', 'v'], ['setMtime', 'dangling', T1], ['stat', 'dangling'],
+    ],
+  },
+  {
+    name: 'fifos-sockets-devices',
+    layers: [
+      {},
+      { p: { type: 'fifo', mode: 0o640 }, cdev: { type: 'chardev', major: 1, minor: 3 }, bdev: { type: 'blockdev', major: 7, minor: 0 } },
+    ],
+    ops: [
+      ['stat', 'p'], ['stat', 'cdev'], ['stat', 'bdev'], ['mkfifo', 'p2'], ['mknod', 'c2', 'c', 1, 5], ['mknod', 'b2', 'b', 7, 1], ['socket', 's'],
+      ['stat', 'p2'], ['stat', 'c2'], ['stat', 'b2'], ['stat', 's'], ['readdir', '.'], ['chmod', 'p', 0o600], ['stat', 'p'], ['rename', 'cdev', 'cdev2'],
+      ['stat', 'cdev2'], ['unlink', 'bdev'], ['mkfifo', 'p'], ['read', 'cdev2'], ['link', 'c2', 'c3'], ['stat', 'c2'],
+    ],
+  },
+  {
+    name: 'xattrs',
+    layers: [
+      { od: { type: 'dir', opaque: true } },
+      {
+        f: { type: 'file', content: 'x', xattrs: { 'user.a': '1', 'trusted.t': 'tv' } }, d: { type: 'dir', xattrs: { 'user.d': 'dv' } }, 'od/x': { type: 'file' },
+        g: { type: 'file', content: 'g', xattrs: { 'user.g': 'gv' } },
+      },
+    ],
+    ops: [
+      ['listxattr', 'f'], ['getxattr', 'f', 'user.a'], ['getxattr', 'f', 'trusted.t'], ['setxattr', 'f', 'user.b', '2'], ['listxattr', 'f'],
+      ['removexattr', 'f', 'user.a'], ['listxattr', 'f'], ['getxattr', 'f', 'user.a'], ['removexattr', 'f', 'user.nonexistent'],
+      ['setxattr', 'f', 'trusted.x', 'y'], ['getxattr', 'f', 'trusted.x'], ['setxattr', 'f', 'security.s', 'z'], ['getxattr', 'f', 'security.s'],
+      ['removexattr', 'f', 'security.s'], ['setxattr', 'f', 'trusted.overlay.opaque', 'y'], ['setxattr', 'f', 'trusted.overlay.foo', 'y'],
+      ['getxattr', 'od', 'trusted.overlay.opaque'], ['listxattr', 'od'], ['removexattr', 'od', 'trusted.overlay.opaque'], ['readdir', 'od'],
+      ['listxattr', 'd'], ['setxattr', 'd', 'user.e', 'ev'], ['listxattr', 'd'], ['stat', 'd'], ['setxattr', 'f', 'user.empty', ''], ['getxattr', 'f', 'user.empty'],
+      ['setxattr', 'f', 'bogus.ns', 'v'], ['getxattr', 'missing', 'user.a'], ['write', 'g', 'G'], ['listxattr', 'g'],
+      ['setxattr', 'f', 'user.big', long('v', 4000)], ['getxattr', 'f', 'user.big'],
+    ],
+    afterRemount: [['listxattr', 'f'], ['listxattr', 'd'], ['listxattr', 'od'], ['listxattr', 'g']],
+  },
+  {
+    name: 'metadata-copy-up',
+    layers: [
+      {},
+      {
+        f: { type: 'file', content: 'data', mode: 0o640, uid: 1000, gid: 1000 }, g: { type: 'file', content: 'g' }, h: { type: 'file', content: 'h' },
+        d: { type: 'dir' }, 'd/inner': { type: 'file', content: 'i' }, pd: { type: 'dir', mode: 0o700, uid: 7, gid: 8 }, 'pd/sub': { type: 'dir', mode: 0o750 },
+        'pd/sub/f': { type: 'file', content: 'deep', mode: 0o4755 },
+      },
+    ],
+    ops: [
+      ['chmod', 'f', 0o600], ['stat', 'f'], ['read', 'f'], ['chown', 'g', 123, 456], ['stat', 'g'], ['setTimes', 'h', T1, T2], ['stat', 'h'], ['atime', 'h'],
+      ['chmod', 'd/inner', 0o444], ['stat', 'd'], ['stat', 'd/inner'], ['setMtime', 'd', T2], ['stat', 'd'],
+      ['chown', 'pd/sub/f', 5, 6], ['stat', 'pd/sub/f'], ['stat', 'pd'], ['stat', 'pd/sub'], ['chmod', 'missing', 0o600],
+    ],
+    afterRemount: [['stat', 'f'], ['stat', 'g'], ['stat', 'h'], ['stat', 'pd'], ['stat', 'pd/sub/f']],
+  },
+  {
+    name: 'truncate-and-open-flags',
+    layers: [
+      {},
+      { t: { type: 'file', content: '0123456789' }, a: { type: 'file', content: 'abc' }, e: { type: 'file', content: 'exists' }, o: { type: 'file', content: 'old contents' }, w: { type: 'file', content: 'hello world' } },
+    ],
+    ops: [
+      ['truncate', 't', 4], ['read', 't'], ['truncate', 't', 20], ['read', 't'], ['append', 'a', 'def'], ['read', 'a'], ['append', 'a', 'g'], ['read', 'a'],
+      ['createExcl', 'e'], ['createExcl', 'new'], ['stat', 'new'], ['createExcl', 'new'], ['openTrunc', 'o'], ['read', 'o'], ['stat', 'o'],
+      ['writeAt', 'w', 6, 'WORLD'], ['read', 'w'], ['writeAt', 'w', 20, 'past'], ['read', 'w'], ['truncate', 'missing', 0], ['truncate', '.', 0],
+      ['create', 'c', 'created'], ['truncate', 'c', 3], ['read', 'c'],
+    ],
+  },
+  {
+    name: 'long-names',
+    layers: [{}, { ['l'.repeat(255)]: { type: 'file', content: 'long' } }],
+    ops: [
+      ['read', 'l'.repeat(255)], ['create', long('x', 255), 'ok'], ['stat', long('x', 255)], ['create', long('x', 256), 'no'], ['mkdir', long('y', 256)],
+      ['stat', long('z', 256)], ['rename', long('x', 255), long('w', 256)], ['symlink', 't', long('s', 256)], ['link', long('x', 255), long('k', 256)],
+      ['stat', `${'a/'.repeat(2100)}f`], ['unlink', long('x', 255)], ['readdir', '.'],
+    ],
+  },
+  {
+    name: 'sparse-copy-up',
+    layers: [{}, { sp: { type: 'file', sparseSize: 16 * MiB } }],
+    ops: [
+      ['sparseness', 'sp'], ['writeAt', 'sp', 0, 'head'], ['sparseness', 'sp'], ['stat', 'sp'], ['readRange', 'sp', 0, 8],
+      ['readRange', 'sp', 16 * MiB - 4096, 4], ['readRange', 'sp', 8 * MiB, 4],
+    ],
+  },
+  {
+    name: 'inode-stability',
+    layers: [
+      { 'd/top': { type: 'file', content: 't' } },
+      { f: { type: 'file', content: 'x' }, 'd/g': { type: 'file', content: 'y' }, s: { type: 'symlink', target: 'f' } },
+    ],
+    ops: [
+      ['rememberIno', 'f', 'f0'], ['rememberIno', 'd', 'd0'], ['rememberIno', 'd/g', 'g0'], ['rememberIno', 's', 's0'], ['rememberIno', 'd/top', 'top0'],
+      ['dirInoMatchesStat', '.'], ['dirInoMatchesStat', 'd'],
+      ['writeAt', 'f', 0, 'z'], ['sameIno', 'f0', 'f'], ['create', 'd/new', 'n'], ['sameIno', 'd0', 'd'], ['chmod', 'd/g', 0o600], ['sameIno', 'g0', 'd/g'],
+      ['lchown', 's', 3, 3], ['sameIno', 's0', 's'], ['rememberIno', 'd/new', 'new0'], ['rename', 'd/g', 'g2'], ['sameIno', 'g0', 'g2'],
+      ['dirInoMatchesStat', '.'], ['dirInoMatchesStat', 'd'],
+    ],
+    afterRemount: [
+      ['sameIno', 'f0', 'f'], ['sameIno', 'd0', 'd'], ['sameIno', 'g0', 'g2'], ['sameIno', 's0', 's'], ['sameIno', 'top0', 'd/top'], ['sameIno', 'new0', 'd/new'],
+      ['dirInoMatchesStat', '.'], ['dirInoMatchesStat', 'd'],
+    ],
+  },
+  {
+    name: 'nlink',
+    layers: [
+      { 'nd/c': { type: 'dir' } },
+      { ul: { type: 'file', content: 'x' }, 'nd/a': { type: 'dir' }, 'nd/b': { type: 'dir' }, 'ld/a': { type: 'dir' } },
+    ],
+    ops: [
+      ['stat', 'nd'], ['stat', 'ld'], ['stat', 'nd/c'], ['create', 'up', 'u'], ['unlinkedOpenNlink', 'up'], ['unlinkedOpenNlink', 'ul'], ['stat', 'ul'],
+      ['mkdir', 'nd/e'], ['stat', 'nd'], ['mkdir', 'fresh'], ['mkdir', 'fresh/x'], ['stat', 'fresh'],
+    ],
+  },
+];
