@@ -23,8 +23,15 @@ export interface OverlayDirs {
   readonly mountpoint: string;
 }
 
+/** How strata-overlay is started: its compiled entry point and any extra -o options under test. */
+export interface StrataLaunch {
+  readonly entry: string;
+  /** Appended to strata's -o, e.g. "attr_timeout=1"; empty for its defaults. */
+  readonly extraOptions: string;
+}
+
 /** How to start one implementation: the command line a user would type. */
-export function mountCommand(name: ImplementationName, dirs: OverlayDirs, strataEntry: string): [string, string[]] {
+export function mountCommand(name: ImplementationName, dirs: OverlayDirs, strata: StrataLaunch): [string, string[]] {
   const layout = `lowerdir=${dirs.lowerdir},upperdir=${dirs.upperdir},workdir=${dirs.workdir}`;
   switch (name) {
     case 'kernel':
@@ -33,7 +40,7 @@ export function mountCommand(name: ImplementationName, dirs: OverlayDirs, strata
     case 'fuse-overlayfs':
       return ['fuse-overlayfs', ['-o', layout, dirs.mountpoint]];
     case 'strata':
-      return [process.execPath, [strataEntry, '-o', layout, dirs.mountpoint]];
+      return [process.execPath, [strata.entry, '-o', strata.extraOptions ? `${layout},${strata.extraOptions}` : layout, dirs.mountpoint]];
   }
 }
 
@@ -64,8 +71,8 @@ export class MountTracker {
     this.log = log;
   }
 
-  async mount(name: ImplementationName, dirs: OverlayDirs, strataEntry: string): Promise<void> {
-    const [file, args] = mountCommand(name, dirs, strataEntry);
+  async mount(name: ImplementationName, dirs: OverlayDirs, strata: StrataLaunch): Promise<void> {
+    const [file, args] = mountCommand(name, dirs, strata);
     this.live.add(dirs.mountpoint);
     try {
       await this.runner.run(file, args);

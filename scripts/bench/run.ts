@@ -20,7 +20,7 @@ import { hideBin } from 'yargs/helpers';
 import { StrataError } from '../../lib/errors.js';
 import { createLogger, type Logger } from '../../lib/log.js';
 import { describeFixture, isProcessAlive, loadOrBuildFixture, type Fixture, type FixtureSpec } from './fixture.js';
-import { checkAvailable, cpuSecondsOf, findServerPid, IMPLEMENTATION_NAMES, isImplementationName, isMounted, liveMountpoints, MountTracker, type ImplementationName } from './mounts.js';
+import { checkAvailable, cpuSecondsOf, findServerPid, IMPLEMENTATION_NAMES, isImplementationName, isMounted, liveMountpoints, MountTracker, type ImplementationName, type StrataLaunch } from './mounts.js';
 import { formatCpuTable, formatTable, summarize, type WorkloadReport } from './report.js';
 import { CommandRunner } from './shell.js';
 import { WORKLOAD_NAMES, WORKLOADS, type Workload } from './workloads.js';
@@ -36,7 +36,7 @@ interface BenchOptions {
   readonly fixture: FixtureSpec;
   readonly cacheDir: string;
   readonly outFile: string;
-  readonly strataEntry: string;
+  readonly strata: StrataLaunch;
   readonly quick: boolean;
   /** A timed command still running after this long is a hung implementation: it is killed and the cell fails. */
   readonly timeoutSeconds: number;
@@ -76,6 +76,7 @@ async function parseOptions(argv: string[]): Promise<BenchOptions & { logLevel: 
     .option('small-files', { type: 'number', describe: `files in the untar workload (default ${FULL.smallFiles}, --quick ${QUICK.smallFiles})` })
     .option('cache-dir', { type: 'string', default: '/var/tmp/strata-bench', describe: 'where the fixture is built once and reused' })
     .option('out', { type: 'string', describe: 'results JSON file (default <cache-dir>/results/<time>.json)' })
+    .option('strata-options', { type: 'string', default: '', describe: 'extra -o options for strata-overlay only (e.g. attr_timeout=1), to compare settings' })
     .option('strata-entry', { type: 'string', default: join(REPO_ROOT, 'dist/lib/cli/strata-overlay.js'), describe: 'strata-overlay program run with node' })
     .option('log-level', { type: 'string', default: process.env.STRATA_LOG_LEVEL ?? 'info', describe: 'pino level for progress on stderr' })
     .strict()
@@ -106,7 +107,7 @@ async function parseOptions(argv: string[]): Promise<BenchOptions & { logLevel: 
     },
     cacheDir,
     outFile: resolve(args.out ?? join(cacheDir, 'results', `${args.quick ? 'quick' : 'full'}-${stamp}.json`)),
-    strataEntry: resolve(args['strata-entry']),
+    strata: { entry: resolve(args['strata-entry']), extraOptions: args['strata-options'] },
     quick: args.quick,
     logLevel: args['log-level'],
   };
@@ -178,7 +179,7 @@ async function runOnce(session: Session, options: BenchOptions, fixture: Fixture
   let serverPid: number | undefined;
   try {
     if (workload.cache === 'warm') await workload.warm?.({ fixture, runner });
-    await mounts.mount(impl, dirs, options.strataEntry);
+    await mounts.mount(impl, dirs, options.strata);
     try {
       if (workload.cache === 'cold') await dropCaches(runner);
       serverPid = impl === 'kernel' ? undefined : findServerPid(dirs.mountpoint);
@@ -321,7 +322,7 @@ async function main(): Promise<number> {
     return 2;
   }
   for (const impl of options.implementations) {
-    const missing = checkAvailable(impl, options.strataEntry);
+    const missing = checkAvailable(impl, options.strata.entry);
     if (missing) {
       process.stderr.write(`strata-bench: STRATA_BAD_OPTION: cannot run ${impl}: ${missing}; choose others with --impl\n`);
       return 2;
@@ -362,12 +363,14 @@ async function main(): Promise<number> {
       host: { ...hostInfo(), loadAverageAtStart: loadAtStart },
       fixture: { dir: fixture.dir, ...fixture.manifest },
       implementations: options.implementations,
+      strataOptions: options.strata.extraOptions,
       ratioDefinition: 'median time of strata divided by median time of the other implementation; above 1 means strata is slower',
       workloads: reports,
     };
     process.stdout.write(
       `# ${options.runs} run(s) per cell, median shown; fixture ${describeFixture(fixture)}\n` +
         `# ratios: strata's median time / the other's (above 1: strata slower)\n` +
+        (options.strata.extraOptions ? `# strata-overlay extra options: -o ${options.strata.extraOptions}\n` : '') +
         `${formatTable(reports, options.implementations)}\n\n`,
     );
     const fuseImpls = options.implementations.filter((i) => i !== 'kernel');
