@@ -249,3 +249,50 @@ t.test('kill -9 during an import leaves the whole layer or nothing', async (t) =
   t.equal(runOk('sh', ['-c', 'find "$1" -type f | wc -l', 'sh', layer!.path]).trim(), '4000', 'whole layer present');
   t.equal(run('diff', ['-r', src, layer!.path]).status, 0, 'content identical to the source');
 });
+
+t.test('start-up finishes a committed import, and removes records without content and content without records', async (t) => {
+  const s = new Scratch(t, 'layer-recover');
+  const root = s.path('root');
+  const { Metastore } = await import('../dist/lib/store/metastore.js');
+  const { LayerStore } = await import('../dist/lib/layers/layer-store.js');
+  const { createLogger } = await import('../dist/lib/log.js');
+  const logger = createLogger({ level: 'silent' });
+  const open = async () => {
+    const ms = await Metastore.open(path.join(root, 'db'), logger);
+    const ls = new LayerStore(ms, root, logger);
+    const recovered = await ls.open();
+    return { ms, ls, recovered };
+  };
+  const mk = (name: string) => {
+    const src = s.mkdir(`src-${name}`);
+    fs.writeFileSync(path.join(src, name), name.repeat(100));
+    return tarDir(src, s.path(`${name}.tar`));
+  };
+
+  let { ms, ls } = await open();
+  const kept = await ls.importTarFile(mk('kept'));
+  const lost = await ls.importTarFile(mk('lost'));
+  // Crash after the commit batch, before the rename: the record names the staged dir, start-up renames it.
+  const staged = await ls.stageTarFile(mk('committed'), { what: 'committed.tar' });
+  const dirName = staged.diffID.slice(7, 19);
+  await ms.batch([
+    { type: 'put', sublevel: 'layerContents', key: staged.diffID, value: { diffID: staged.diffID, dirName, size: staged.size, entries: staged.entries, compressedDigest: staged.compressedDigest, compressedSize: staged.compressedSize, mediaType: staged.mediaType, createdAt: new Date().toISOString(), stagingName: staged.stagingName } },
+    { type: 'put', sublevel: 'layers', key: staged.diffID, value: { chainID: staged.diffID, diffID: staged.diffID, parent: null, depth: 1, createdAt: new Date().toISOString() } },
+  ]);
+  await ms.close();
+  // A content dir nobody records (crash between a removal's batch and its delete), and a record whose dir is gone.
+  fs.mkdirSync(path.join(root, 'layers', 'ffffffffffff'));
+  fs.writeFileSync(path.join(root, 'layers', 'ffffffffffff', 'junk'), 'junk');
+  fs.rmSync(lost.path, { recursive: true });
+
+  const reopened = await open();
+  ({ ms, ls } = reopened);
+  t.same(reopened.recovered.rolledForward, [staged.diffID], 'the committed import was rolled forward');
+  t.same(reopened.recovered.droppedRecords.sort(), [`content ${lost.diffID}`, `layer ${lost.chainID}`].sort(), 'records without content were dropped');
+  t.same(reopened.recovered.deletedDirs, [path.join(root, 'layers', 'ffffffffffff')], 'content without a record was deleted');
+  const committed = await ls.inspect(staged.diffID);
+  t.equal(fs.readFileSync(path.join(committed.path, 'committed'), 'utf8'), 'committed'.repeat(100), 'the rolled-forward layer is whole');
+  t.same((await ls.list()).map((l) => l.chainID).sort(), [staged.diffID, kept.chainID].sort(), 'exactly the complete layers remain');
+  t.same(listDir(path.join(root, 'layer-tmp')), [], 'staging is empty');
+  await ms.close();
+});

@@ -82,6 +82,13 @@ export interface StagedLayer {
   mediaType: string;
 }
 
+/** What recover() did: diffIDs whose rename it finished, records it dropped, dirs it deleted. */
+export interface RecoveryReport {
+  rolledForward: string[];
+  droppedRecords: string[];
+  deletedDirs: string[];
+}
+
 /** One layer to commit: either newly staged content, or a diffID whose content the store already holds. */
 export type CommitItem = { staged: StagedLayer } | { existingDiffID: Digest };
 
@@ -106,11 +113,11 @@ export class LayerStore {
     this.limits = { ...DEFAULT_LIMITS, ...limits };
   }
 
-  /** Creates the store dirs and cleans up after any crash. Call once before use. */
-  async open(): Promise<void> {
+  /** Creates the store dirs and cleans up after any crash (see recover()). Call once before use. */
+  async open(): Promise<RecoveryReport> {
     await mkdir(this.layersDir, { recursive: true, mode: 0o700 });
     await mkdir(this.tmpDir, { recursive: true, mode: 0o700 });
-    await this.recover();
+    return this.recover();
   }
 
   // ---------------------------------------------------------------- import
@@ -507,7 +514,7 @@ export class LayerStore {
    * Brings disk and database back in line after a crash: finishes committed renames, drops records whose
    * content is gone (and chains and references built on them), deletes staged dirs and unrecorded content.
    */
-  async recover(): Promise<{ rolledForward: string[]; droppedRecords: string[]; deletedDirs: string[] }> {
+  async recover(): Promise<RecoveryReport> {
     return this.exclusive(async () => {
       const rolledForward: string[] = [];
       const droppedRecords: string[] = [];
