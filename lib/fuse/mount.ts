@@ -6,7 +6,7 @@
  *  - allow_other + default_permissions: other users can use the mount and the kernel checks permissions
  *    against the attributes we report, as it does for kernel overlayfs;
  *  - big_writes/max_write: 128 KiB writes instead of 4 KiB;
- *  - auto_cache: page cache kept across opens unless mtime/size changed;
+ *  - no auto_cache (it costs a getattr round trip per open): ops.ts asks for keep_cache per file instead;
  *  - attr_timeout=0 by default: the high-level libfuse API gives each name its own kernel inode, so the
  *    attributes of one hard link would stay stale after a write through another; entries stay cached.
  */
@@ -49,7 +49,6 @@ export function fuseOptionString(options: FuseMountOptions): string {
     'big_writes',
     'max_write=131072',
     'max_read=131072',
-    'auto_cache',
     `attr_timeout=${options.attrTimeout}`,
     `entry_timeout=${options.entryTimeout}`,
     'negative_timeout=0',

@@ -12,6 +12,7 @@ import { encodeDirentStat, encodeStat } from './stat.js';
 
 type Done = (result: number) => void;
 type DoneWith<T> = (result: number, value?: T) => void;
+type OpenDone = (result: number, fd?: number, keepCache?: boolean) => void;
 
 /** Supplies the requesting process's credentials for the current request, when the binding knows them. */
 export type CallerSource = () => Caller;
@@ -34,6 +35,12 @@ const S_IFDIR = 0o040000;
 export function createFuseOps(ufs: UnionFs, logger: Logger, callerOf: CallerSource = () => ROOT_CALLER) {
   const statBuf = new Float64Array(StatIndex.length);
   const hiddenFiles = new Map<string, HiddenFile>();
+  /**
+   * The kernel may keep a file's pages across opens (keep_cache) when nothing but this name can change
+   * them: a file with one link. Files with several names get fresh pages at every open, because the
+   * high-level libfuse API gives each name its own kernel inode and page cache.
+   */
+  const keepsPageCache = (fd: number): boolean => sys.fstatRaw(fd, statBuf) === 0 && statBuf[StatIndex.nlink] === 1;
   const statHidden = (hidden: HiddenFile): Uint32Array => {
     if (sys.fstatRaw(hidden.fd, statBuf) < 0) throw Object.assign(new Error('hidden file fd'), { code: 'EIO' });
     statBuf[StatIndex.ino] = hidden.ino;
@@ -111,15 +118,15 @@ export function createFuseOps(ufs: UnionFs, logger: Logger, callerOf: CallerSour
         cb(fail(err, 'readlink', path));
       }
     },
-    open(path: string, flags: number, cb: DoneWith<number>) {
+    open(path: string, flags: number, cb: OpenDone) {
       ufs.open(path, flags).then(
-        (fd) => cb(0, fd),
+        (fd) => cb(0, fd, keepsPageCache(fd)),
         (err: unknown) => cb(fail(err, 'open', path)),
       );
     },
-    create(path: string, mode: number, flags: number, cb: DoneWith<number>) {
+    create(path: string, mode: number, flags: number, cb: OpenDone) {
       ufs.create(path, mode, flags, callerOf()).then(
-        (fd) => cb(0, fd),
+        (fd) => cb(0, fd, true),
         (err: unknown) => cb(fail(err, 'create', path)),
       );
     },
@@ -139,9 +146,6 @@ export function createFuseOps(ufs: UnionFs, logger: Logger, callerOf: CallerSour
     },
     release(path: string, fd: number, cb: Done) {
       run('release', path, cb, () => ufs.release(fd));
-    },
-    flush(_path: string, _fd: number, cb: Done) {
-      cb(0);
     },
     fsync(path: string, dataSync: number, fd: number, cb: Done) {
       run('fsync', path, cb, () => ufs.fsync(fd, dataSync !== 0));

@@ -14,6 +14,11 @@ import { decodeOrigin, inoFromHandle } from './origin.js';
 
 export interface LookupContext {
   readonly layers: readonly Layer[];
+  /**
+   * For a copied-up non-directory: may it report its origin's inode number? Only when the origin had a
+   * single link or this copy is the indexed one; two separate copies of one lower hard link must not share it.
+   */
+  originInoIsStable?(upperReal: string, origin: Buffer): boolean;
   /** Finds the index entry of a lower hard link, when the hard link index is in use. */
   findIndexEntry?(lower: LayerPath): string | undefined;
   readonly samefs: boolean;
@@ -44,9 +49,9 @@ function readXattrString(real: string, name: string): string | undefined {
 }
 
 /** The inode number of an upper object: its origin's when it was copied up, else its own. */
-function upperIno(ctx: LookupContext, upper: LayerPath, realIno: number): number {
+function upperIno(ctx: LookupContext, upper: LayerPath, realIno: number, isDir: boolean): number {
   const fb = sys.lgetxattr(upper.real, OVL_ORIGIN);
-  if (fb !== null && ctx.samefs) {
+  if (fb !== null && ctx.samefs && (isDir || !ctx.originInoIsStable || ctx.originInoIsStable(upper.real, fb))) {
     const origin = decodeOrigin(fb);
     const ino = origin && inoFromHandle(origin);
     if (ino !== undefined) return ino;
@@ -65,7 +70,7 @@ export function lookupRoot(ctx: LookupContext): UnionEntry {
   for (const layer of rest) {
     lowers.push(layerPath(layer, '/'));
   }
-  const ino = first.isUpper ? upperIno(ctx, top, realIno) : layerIno(ctx, first, realIno);
+  const ino = first.isUpper ? upperIno(ctx, top, realIno, true) : layerIno(ctx, first, realIno);
   return { path: '/', type: S_IFDIR, top, inUpper: first.isUpper, lowers, lowerRel: '/', opaque: false, ino };
 }
 
@@ -140,7 +145,7 @@ export function lookupChild(ctx: LookupContext, parent: UnionEntry, name: string
 
   const inUpper = found.layer.isUpper;
   let ino: number;
-  if (inUpper) ino = upperIno(ctx, found, foundIno);
+  if (inUpper) ino = upperIno(ctx, found, foundIno, foundType === S_IFDIR);
   else ino = layerIno(ctx, found.layer, foundIno);
   const lowerRel = inUpper ? lowers[0]?.rel : found.rel;
   const entry: UnionEntry = { path: childPath, type: foundType, top: found, inUpper, lowers, lowerRel, opaque, redirect, ino };

@@ -13,6 +13,9 @@ import { fsError } from '../errors.js';
 import { sys, StatIndex } from '../native/index.js';
 import { S_IFDIR, type Layer, type LayerPath, type UnionEntry } from './layer.js';
 import { findIndexEntry } from './index.js';
+import { decodeOrigin } from './origin.js';
+
+const O_PATH = 0o10000000;
 import { lookupChild, lookupRoot, type LookupContext } from './lookup.js';
 import { listMerged, type MergedEntry } from './readdir.js';
 import { RealFs } from './realfs.js';
@@ -61,6 +64,7 @@ export class UnionFs implements LookupContext {
 
   private readonly entries = new Map<string, UnionEntry>();
   private readonly fsUuids = new Map<number, Buffer | null>();
+  private readonly rootFds = new Map<number, number>();
   private tempCounter = 0;
 
   constructor(params: UnionParams, logger: Logger) {
@@ -97,6 +101,35 @@ export class UnionFs implements LookupContext {
 
   findIndexEntry(lower: LayerPath): string | undefined {
     return this.readOnly ? undefined : findIndexEntry(this, lower);
+  }
+
+  originInoIsStable(upperReal: string, origin: Buffer): boolean {
+    if (this.indexDir && sys.lstatRaw(upperReal, this.statBuf) === 0) {
+      const ino = this.statBuf[StatIndex.ino];
+      if (sys.lstatRaw(`${this.indexDir}/${origin.toString('hex')}`, this.statBuf) === 0 && this.statBuf[StatIndex.ino] === ino) return true;
+    }
+    const decoded = decodeOrigin(origin);
+    const lower = this.layers.find((layer) => !layer.isUpper);
+    if (!decoded || !lower) return false;
+    let fd: number | undefined;
+    try {
+      fd = sys.openByHandle(this.layerRootFd(lower), decoded.type, decoded.handle, O_PATH);
+      return sys.fstatRaw(fd, this.statBuf) === 0 && this.statBuf[StatIndex.nlink] === 1;
+    } catch {
+      return false; // the origin is gone or foreign: its number could collide, so use the copy's own
+    } finally {
+      if (fd !== undefined) fs.closeSync(fd);
+    }
+  }
+
+  /** An open fd on a layer's root, the mount fd open_by_handle_at needs. Kept for the mount's lifetime. */
+  private layerRootFd(layer: Layer): number {
+    let fd = this.rootFds.get(layer.index);
+    if (fd === undefined) {
+      fd = fs.openSync(layer.root, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+      this.rootFds.set(layer.index, fd);
+    }
+    return fd;
   }
 
   /** The real object holding the data and attributes of `entry` (its index entry, for indexed lower links). */
