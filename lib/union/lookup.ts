@@ -125,7 +125,10 @@ export function lookupChild(ctx: LookupContext, parent: UnionEntry, name: string
       if (type !== S_IFDIR) break; // a non-dir below a dir is hidden by it
       lowers.push(candidate);
     }
-    // Only a directory gets here. Its own opaque and redirect xattrs steer the search below it.
+    // Only a directory gets here. Its own opaque and redirect xattrs steer the search below it, so the
+    // bottom layer's are never read (nothing is below it). An upper dir's are kept in the entry regardless.
+    const lastLayer = ctx.layers[ctx.layers.length - 1];
+    if (!candidate.layer.isUpper && candidate.layer === lastLayer) break;
     if (readXattrString(candidate.real, OVL_OPAQUE) === 'y') {
       if (candidate === found && candidate.layer.isUpper) opaque = true;
       break;
