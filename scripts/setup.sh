@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 repo=$(pwd)
 
 # System packages: libfuse2 for fuse-native, fuse3 for fusermount/mount.fuse3, the rest for tests and benchmarks.
-want=(libfuse2 fuse3 attr kmod fuse-overlayfs busybox-static vim-nox git tar gzip zstd umoci skopeo hyperfine fio psmisc libcap2-bin)
+want=(libfuse2 fuse3 attr kmod fuse-overlayfs busybox-static vim-nox git tar gzip zstd umoci skopeo hyperfine fio psmisc libcap2-bin
+      build-essential python3 patch)
 missing=()
 for pkg in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
@@ -23,10 +24,12 @@ if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.j
   npm ci --no-audit --no-fund --loglevel=error
 fi
 
-# Native code: our addon, and fuse-native rebuilt from source with our patch (see docs/fuse-native-patch.md).
+# Native code: our addon, and fuse-native rebuilt from source with our patch (see docs/native.md).
 node scripts/patch-fuse-native.mjs
-if [ ! -f native/build/Release/strata_sys.node ] || [ native/strata_sys.c -nt native/build/Release/strata_sys.node ]; then
-  npx --no-install node-gyp rebuild --directory native --loglevel=error >/dev/null
+# --nodedir: the headers of the node that runs us, so node-gyp never tries to download them.
+addon=native/build/Release/strata_sys.node
+if [ ! -f "$addon" ] || [ native/strata_sys.c -nt "$addon" ] || [ native/binding.gyp -nt "$addon" ]; then
+  npx --no-install node-gyp rebuild --directory native --loglevel=error --nodedir="$(dirname "$(dirname "$(command -v node)")")" >/dev/null
 fi
 
 npm run --silent build

@@ -10,6 +10,7 @@
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { StrataError } from '../errors.js';
 
 /** Indices into the Float64Array filled by lstatRaw/fstatRaw. Times are split into seconds and nanoseconds. */
 export const enum StatIndex {
@@ -104,7 +105,9 @@ function loadAddon(): StrataSys {
       lastError = err;
     }
   }
-  throw new Error(`strata_sys addon not built (run "npm run build:native"): ${String(lastError)}`);
+  throw new StrataError('STRATA_INTERNAL', `strata_sys addon not built or not loadable (run "bash scripts/setup.sh")`, {
+    cause: lastError,
+  });
 }
 
 export const sys: StrataSys = loadAddon();
