@@ -89,6 +89,7 @@ interface Seen {
   utimens: Array<{ path: string; atimeSec: number; atimeNsec: number; mtimeSec: number; mtimeNsec: number }>;
   fgetattr: Array<{ path: string; fd: number }>;
   mknod: Array<{ path: string; mode: number; dev: number }>;
+  opendir: Array<{ path: string; flags: number }>;
 }
 
 function makeFs(seen: Seen) {
@@ -123,6 +124,11 @@ function makeFs(seen: Seen) {
         const n = open.get(fd);
         return n ? cb(0, statArray(n)) : cb(-9);
       },
+      opendir: (p: string, flags: number, cb: Callback) => {
+        seen.opendir.push({ path: p, flags });
+        return nodes.has(p) ? cb(0, 7) : cb(Fuse.ENOENT);
+      },
+      releasedir: (_p: string, _fd: number, cb: Callback) => cb(0),
       readdir: (p: string, cb: Callback) => {
         const names = children(p);
         return cb(0, names, names.map((name) => statArray(nodes.get(path.join(p, name))!)));
@@ -241,7 +247,7 @@ t.test('patched fuse-native through a real mount', async (tt) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-fuse-binding-'));
   const mnt = path.join(dir, 'mnt');
   fs.mkdirSync(mnt);
-  const seen: Seen = { create: [], utimens: [], fgetattr: [], mknod: [] };
+  const seen: Seen = { create: [], utimens: [], fgetattr: [], mknod: [], opendir: [] };
   const memfs = makeFs(seen);
   const fuse = new TestFuse(mnt, memfs.ops, { timeout: false });
   tt.teardown(async () => {
@@ -266,6 +272,8 @@ t.test('patched fuse-native through a real mount', async (tt) => {
     t2.equal(await sh('cat', [bigino]), 'big inode');
     const ls = await sh('ls', ['-i', mnt]);
     t2.match(ls, new RegExp(`^${TWO_32 * 3 + 7} bigino$`, 'm'), 'readdir with use_ino carries the 64-bit ino');
+    const opendir = seen.opendir.find((c) => c.path === '/');
+    t2.ok(opendir && (opendir.flags & fs.constants.O_DIRECTORY) !== 0, `opendir gets the open flags (0o${opendir?.flags.toString(8)}), not the fh`);
   });
 
   tt.test('create receives the open flags', async (t2) => {
