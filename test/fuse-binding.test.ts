@@ -103,6 +103,7 @@ function makeFs(seen: Seen) {
   const big = newNode(S_IFREG | 0o644, TWO_32 * 3 + 7); // a 64-bit inode number
   big.data = Buffer.from('big inode\n');
   nodes.set('/bigino', big);
+  nodes.set('/locked', newNode(S_IFREG | 0o644));
   const open = new Map<number, Node>(); // fd -> node, alive after unlink
   let nextFd = 100;
   const children = (dir: string) => [...nodes.keys()].filter((p) => p !== '/' && path.dirname(p) === dir).map((p) => path.basename(p));
@@ -146,6 +147,7 @@ function makeFs(seen: Seen) {
       },
       open: (p: string, _flags: number, cb: Callback) => {
         const n = nodes.get(p);
+        if (p === '/locked') return cb(-13); // an error with no fd: must still answer libfuse
         return n ? cb(0, opened(n)) : cb(Fuse.ENOENT);
       },
       release: (_p: string, fd: number, cb: Callback) => { open.delete(fd); cb(0); },
@@ -274,6 +276,11 @@ t.test('patched fuse-native through a real mount', async (tt) => {
     t2.match(ls, new RegExp(`^${TWO_32 * 3 + 7} bigino$`, 'm'), 'readdir with use_ino carries the 64-bit ino');
     const opendir = seen.opendir.find((c) => c.path === '/');
     t2.ok(opendir && (opendir.flags & fs.constants.O_DIRECTORY) !== 0, `opendir gets the open flags (0o${opendir?.flags.toString(8)}), not the fh`);
+  });
+
+  tt.test('an op that fails without a value still answers (EACCES from open)', async (t2) => {
+    await t2.rejects(sh('cat', [path.join(mnt, 'locked')]), /Permission denied/);
+    t2.equal(await sh('cat', [path.join(mnt, 'bigino')]), 'big inode', 'the server still serves');
   });
 
   tt.test('create receives the open flags', async (t2) => {
