@@ -150,7 +150,9 @@ function makeFs(seen: Seen) {
         if (p === '/locked') return cb(-13); // an error with no fd: must still answer libfuse
         return n ? cb(0, opened(n)) : cb(Fuse.ENOENT);
       },
-      release: (_p: string, fd: number, cb: Callback) => { open.delete(fd); cb(0); },
+      // Node-style cb() with no result means success (upstream threw in C and left libfuse unanswered).
+      release: (_p: string, fd: number, cb: () => void) => { open.delete(fd); cb(); },
+      flush: (_p: string, _fd: number, cb: () => void) => cb(),
       read: (_p: string, fd: number, buf: Buffer, len: number, pos: number, cb: Callback) => {
         const n = open.get(fd)!;
         const part = n.data.subarray(pos, pos + len);
