@@ -7,7 +7,7 @@
 import { mkdir, readFile, realpath, stat, symlink } from 'node:fs/promises';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
-import { createReadStream } from 'node:fs';
+import { closeSync, createReadStream, openSync } from 'node:fs';
 import tarStream from 'tar-stream';
 import { StrataError } from '../errors.js';
 import { safeComponents, writeEntryData } from '../layers/apply-tar.js';
@@ -275,7 +275,12 @@ export async function unpackArchive(file: string, dest: string, maxBytes: number
         await mkdir(full, { recursive: true });
         entry.resume();
       } else if (h.type === 'file' || h.type === 'contiguous-file') {
-        await writeEntryData(entry as unknown as AsyncIterable<Buffer>, full);
+        const fd = openSync(full, 'wx', 0o600);
+        try {
+          await writeEntryData(entry as unknown as AsyncIterable<Buffer>, fd);
+        } finally {
+          closeSync(fd);
+        }
       } else if (h.type === 'symlink') {
         await symlink(h.linkname ?? '', full);
         entry.resume();

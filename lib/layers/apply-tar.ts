@@ -13,12 +13,13 @@
  *  - an entry larger than `maxEntryBytes` is refused before a byte of it is written.
  * Any failure throws a StrataError naming the entry; the caller discards the whole target dir.
  */
-import { chmod, lchown, link, lstat, mkdir, open, rm, symlink } from 'node:fs/promises';
+import { chmodSync, closeSync, fchmodSync, fchownSync, lchownSync, linkSync, lstatSync, mkdirSync, openSync, symlinkSync, writevSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import tarStream, { type Header as Headers } from 'tar-stream';
-import { FsError, StrataError, fsError } from '../errors.js';
+import { FsError, StrataError, fsError, isErrno } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { StrataSys } from '../native/index.js';
 
@@ -211,15 +212,14 @@ class LayerTarApplier {
       const rel = [...parentParts, hidden];
       await this.ensureParents(rel, entryName);
       const full = path.join(this.root, ...rel);
-      await this.removeExisting(rel, full);
-      this.options.sys.mknod(full, S_IFCHR, 0);
+      await this.createReplacing(rel, full, () => this.options.sys.mknod(full, S_IFCHR, 0));
       return;
     }
 
     if (parts.length === 0) {
       // "./": the layer root itself; only its metadata applies.
       if (header.type !== 'directory') throw badEntry(what, entryName, 'names the layer root but is not a directory');
-      await this.setMetadata(this.root, header, false);
+      this.setMetadata(this.root, header, false);
       this.deferDirTimes('', this.root, header);
       return;
     }
@@ -231,53 +231,60 @@ class LayerTarApplier {
 
     switch (header.type) {
       case 'directory': {
-        const existing = await lstatOrNull(full);
-        if (!existing?.isDirectory()) {
-          await this.removeExisting(parts, full);
-          await mkdir(full, { mode: 0o700 });
+        try {
+          mkdirSync(full, { mode: 0o700 });
+        } catch (err) {
+          if (!isErrno(err, 'EEXIST')) throw err;
+          if (!lstatSync(full).isDirectory()) await this.createReplacing(parts, full, () => mkdirSync(full, { mode: 0o700 }));
         }
         this.knownDirs.add(rel);
-        await this.setMetadata(full, header, false);
+        this.setMetadata(full, header, false);
         this.deferDirTimes(rel, full, header);
         return;
       }
       case 'file':
       case 'contiguous-file': {
-        await this.removeExisting(parts, full);
-        await writeEntryData(data, full);
+        let fd = -1;
+        await this.createReplacing(parts, full, () => { fd = openSync(full, 'wx', 0o600); });
+        try {
+          await writeEntryData(data, fd);
+          // Metadata through the fd, after the data: writing clears setuid bits and security.capability.
+          fchownSync(fd, header.uid ?? 0, header.gid ?? 0);
+          fchmodSync(fd, mode);
+          for (const [name, value] of this.xattrsOf(header)) this.options.sys.fsetxattr(fd, name, value, 0);
+          const [atime, mtime] = timesOf(header);
+          this.options.sys.futimens(fd, atime.sec, atime.nsec, mtime.sec, mtime.nsec);
+        } finally {
+          closeSync(fd);
+        }
         this.contentBytes += size;
-        await this.setMetadata(full, header, false);
-        this.setTimes(full, ...timesOf(header));
         return;
       }
       case 'link': {
         const targetName = header.linkname ?? '';
         const targetParts = safeComponents(targetName, entryName, what);
         const targetFull = path.join(this.root, ...targetParts);
-        const target = targetParts.length > 0 && (await this.isInsideLayer(targetParts)) ? await lstatOrNull(targetFull) : null;
+        const target = targetParts.length > 0 && this.isInsideLayer(targetParts) ? lstatSync(targetFull, { throwIfNoEntry: false }) ?? null : null;
         if (target === null || target.isDirectory()) {
           throw badEntry(what, entryName, `is a hard link to "${targetName}", which is not a file earlier in this layer`);
         }
         if (targetFull === full) return;
-        await this.removeExisting(parts, full);
-        await link(targetFull, full);
+        await this.createReplacing(parts, full, () => linkSync(targetFull, full));
         return;
       }
       case 'symlink': {
-        await this.removeExisting(parts, full);
-        await symlink(header.linkname ?? '', full);
-        await this.setMetadata(full, header, true);
+        await this.createReplacing(parts, full, () => symlinkSync(header.linkname ?? '', full));
+        this.setMetadata(full, header, true);
         this.setTimes(full, ...timesOf(header));
         return;
       }
       case 'character-device':
       case 'block-device':
       case 'fifo': {
-        await this.removeExisting(parts, full);
         const typeBits = header.type === 'fifo' ? S_IFIFO : header.type === 'block-device' ? S_IFBLK : S_IFCHR;
         const dev = header.type === 'fifo' ? 0 : makeDev(header.devmajor ?? 0, header.devminor ?? 0);
-        this.options.sys.mknod(full, typeBits | mode, dev);
-        await this.setMetadata(full, header, false);
+        await this.createReplacing(parts, full, () => this.options.sys.mknod(full, typeBits | mode, dev));
+        this.setMetadata(full, header, false);
         this.setTimes(full, ...timesOf(header));
         return;
       }
@@ -297,9 +304,9 @@ class LayerTarApplier {
       rel = rel === '' ? part : `${rel}/${part}`;
       if (this.knownDirs.has(rel)) continue;
       const full = path.join(this.root, rel);
-      const st = await lstatOrNull(full);
-      if (st === null) {
-        await mkdir(full, { mode: 0o755 });
+      const st = lstatSync(full, { throwIfNoEntry: false });
+      if (st === undefined) {
+        mkdirSync(full, { mode: 0o755 });
       } else if (st.isSymbolicLink()) {
         throw badEntry(this.options.what, entryName, `goes through "${rel}", a symlink (paths may not leave the layer through a symlink)`);
       } else if (!st.isDirectory()) {
@@ -311,21 +318,35 @@ class LayerTarApplier {
   }
 
   /** True when every parent of a link target is a real directory of this layer (never a symlink). */
-  private async isInsideLayer(targetParts: string[]): Promise<boolean> {
+  private isInsideLayer(targetParts: string[]): boolean {
     let rel = '';
     for (const part of targetParts.slice(0, -1)) {
       rel = rel === '' ? part : `${rel}/${part}`;
       if (this.knownDirs.has(rel)) continue;
-      const st = await lstatOrNull(path.join(this.root, rel));
+      const st = lstatSync(path.join(this.root, rel), { throwIfNoEntry: false });
       if (!st?.isDirectory()) return false;
     }
     return true;
   }
 
-  /** Removes what an entry replaces (tar semantics: a later entry wins), forgetting directories below it. */
+  /**
+   * Runs `create`; if the name exists, removes what is there (tar semantics: a later entry wins) and runs it again.
+   * Creating first and handling EEXIST saves an lstat per entry on the common path.
+   */
+  private async createReplacing(parts: string[], full: string, create: () => void): Promise<void> {
+    try {
+      create();
+    } catch (err) {
+      if (!isErrno(err, 'EEXIST')) throw err;
+      await this.removeExisting(parts, full);
+      create();
+    }
+  }
+
+  /** Removes what an entry replaces, forgetting directories below it. */
   private async removeExisting(parts: string[], full: string): Promise<void> {
-    const st = await lstatOrNull(full);
-    if (st === null) return;
+    const st = lstatSync(full, { throwIfNoEntry: false });
+    if (st === undefined) return;
     if (st.isDirectory()) {
       const rel = parts.join('/');
       for (const known of [...this.knownDirs]) if (known === rel || known.startsWith(`${rel}/`)) this.knownDirs.delete(known);
@@ -334,22 +355,30 @@ class LayerTarApplier {
     await rm(full, { recursive: true, force: true });
   }
 
-  /** Owner, then mode (chown clears setuid/setgid), then xattrs (chown clears security.capability). */
-  private async setMetadata(full: string, header: Headers, isSymlink: boolean): Promise<void> {
-    await lchown(full, header.uid ?? 0, header.gid ?? 0);
-    if (!isSymlink) await chmod(full, (header.mode ?? 0o644) & 0o7777);
+  /**
+   * Owner, then mode (chown clears setuid/setgid), then xattrs (chown clears security.capability). Synchronous:
+   * these calls take microseconds, and a threadpool round trip each would dominate import time.
+   */
+  private setMetadata(full: string, header: Headers, isSymlink: boolean): void {
+    lchownSync(full, header.uid ?? 0, header.gid ?? 0);
+    if (!isSymlink) chmodSync(full, (header.mode ?? 0o644) & 0o7777);
+    for (const [name, value] of this.xattrsOf(header)) this.options.sys.lsetxattr(full, name, value, 0);
+  }
+
+  /** The entry's SCHILY.xattr.* values, without overlayfs-private ones other than the opaque marker. */
+  private xattrsOf(header: Headers): Array<[string, Buffer]> {
     const raw = (header.pax as Record<string, unknown> | null | undefined)?.[RAW_XATTRS] as Map<string, Buffer> | undefined;
-    if (raw === undefined) return;
+    if (raw === undefined) return [];
+    const out: Array<[string, Buffer]> = [];
     for (const [name, value] of raw) {
-      if (name.startsWith('trusted.overlay.')) {
-        // Only the opaque marker is meaningful in a layer; redirects and the like could point anywhere.
-        if (name !== OPAQUE_XATTR || value.toString() !== 'y') {
-          this.log.debug({ entry: header.name, xattr: name }, 'dropping overlay-private xattr from layer');
-          continue;
-        }
+      // Only the opaque marker is meaningful in a layer; redirects and the like could point anywhere.
+      if (name.startsWith('trusted.overlay.') && (name !== OPAQUE_XATTR || value.toString() !== 'y')) {
+        this.log.debug({ entry: header.name, xattr: name }, 'dropping overlay-private xattr from layer');
+        continue;
       }
-      this.options.sys.lsetxattr(full, name, value, 0);
+      out.push([name, value]);
     }
+    return out;
   }
 
   private deferDirTimes(rel: string, full: string, header: Headers): void {
@@ -374,31 +403,40 @@ function timesOf(header: Headers): [TimeSpec, TimeSpec] {
  * Writes an entry's data to a new file. Not stream.pipeline(): tar-stream's entries are streamx streams, and a
  * pipeline from one that is destroyed mid-way (a truncated tar) never settles; async iteration rejects instead.
  */
-export async function writeEntryData(data: AsyncIterable<Buffer>, file: string): Promise<void> {
-  const handle = await open(file, 'wx', 0o600);
-  try {
-    let pending: Buffer[] = [];
-    let pendingBytes = 0;
-    for await (const chunk of data) {
-      pending.push(chunk);
-      pendingBytes += chunk.length;
-      if (pendingBytes >= 1 << 18) {
-        await handle.writev(pending);
-        pending = [];
-        pendingBytes = 0;
-      }
+export async function writeEntryData(data: AsyncIterable<Buffer>, fd: number): Promise<void> {
+  let pending: Buffer[] = [];
+  let pendingBytes = 0;
+  for await (const chunk of data) {
+    pending.push(chunk);
+    pendingBytes += chunk.length;
+    if (pendingBytes >= 1 << 18) {
+      writevAll(fd, pending);
+      pending = [];
+      pendingBytes = 0;
     }
-    if (pending.length > 0) await handle.writev(pending);
-  } finally {
-    await handle.close();
   }
+  if (pending.length > 0) writevAll(fd, pending);
 }
 
-async function lstatOrNull(full: string) {
-  try {
-    return await lstat(full);
-  } catch (err) {
-    if ((err as { code?: string }).code === 'ENOENT') return null;
-    throw err;
+/**
+ * Synchronous on purpose: most layer files are small and arrive in one chunk, and a threadpool round trip per
+ * file costs more than the write itself (measured with scripts/bench/import.sh).
+ */
+function writevAll(fd: number, buffers: Buffer[]): void {
+  let rest = buffers;
+  let expected = rest.reduce((n, b) => n + b.length, 0);
+  while (expected > 0) {
+    const written = writevSync(fd, rest);
+    expected -= written;
+    if (expected === 0) return;
+    // Short write: drop what was written and go on with the remainder.
+    let skip = written;
+    const remaining: Buffer[] = [];
+    for (const b of rest) {
+      if (skip >= b.length) { skip -= b.length; continue; }
+      remaining.push(skip > 0 ? b.subarray(skip) : b);
+      skip = 0;
+    }
+    rest = remaining;
   }
 }
