@@ -296,3 +296,18 @@ t.test('start-up finishes a committed import, and removes records without conten
   t.same(listDir(path.join(root, 'layer-tmp')), [], 'staging is empty');
   await ms.close();
 });
+
+t.test('progress is drawn on a terminal only', async (t) => {
+  const s = new Scratch(t, 'layer-progress');
+  const src = s.mkdir('src');
+  fs.writeFileSync(path.join(src, 'data'), Buffer.alloc(300_000, 7));
+  const tar = tarDir(src, s.path('layer.tar'));
+  const { strataJs } = await import('./fixtures/store-fixtures.js');
+  // script(1) gives the CLI a real pseudo-terminal.
+  const onTty = run('script', ['-qec', `${process.execPath} ${strataJs} --root ${s.path('root-tty')} layer import ${tar}`, '/dev/null']);
+  t.equal(onTty.status, 0, `import on a tty: ${onTty.stderr}`);
+  t.match(onTty.stdout, /layer 1\/1: [\d.]+ KiB \/ [\d.]+ KiB/, 'a tty shows layer n/m and bytes');
+  const piped = strata(s.path('root-pipe'), 'layer', 'import', tar);
+  t.equal(piped.stderr, '', 'a pipe gets no progress');
+  t.match(piped.stdout, /^sha256:[0-9a-f]{64}\n$/, 'just the chainID');
+});
