@@ -136,6 +136,14 @@ t.test('hostile tars fail naming the entry, and nothing lands', async (t) => {
   const zst = Buffer.from(runOk('sh', ['-c', 'zstd -q -c "$1" | base64 -w0', 'sh', s.path('good.tar')]), 'base64');
   cases.push({ label: 'truncated zstd', bytes: zst.subarray(0, Math.floor(zst.length / 2)), code: 'STRATA_BAD_ARCHIVE', mentions: /zstd|truncated/ });
   cases.push({ label: 'bzip2', bytes: Buffer.from('BZh91AY&SY'), code: 'STRATA_UNSUPPORTED', mentions: /bzip2/ });
+  // Sparse files: their tar data is a map, not the file; both GNU encodings are refused rather than mis-extracted.
+  const sparseSrc = s.mkdir('sparse-src');
+  runOk('sh', ['-c', 'truncate -s 1M "$1/holey" && echo end >> "$1/holey"', 'sh', sparseSrc]);
+  for (const format of ['posix', 'gnu']) {
+    const file = s.path(`sparse-${format}.tar`);
+    runOk('tar', [`--format=${format}`, '--sparse', '-C', sparseSrc, '-cf', file, '.']);
+    cases.push({ label: `sparse ${format}`, bytes: fs.readFileSync(file), code: 'STRATA_UNSUPPORTED', mentions: /holey.*(sparse|unsupported tar entry type)/ });
+  }
 
   for (const c of cases) {
     const file = s.path(`${c.label.replace(/ /g, '-')}.tar`);

@@ -244,6 +244,9 @@ class LayerTarApplier {
       }
       case 'file':
       case 'contiguous-file': {
+        if (Object.keys((header.pax as Record<string, unknown> | null | undefined) ?? {}).some((k) => k.startsWith('GNU.sparse.'))) {
+          throw new StrataError('STRATA_UNSUPPORTED', `${what}: entry "${entryName}" is a GNU sparse file, which layer tars may not use`);
+        }
         let fd = -1;
         await this.createReplacing(parts, full, () => { fd = openSync(full, 'wx', 0o600); });
         try {
@@ -289,7 +292,7 @@ class LayerTarApplier {
         return;
       }
       default:
-        throw new StrataError('STRATA_UNSUPPORTED', `${what}: entry "${entryName}" has unsupported tar type "${String(header.type)}"`);
+        throw new StrataError('STRATA_UNSUPPORTED', `${what}: entry "${entryName}" has an unsupported tar entry type (${header.type === null ? 'unknown type flag, e.g. a GNU sparse or volume header' : `"${String(header.type)}"`})`);
     }
   }
 
