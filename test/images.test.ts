@@ -248,3 +248,42 @@ t.test('hostile image layouts fail with a clear error, and nothing lands', async
   const notImage = strata(root, 'image', 'import', s.mkdir('empty-dir'));
   t.match(notImage.stderr, /^strata: STRATA_UNSUPPORTED: .* is neither an OCI image layout/, 'a plain dir is not an image');
 });
+
+t.test('kill -9 during an image import leaves no layer of it', async (t) => {
+  const s = new Scratch(t, 'images-kill');
+  const root = s.path('root');
+  const small = await craftTar([{ name: 'first', data: 'first layer' }]);
+  const src = s.mkdir('big');
+  for (let d = 0; d < 40; d++) {
+    fs.mkdirSync(path.join(src, `d${d}`));
+    for (let f = 0; f < 100; f++) fs.writeFileSync(path.join(src, `d${d}`, `f${f}`), `${d}/${f}\n`.repeat(100));
+  }
+  const big = fs.readFileSync(runOk('sh', ['-c', 'tar --format=posix -C "$1" -cf "$2" . && echo "$2"', 'sh', src, s.path('big.tar')]).trim());
+  writeOciLayout(s.path('oci'), [small, big], 'k');
+
+  const { spawn } = await import('node:child_process');
+  const { strataJs } = await import('./fixtures/store-fixtures.js');
+  const child = spawn(process.execPath, [strataJs, '--root', root, 'image', 'import', s.path('oci'), '--name', 'k:1'], { stdio: 'ignore' });
+  const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()));
+  let caught = false;
+  // The first layer is staged (complete) while the second is being extracted: kill then.
+  for (;;) {
+    const staged = listDir(path.join(root, 'layer-tmp')).filter((n) => n.startsWith('stage-'));
+    if (staged.length >= 2 && staged.some((n) => listDir(path.join(root, 'layer-tmp', n)).length >= 3)) {
+      child.kill('SIGKILL');
+      caught = true;
+      break;
+    }
+    if (child.exitCode !== null) break;
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  await exited;
+  t.ok(caught, 'killed while the second layer was being extracted');
+  t.same(strataJson<unknown[]>(root, 'image', 'ls'), [], 'no image after restart');
+  t.same(strataJson<unknown[]>(root, 'layer', 'ls'), [], 'not even the complete first layer was committed');
+  t.same(listDir(path.join(root, 'layers')), [], 'no content');
+  t.same(listDir(path.join(root, 'layer-tmp')), [], 'staging cleaned');
+  const again = strata(root, 'image', 'import', s.path('oci'), '--name', 'k:1');
+  t.equal(again.status, 0, `the import then succeeds: ${again.stderr}`);
+  t.equal(strataJson<unknown[]>(root, 'layer', 'ls').length, 2, 'both layers');
+});
