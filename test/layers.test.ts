@@ -120,6 +120,21 @@ t.test('hostile tars fail naming the entry, and nothing lands', async (t) => {
       bytes: await craftTar([{ name: 'link', type: 'symlink', linkname: outside }, { name: 'link/planted', data: 'x' }]),
       code: 'STRATA_BAD_ARCHIVE', mentions: /"link\/planted".*symlink/,
     },
+    {
+      label: 'hardlink through symlink',
+      bytes: await craftTar([{ name: 'etc', type: 'symlink', linkname: '/etc' }, { name: 'h', type: 'link', linkname: 'etc/passwd' }]),
+      code: 'STRATA_BAD_ARCHIVE', mentions: /"h" is a hard link to "etc\/passwd", which is not a file earlier in this layer/,
+    },
+    {
+      label: 'whiteout through symlink',
+      bytes: await craftTar([{ name: 'link', type: 'symlink', linkname: outside }, { name: 'link/.wh.victim', data: '' }]),
+      code: 'STRATA_BAD_ARCHIVE', mentions: /"link\/\.wh\.victim" goes through "link", a symlink/,
+    },
+    {
+      label: 'opaque marker through symlink',
+      bytes: await craftTar([{ name: 'link', type: 'symlink', linkname: outside }, { name: 'link/.wh..wh..opq', data: '' }]),
+      code: 'STRATA_BAD_ARCHIVE', mentions: /"link\/\.wh\.\.wh\.\.opq" goes through "link", a symlink/,
+    },
     { label: 'hardlink outside', bytes: await craftTar([{ name: 'h', type: 'link', linkname: '../../etc/passwd' }]), code: 'STRATA_BAD_ARCHIVE', mentions: /"h"/ },
     { label: 'hardlink absolute', bytes: await craftTar([{ name: 'h', type: 'link', linkname: '/etc/passwd' }]), code: 'STRATA_BAD_ARCHIVE', mentions: /"h".*absolute/ },
     { label: 'hardlink to missing', bytes: await craftTar([{ name: 'h', type: 'link', linkname: 'nothere' }]), code: 'STRATA_BAD_ARCHIVE', mentions: /"h".*not a file earlier/ },
