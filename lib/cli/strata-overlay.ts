@@ -126,8 +126,8 @@ async function serve(line: CommandLine): Promise<number> {
   const fuse = new FuseMount(ufs, mountpoint, {
     fsname: params.fsname,
     subtype: PROGRAM,
-    attrTimeout: params.attrTimeout ?? 0,
-    entryTimeout: params.entryTimeout ?? 1,
+    attrTimeout: params.attrTimeout ?? 1,
+    entryTimeout: params.entryTimeout ?? 0,
     readOnly: params.readOnly,
   }, logger);
   await fuse.mount();
