@@ -287,3 +287,40 @@ t.test('kill -9 during an image import leaves no layer of it', async (t) => {
   t.equal(again.status, 0, `the import then succeeds: ${again.stderr}`);
   t.equal(strataJson<unknown[]>(root, 'layer', 'ls').length, 2, 'both layers');
 });
+
+t.test('hostile image archives: symlink escapes and truncation', async (t) => {
+  const s = new Scratch(t, 'images-archive');
+  const root = s.path('root');
+  const outside = s.mkdir('outside');
+  const archives: Array<{ label: string; bytes: Buffer; mentions: RegExp }> = [
+    {
+      label: 'write through a symlink',
+      bytes: await craftTar([{ name: 'blobs', type: 'symlink', linkname: outside }, { name: 'blobs/planted', data: 'x' }]),
+      mentions: /entry "blobs\/planted" goes through "blobs", which is not a directory/,
+    },
+    {
+      label: 'config read through a symlink',
+      bytes: await craftTar([
+        { name: 'cfg.json', type: 'symlink', linkname: '/etc/passwd' },
+        { name: 'manifest.json', data: JSON.stringify([{ Config: 'cfg.json', RepoTags: ['evil:1'], Layers: [] }]) },
+      ]),
+      mentions: /names cfg\.json, which leads outside the archive/,
+    },
+    {
+      label: 'truncated archive',
+      bytes: (await craftTar([{ name: 'manifest.json', data: 'x'.repeat(5000) }])).subarray(0, 3000),
+      mentions: /truncated or corrupt archive after entry "manifest\.json": Unexpected end of data/,
+    },
+  ];
+  for (const a of archives) {
+    const file = s.path(`${a.label.replace(/ /g, '-')}.tar`);
+    fs.writeFileSync(file, a.bytes);
+    const r = strata(root, 'image', 'import', file);
+    t.equal(r.status, 1, `${a.label}: exit 1`);
+    t.match(r.stderr, /^strata: STRATA_BAD_ARCHIVE: /, `${a.label}: STRATA_BAD_ARCHIVE`);
+    t.match(r.stderr, a.mentions, `${a.label}: names the entry (${r.stderr.trim()})`);
+  }
+  t.same(listDir(outside), [], 'nothing written outside');
+  t.same(strataJson<unknown[]>(root, 'image', 'ls'), [], 'no image');
+  t.same(listDir(path.join(root, 'layer-tmp')), [], 'unpacked archives removed');
+});

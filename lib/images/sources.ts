@@ -4,10 +4,10 @@
  * They only read and verify metadata (every JSON blob against its digest); layer blobs are verified while
  * they are extracted (LayerStore.stageTarFile with expectDigest/expectDiffID).
  */
-import { mkdir, readFile, realpath, stat, symlink } from 'node:fs/promises';
+import { readFile, realpath, stat, symlink } from 'node:fs/promises';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
-import { closeSync, createReadStream, openSync } from 'node:fs';
+import { closeSync, createReadStream, lstatSync, mkdirSync, openSync } from 'node:fs';
 import tarStream from 'tar-stream';
 import { StrataError } from '../errors.js';
 import { safeComponents, writeEntryData } from '../layers/apply-tar.js';
@@ -258,7 +258,8 @@ async function insideFile(dir: string, name: string, what: string): Promise<stri
 export async function unpackArchive(file: string, dest: string, maxBytes: number): Promise<void> {
   const extractor = tarStream.extract();
   const piping = pipeline(createReadStream(file), extractor as unknown as NodeJS.WritableStream);
-  piping.catch(() => undefined);
+  let streamError: unknown;
+  piping.catch((err: unknown) => { streamError = err; });
   let total = 0;
   let last = '(none)';
   try {
@@ -268,11 +269,11 @@ export async function unpackArchive(file: string, dest: string, maxBytes: number
       const parts = safeComponents(h.name, h.name, file);
       const full = path.join(dest, ...parts);
       if (parts.length === 0) { entry.resume(); continue; }
-      await mkdir(path.dirname(full), { recursive: true });
+      ensureRealParents(dest, parts, file, h.name);
       total += h.size ?? 0;
       if (total > maxBytes) throw new StrataError('STRATA_BAD_ARCHIVE', `${file}: entry "${h.name}" takes the archive above ${maxBytes} bytes`);
       if (h.type === 'directory') {
-        await mkdir(full, { recursive: true });
+        if (!lstatSync(full, { throwIfNoEntry: false })?.isDirectory()) mkdirSync(full);
         entry.resume();
       } else if (h.type === 'file' || h.type === 'contiguous-file') {
         const fd = openSync(full, 'wx', 0o600);
@@ -293,7 +294,20 @@ export async function unpackArchive(file: string, dest: string, maxBytes: number
     if (err instanceof StrataError) throw err;
     const e = err as { syscall?: string; message?: string };
     if (e.syscall !== undefined) throw err;
-    throw new StrataError('STRATA_BAD_ARCHIVE', `${file}: truncated or corrupt archive after entry "${last}": ${e.message ?? String(err)}`, { cause: err });
+    await piping.catch(() => undefined);
+    const cause = (streamError ?? err) as { message?: string };
+    throw new StrataError('STRATA_BAD_ARCHIVE', `${file}: truncated or corrupt archive after entry "${last}": ${cause.message ?? String(cause)}`, { cause });
+  }
+}
+
+/** Creates the parents of an archive entry; none may be a symlink (a symlink entry must not redirect later ones). */
+function ensureRealParents(dest: string, parts: string[], file: string, entry: string): void {
+  let dir = dest;
+  for (const part of parts.slice(0, -1)) {
+    dir = path.join(dir, part);
+    const st = lstatSync(dir, { throwIfNoEntry: false });
+    if (st === undefined) mkdirSync(dir);
+    else if (!st.isDirectory()) throw new StrataError('STRATA_BAD_ARCHIVE', `${file}: entry "${entry}" goes through "${path.relative(dest, dir)}", which is not a directory`);
   }
 }
 

@@ -16,7 +16,7 @@
 import { chmodSync, closeSync, fchmodSync, fchownSync, lchownSync, linkSync, lstatSync, mkdirSync, openSync, symlinkSync, writevSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import path from 'node:path';
-import { Readable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import tarStream, { type Header as Headers } from 'tar-stream';
 import { FsError, StrataError, fsError, isErrno } from '../errors.js';
