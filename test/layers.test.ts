@@ -150,6 +150,7 @@ t.test('hostile tars fail naming the entry, and nothing lands', async (t) => {
   cases.push({ label: 'corrupt gzip', bytes: corrupt, code: 'STRATA_BAD_ARCHIVE', mentions: /truncated or corrupt/ });
   const zst = Buffer.from(runOk('sh', ['-c', 'zstd -q -c "$1" | base64 -w0', 'sh', s.path('good.tar')]), 'base64');
   cases.push({ label: 'truncated zstd', bytes: zst.subarray(0, Math.floor(zst.length / 2)), code: 'STRATA_BAD_ARCHIVE', mentions: /zstd|truncated/ });
+  cases.push({ label: 'name too long', bytes: await craftTar([{ name: `${'n'.repeat(300)}`, data: 'x' }]), code: 'ENAMETOOLONG', mentions: /entry "n{300}"/ });
   cases.push({ label: 'bzip2', bytes: Buffer.from('BZh91AY&SY'), code: 'STRATA_UNSUPPORTED', mentions: /bzip2/ });
   // Sparse files: their tar data is a map, not the file; both GNU encodings are refused rather than mis-extracted.
   const sparseSrc = s.mkdir('sparse-src');

@@ -164,6 +164,8 @@ class LayerTarApplier {
     } catch (err) {
       input.destroy();
       if (err instanceof StrataError || err instanceof FsError) throw err;
+      // A system call of ours failed (ENOSPC, EPERM...): that is the cause, not the stream torn down after it.
+      if ((err as { syscall?: string }).syscall !== undefined) throw this.explain(err);
       // The iterator only reports "Stream was destroyed"; the pipeline has the cause (gunzip, truncation, limits).
       await piping.catch(() => undefined);
       throw this.explain(streamError ?? err);
@@ -365,7 +367,15 @@ class LayerTarApplier {
   private setMetadata(full: string, header: Headers, isSymlink: boolean): void {
     lchownSync(full, header.uid ?? 0, header.gid ?? 0);
     if (!isSymlink) chmodSync(full, (header.mode ?? 0o644) & 0o7777);
-    for (const [name, value] of this.xattrsOf(header)) this.options.sys.lsetxattr(full, name, value, 0);
+    for (const [name, value] of this.xattrsOf(header)) {
+      try {
+        this.options.sys.lsetxattr(full, name, value, 0);
+      } catch (err) {
+        // Linux refuses user.* xattrs on symlinks; like containerd, skip those instead of failing the layer.
+        if (!isSymlink || !isErrno(err, 'EPERM', 'ENOTSUP', 'EOPNOTSUPP')) throw err;
+        this.log.debug({ entry: header.name, xattr: name }, 'xattr not supported on a symlink; skipped');
+      }
+    }
   }
 
   /** The entry's SCHILY.xattr.* values, without overlayfs-private ones other than the opaque marker. */
