@@ -16,6 +16,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { Worker } from 'node:worker_threads';
+import { once } from 'node:events';
 
 export type OverlayKind = 'kernel' | 'fuse-overlayfs' | 'strata';
 
@@ -159,14 +161,37 @@ interface TeardownHost {
   teardown(fn: () => void | Promise<void>): void;
 }
 
+/**
+ * The hang watchdog runs on its own thread, because a hung FUSE server blocks the test's main thread inside a
+ * synchronous syscall, where no timer or signal handler of ours can run (and tap's timeout kill would skip the
+ * teardown, leaving mounts behind). When the limit passes it aborts every FUSE connection mounted under the
+ * sandbox (fusectl abort, or SIGKILL of the server): the blocked calls then fail with
+ * ECONNABORTED, the test fails with that, and the teardown runs and unmounts as usual.
+ */
+const WATCHDOG_WORKER = new URL('./watchdog-worker.mjs', import.meta.url);
+
 /** One test's temp dir and mounts, cleaned up in t.teardown even when the test fails. */
 export class Sandbox {
   readonly root: string;
   private readonly mounts: string[] = [];
   private readonly extraCleanups: (() => void)[] = [];
+  private readonly watchdog: Worker;
 
-  constructor(t: TeardownHost, label: string) {
+  /**
+   * Makes a sandbox whose watchdog is running. A worker only starts while the main thread's event loop turns,
+   * so this waits for it: a watchdog still starting up when the main thread blocks would never fire.
+   * hangLimitMs: after this long, FUSE mounts under the sandbox are aborted (keep it below tap's timeout).
+   */
+  static async create(t: TeardownHost, label: string, options: { hangLimitMs?: number } = {}): Promise<Sandbox> {
+    const box = new Sandbox(t, label, options);
+    await once(box.watchdog, 'message');
+    return box;
+  }
+
+  private constructor(t: TeardownHost, label: string, options: { hangLimitMs?: number } = {}) {
     this.root = fs.mkdtempSync(path.join(os.tmpdir(), `strata-union-${label}-`));
+    this.watchdog = new Worker(WATCHDOG_WORKER, { workerData: { root: this.root, limitMs: options.hangLimitMs ?? 180_000 } });
+    this.watchdog.unref();
     t.teardown(() => this.cleanup());
   }
 
@@ -210,6 +235,7 @@ export class Sandbox {
   }
 
   cleanup(): void {
+    this.watchdog.postMessage('stop');
     for (const fn of this.extraCleanups.splice(0)) {
       try { fn(); } catch { /* keep cleaning */ }
     }

@@ -49,7 +49,7 @@ const OUTSIDE: LayerSpec = {
 };
 
 t.test(`real clients on ${candidate}`, { skip: missing }, async (t) => {
-  const box = new Sandbox(t, 'clients');
+  const box = await Sandbox.create(t, 'clients');
   // The non-root user must be able to reach the mountpoints.
   fs.chmodSync(box.root, 0o755);
   const mk = (name: string): OverlayDirs => {

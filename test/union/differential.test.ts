@@ -123,7 +123,7 @@ t.test(`differential: kernel overlayfs vs ${candidate}`, async (t) => {
     return;
   }
   t.comment(`random sequence seed ${seed} (replay with STRATA_TEST_SEED=${seed})`);
-  const box = new Sandbox(t, 'diff');
+  const box = await Sandbox.create(t, 'diff');
   const kernel: Side = {
     kind: 'kernel',
     dirs: { lowers: buildLowers(box.dir('k')), upper: box.dir('k/upper'), work: box.dir('k/work'), mnt: box.dir('k/mnt') },

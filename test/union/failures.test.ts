@@ -37,7 +37,7 @@ function sha256File(file: string): string {
 }
 
 t.test('bad command lines and dirs fail cleanly', { skip: missing }, async (t) => {
-  const box = new Sandbox(t, 'fail-opts');
+  const box = await Sandbox.create(t, 'fail-opts');
   const lower = box.dir('lower');
   fs.writeFileSync(path.join(lower, 'f'), 'lower');
   const upper = box.dir('upper');
@@ -88,7 +88,7 @@ t.test('bad command lines and dirs fail cleanly', { skip: missing }, async (t) =
 });
 
 t.test('a lower-only mount is read-only', { skip: missing }, async (t) => {
-  const box = new Sandbox(t, 'fail-ro');
+  const box = await Sandbox.create(t, 'fail-ro');
   const lower = box.dir('lower');
   fs.writeFileSync(path.join(lower, 'f'), 'lower');
   const mnt = box.dir('mnt');
@@ -103,7 +103,7 @@ t.test('a lower-only mount is read-only', { skip: missing }, async (t) => {
 });
 
 t.test('a server killed with SIGKILL is recoverable with umount and remounts with the upper intact', { skip: missing }, async (t) => {
-  const box = new Sandbox(t, 'fail-kill');
+  const box = await Sandbox.create(t, 'fail-kill');
   const lower = box.dir('lower');
   buildLayer(lower, { 'from-lower': { type: 'file', content: 'lower data' }, 'd/x': { type: 'file', content: 'x' } });
   const dirs = { lowers: [lower], upper: box.dir('upper'), work: box.dir('work'), mnt: box.dir('mnt') };
@@ -135,7 +135,7 @@ t.test('a server killed with SIGKILL is recoverable with umount and remounts wit
 });
 
 t.test('ENOSPC during copy-up leaves the lower and the merged view intact and no temp file', { skip: missing }, async (t) => {
-  const box = new Sandbox(t, 'fail-enospc');
+  const box = await Sandbox.create(t, 'fail-enospc');
   const lower = box.dir('lower');
   const big = Buffer.alloc(32 * 1024 * 1024);
   for (let i = 0; i < big.length; i += 4096) big.writeUInt32LE(i, i); // not sparse, not all zero
