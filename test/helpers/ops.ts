@@ -50,7 +50,9 @@ export type Op =
   | ['unlinkedOpenNlink', string]
   | ['writeViaOtherLink', string, string, string]
   | ['sparseness', string]
-  | ['readRange', string, number, number];
+  | ['readRange', string, number, number]
+  | ['fsyncWrite', string, string]
+  | ['statfsTotals', string];
 
 /** State that outlives single ops: inode numbers remembered by label (kept across a remount). */
 export interface OpContext {
@@ -281,6 +283,20 @@ async function perform(ctx: OpContext, op: Op, p: (rel: string) => string): Prom
       // Write through one name, then read through another: hard links share data.
       fs.writeFileSync(p(op[1]), op[3]);
       return fs.readFileSync(p(op[2]), 'latin1');
+    }
+    case 'fsyncWrite': {
+      const fd = fs.openSync(p(op[1]), fs.constants.O_WRONLY | fs.constants.O_CREAT, 0o644);
+      try {
+        fs.writeSync(fd, op[2]);
+        fs.fsyncSync(fd);
+        fs.fdatasyncSync(fd);
+      } finally { fs.closeSync(fd); }
+      return undefined;
+    }
+    case 'statfsTotals': {
+      // Totals only (free space moves): an overlay reports its upper filesystem.
+      const st = fs.statfsSync(p(op[1]));
+      return `bsize=${st.bsize} blocks=${st.blocks} files=${st.files}`;
     }
     case 'sparseness': {
       const st = fs.statSync(p(op[1]));

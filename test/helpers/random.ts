@@ -58,6 +58,13 @@ export function randomLayers(rand: () => number): [LayerSpec, LayerSpec] {
     return spec;
   };
   const bottom = layer(false);
+  // Lower hard links: copy-up of one name must keep the others sharing its data (index=on).
+  const files = Object.keys(bottom).filter((k) => bottom[k]?.type === 'file');
+  const free = PATH_POOL.filter((p) => !(p in bottom) && (!p.includes('/') || bottom[p.split('/')[0]!]?.type === 'dir'));
+  for (let i = 0; i < 2 && files.length && free.length; i++) {
+    const at = free.splice(Math.floor(rand() * free.length), 1)[0]!;
+    bottom[at] = { type: 'hardlink', target: pick(files) };
+  }
   return [layer(true, bottom), bottom];
 }
 
@@ -77,6 +84,10 @@ export function randomOps(rand: () => number, count: number): Op[] {
     () => ['unlink', p()],
     () => ['mkdir', p()],
     () => ['mkdir', p()],
+    // Top-level dirs keep depth-2 paths reachable: without them most ops end in ENOTDIR.
+    () => ['mkdir', pick(NAMES)],
+    () => ['mkdir', pick(NAMES)],
+    () => ['rename', pick(NAMES), p()],
     () => ['rmdir', p()],
     () => ['rename', p(), p()],
     () => ['rename', p(), p()],

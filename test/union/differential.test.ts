@@ -77,13 +77,15 @@ function contextFor(side: Side, scenario: Scenario): OpContext {
 }
 
 /** Runs ops on both sides, interleaved, and returns one line per op whose outcomes differ. */
-async function runBoth(kernel: Side, cand: Side, scenario: Scenario, ops: Op[]): Promise<string[]> {
+async function runBoth(kernel: Side, cand: Side, scenario: Scenario, ops: Op[], tally?: Map<string, number>): Promise<string[]> {
   const kctx = contextFor(kernel, scenario);
   const cctx = contextFor(cand, scenario);
   const divergences: string[] = [];
   for (const [i, op] of ops.entries()) {
     const expected = await runOp(kctx, op);
     const got = await runOp(cctx, op);
+    const outcome = `${op[0]} ${expected.startsWith('ok') ? 'ok' : expected}`;
+    tally?.set(outcome, (tally.get(outcome) ?? 0) + 1);
     if (expected !== got) divergences.push(`#${i} ${JSON.stringify(op)}: kernel ${expected}, ${cand.kind} ${got}`);
   }
   // After the first divergence of a long sequence the two states differ and everything cascades: keep the head.
@@ -141,7 +143,12 @@ t.test(`differential: kernel overlayfs vs ${candidate}`, async (t) => {
 
   for (const s of allScenarios) {
     await t.test(`live: ${s.name}`, async (tt) => {
-      const divergences = await runBoth(kernel, cand, s, s.ops);
+      const tally = new Map<string, number>();
+      const divergences = await runBoth(kernel, cand, s, s.ops, tally);
+      if (s === randomScenario) {
+        // Shows that the sequence exercises both successes and errors (on the kernel).
+        tt.comment(`kernel outcomes: ${[...tally].sort().map(([k, n]) => `${k}×${n}`).join(', ')}`);
+      }
       tt.same(divergences, [], `every op gives the kernel's result${s === randomScenario ? ` (seed ${seed})` : ''}`, todoFor('ops', s.name));
     });
   }

@@ -19,6 +19,7 @@ const long = (c: string, n: number) => c.repeat(n);
 const T1 = '1200000000.111111111';
 const T2 = '1200000000.987654321';
 const MiB = 1024 * 1024;
+const GiB = 1024 * MiB;
 
 export const scenarios: Scenario[] = [
   {
@@ -269,6 +270,17 @@ export const scenarios: Scenario[] = [
     ops: [
       ['stat', 'nd'], ['stat', 'ld'], ['stat', 'nd/c'], ['create', 'up', 'u'], ['unlinkedOpenNlink', 'up'], ['unlinkedOpenNlink', 'ul'], ['stat', 'ul'],
       ['mkdir', 'nd/e'], ['stat', 'nd'], ['mkdir', 'fresh'], ['mkdir', 'fresh/x'], ['stat', 'fresh'],
+    ],
+  },
+  {
+    name: 'past-4GiB-fsync-statfs',
+    layers: [{}, { low: { type: 'file', content: 'low' } }],
+    ops: [
+      ['create', 'big', 'start'], ['writeAt', 'big', 5 * GiB, 'far'], ['stat', 'big'], ['readRange', 'big', 5 * GiB, 3], ['readRange', 'big', 4 * GiB, 4],
+      ['writeAt', 'low', 4 * GiB + 7, 'beyond'], ['stat', 'low'], ['readRange', 'low', 0, 3], ['readRange', 'low', 4 * GiB + 7, 6],
+      ['append', 'low', '+'], ['stat', 'low'], ['truncate', 'low', 2], ['read', 'low'],
+      // The 5 GiB file would be read whole by every tree snapshot: it has done its job.
+      ['unlink', 'big'], ['fsyncWrite', 'synced', 'data'], ['read', 'synced'], ['statfsTotals', '.'],
     ],
   },
 ];
