@@ -7,6 +7,8 @@
 import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { candidateKind, candidateMissing, run, runOk, Sandbox, type OverlayDirs } from '../helpers/sandbox.js';
 import { buildLayer, diffTrees, snapshotTree, type LayerSpec } from '../helpers/tree.js';
 
@@ -35,6 +37,8 @@ const LOWER: LayerSpec = {
   'perm/sticky/rootfile': { type: 'file', content: 'root', mode: 0o666 },
   'perm/nobody': { type: 'dir', mode: 0o755, uid: 65534, gid: 65534 },
   'perm/nobody/own': { type: 'file', content: 'own', mode: 0o644, uid: 65534, gid: 65534 },
+  'race/big': { type: 'file', content: Buffer.alloc(8 * 1024 * 1024, 0x61) },
+  ...Object.fromEntries(Array.from({ length: 1500 }, (_, i) => [`wide/d${i % 30}/f${i}`, { type: 'file' as const, content: `${i}` }])),
 };
 
 /** A source tree outside the mount, for copying in: nested dirs, links, modes, nanosecond times, xattrs. */
@@ -157,6 +161,36 @@ t.test(`real clients on ${candidate}`, { skip: missing }, async (t) => {
     tt.equal(git('commit', '-q', '-am', 'second').status, 0, 'a second commit after editing a lower file');
     tt.equal(git('status', '--porcelain').stdout, '', 'the work tree is clean');
     tt.equal(git('log', '--format=%s').stdout, 'second\nfirst\n', 'both commits are in the log');
+  });
+
+  await t.test('processes racing to copy up the same lower file do not corrupt it', async (tt) => {
+    // Eight dd processes started together, each the first to open the 8 MiB lower file for writing (a copy-up),
+    // each writing its own 4 KiB block at its own offset: every block must land, and the rest keep the lower data.
+    const file = path.join(c.mnt, 'race/big');
+    const writers = Array.from({ length: 8 }, (_, i) => {
+      const child = spawn('dd', ['of=' + file, 'bs=4096', `seek=${i * 256 + 1}`, 'count=1', 'conv=notrunc', 'status=none'], { stdio: ['pipe', 'ignore', 'pipe'] });
+      child.stdin.end(Buffer.alloc(4096, 0x30 + i));
+      return child;
+    });
+    const codes = await Promise.all(writers.map(async (child) => (await once(child, 'exit'))[0]));
+    tt.same(codes, Array(8).fill(0), 'every writer succeeded');
+    const data = fs.readFileSync(file);
+    tt.equal(data.length, 8 * 1024 * 1024, 'the size is unchanged');
+    const expected = Buffer.alloc(8 * 1024 * 1024, 0x61);
+    for (let i = 0; i < 8; i++) expected.fill(0x30 + i, (i * 256 + 1) * 4096, (i * 256 + 2) * 4096);
+    tt.ok(data.equals(expected), 'every block written and nothing else changed');
+    tt.equal(fs.readFileSync(path.join(c.lowers[0]!, 'race/big')).equals(Buffer.alloc(8 * 1024 * 1024, 0x61)), true, 'the lower is untouched');
+  });
+
+  await t.test('rm -rf of a large merged tree works in one pass', async (tt) => {
+    // Upper entries mixed in, so every dir is merged and readdir must not go stale while rm deletes.
+    for (let d = 0; d < 30; d += 3) fs.writeFileSync(path.join(c.mnt, `wide/d${d}/upper-file`), 'u');
+    fs.mkdirSync(path.join(c.mnt, 'wide/upper-dir/sub'), { recursive: true });
+    const r = run('rm', ['-rf', path.join(c.mnt, 'wide')]);
+    tt.equal(r.status, 0, `rm -rf exits 0 ${r.stderr}`);
+    tt.equal(r.stderr, '', 'rm prints nothing');
+    tt.notOk(fs.existsSync(path.join(c.mnt, 'wide')), 'the tree is gone');
+    tt.ok(fs.existsSync(path.join(c.lowers[0]!, 'wide/d0/f0')), 'the lower is untouched');
   });
 
   await t.test('a non-root user is refused exactly where the kernel refuses', async (tt) => {
