@@ -89,6 +89,11 @@ t.test('a busybox image from umoci and skopeo imports, mounts like the kernel do
   runOk('skopeo', ['copy', '--quiet', `oci:${layout}:bb`, `docker-archive:${s.path('bb-docker.tar')}:busybox:2.0`]);
   const fromSkopeo = strata(root, 'image', 'import', s.path('oci-skopeo'), '--name', 'busybox:skopeo');
   t.equal(fromSkopeo.status, 0, `import skopeo's OCI layout: ${fromSkopeo.stderr}`);
+  runOk('skopeo', ['copy', '--quiet', '--dest-compress', '--dest-compress-format', 'zstd', `oci:${layout}:bb`, `oci:${s.path('oci-zstd')}:bb`]);
+  t.match(readManifest(s.path('oci-zstd')).layers[0]!.mediaType, /\+zstd$/, 'skopeo wrote zstd layers');
+  const fromZstd = strata(root, 'image', 'import', s.path('oci-zstd'), '--name', 'busybox:zstd');
+  t.equal(fromZstd.status, 0, `import skopeo's zstd OCI layout: ${fromZstd.stderr}`);
+  t.same(strataJson<ImageJson[]>(root, 'image', 'inspect', 'busybox:zstd')[0]!.chainIDs, image!.chainIDs, 'zstd layers have the same chain');
   const fromArchive = strata(root, 'image', 'import', s.path('bb-docker.tar'));
   t.equal(fromArchive.status, 0, `import skopeo's docker-archive: ${fromArchive.stderr}`);
   t.match(fromArchive.stdout, /busybox:2\.0/, 'docker-archive RepoTags name the image');
