@@ -27,7 +27,7 @@ function serverPids(mnt) {
   return pids;
 }
 
-const timer = setTimeout(() => {
+function endHungMounts() {
   for (const line of fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
     const fields = line.split(' ');
     const dash = fields.indexOf('-');
@@ -51,10 +51,18 @@ const timer = setTimeout(() => {
       }
     }
   }
+}
+
+// Once the limit has passed the test is over: keep ending any FUSE mount it still makes or waits on.
+let repeat;
+const timer = setTimeout(() => {
+  endHungMounts();
+  repeat = setInterval(endHungMounts, 5000);
 }, workerData.limitMs);
 
 parentPort.postMessage('running');
 parentPort.on('message', () => {
   clearTimeout(timer);
+  clearInterval(repeat);
   parentPort.close();
 });
