@@ -52,7 +52,9 @@ export type Op =
   | ['sparseness', string]
   | ['readRange', string, number, number]
   | ['fsyncWrite', string, string]
-  | ['statfsTotals', string];
+  | ['statfsTotals', string]
+  | ['readOldFdAfterWrite', string, string]
+  | ['renameWhileOpen', string, string, string];
 
 /** State that outlives single ops: inode numbers remembered by label (kept across a remount). */
 export interface OpContext {
@@ -297,6 +299,25 @@ async function perform(ctx: OpContext, op: Op, p: (rel: string) => string): Prom
       // Totals only (free space moves): an overlay reports its upper filesystem.
       const st = fs.statfsSync(p(op[1]));
       return `bsize=${st.bsize} blocks=${st.blocks} files=${st.files}`;
+    }
+    case 'readOldFdAfterWrite': {
+      // A read-only fd opened before a copy-up: the kernel serves it the copied-up data since 4.19.
+      const fd = fs.openSync(p(op[1]), 'r');
+      try {
+        fs.writeFileSync(p(op[1]), op[2]);
+        const buf = Buffer.alloc(64);
+        const n = fs.readSync(fd, buf, 0, 64, 0);
+        return `read=${JSON.stringify(buf.subarray(0, n).toString('latin1'))} fstat-size=${fs.fstatSync(fd).size}`;
+      } finally { fs.closeSync(fd); }
+    }
+    case 'renameWhileOpen': {
+      // Write through an fd whose file is renamed (and its dir too) in between: the data must follow the file.
+      const fd = fs.openSync(p(op[1]), fs.constants.O_WRONLY | fs.constants.O_APPEND);
+      try {
+        fs.renameSync(p(op[1]), p(op[2]));
+        fs.writeSync(fd, op[3]);
+      } finally { fs.closeSync(fd); }
+      return fs.readFileSync(p(op[2]), 'latin1');
     }
     case 'sparseness': {
       const st = fs.statSync(p(op[1]));

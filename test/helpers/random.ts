@@ -17,14 +17,19 @@ export function prng(seed: number): () => number {
   };
 }
 
+/**
+ * STRATA_TEST_SEED: an integer replays that sequence; 'random' draws a new seed (printed by the suite) to explore.
+ * The default is a fixed seed, so CI results do not depend on luck.
+ */
+export const DEFAULT_SEED = 1;
+
 export function seedFromEnv(): number {
   const fromEnv = process.env.STRATA_TEST_SEED;
-  if (fromEnv !== undefined) {
-    const n = Number(fromEnv);
-    if (!Number.isInteger(n)) throw new Error(`STRATA_TEST_SEED must be an integer, not "${fromEnv}"`);
-    return n;
-  }
-  return Math.floor(Math.random() * 2 ** 31);
+  if (fromEnv === undefined || fromEnv === '') return DEFAULT_SEED;
+  if (fromEnv === 'random') return Math.floor(Math.random() * 2 ** 31);
+  const n = Number(fromEnv);
+  if (!Number.isInteger(n)) throw new Error(`STRATA_TEST_SEED must be an integer or "random", not "${fromEnv}"`);
+  return n;
 }
 
 const NAMES = ['a', 'b', 'c', 'd'];

@@ -283,4 +283,38 @@ export const scenarios: Scenario[] = [
       ['unlink', 'big'], ['fsyncWrite', 'synced', 'data'], ['read', 'synced'], ['statfsTotals', '.'],
     ],
   },
+  {
+    name: 'open-files-across-copy-up',
+    layers: [{}, { r: { type: 'file', content: 'lower r' }, m: { type: 'file', content: 'lower m' }, 'dir/n': { type: 'file', content: 'lower n' } }],
+    ops: [
+      ['readOldFdAfterWrite', 'r', 'upper r, longer'], ['read', 'r'], ['renameWhileOpen', 'm', 'm2', '+appended'], ['stat', 'm2'],
+      ['renameWhileOpen', 'dir/n', 'n2', '+appended'], ['read', 'n2'], ['readdir', 'dir'],
+    ],
+  },
+  {
+    // Found by the random sequence (seed 3), minimized: a failed rename of a top-lower dir that shadows a bottom file.
+    name: 'rename-lower-dir-over-nonempty-dir',
+    layers: [
+      { d: { type: 'dir' }, 'd/b': { type: 'dir' }, 'd/d': { type: 'dir' } },
+      { b: { type: 'dir' }, 'b/c': { type: 'file', content: 'b/c' }, d: { type: 'dir', mode: 0o700 }, 'd/b': { type: 'file', content: 'd/b' }, 'd/d': { type: 'dir' } },
+    ],
+    ops: [['rename', 'b', 'd/d'], ['mkdir', 'b'], ['write', 'b/c', 'new'], ['rename', 'd/b', 'b'], ['stat', 'd/b'], ['readdir', 'd'], ['stat', 'd']],
+  },
+  {
+    // Found by the random sequence (seed 3), minimized: data written through one hard link must be what the
+    // other name reads, even when that name's data was read (and cached) before.
+    name: 'hard-link-write-after-read-through-other-name',
+    layers: [
+      { c: { type: 'dir', mode: 0o700 }, 'c/b': { type: 'file', content: 'c/b 581', xattrs: { 'user.r': 'v' } }, d: { type: 'dir' }, 'd/a': { type: 'file', content: 'd/a 776' } },
+      { c: { type: 'file', content: 'bottom c' }, d: { type: 'dir', mode: 0o700 }, 'd/a': { type: 'dir' }, 'l/x': { type: 'file', content: 'lower x' }, 'l/y': { type: 'hardlink', target: 'l/x' } },
+    ],
+    ops: [
+      // The minimized sequence as found.
+      ['unlink', 'c/b'], ['write', 'd/a', 'w36470'], ['link', 'd/a', 'c/b'], ['link', 'c/b', 'd/c'], ['unlink', 'c/b'], ['read', 'd/a'],
+      ['create', 'd/c', 'w66695'], ['read', 'd/a'], ['unlink', 'd/c'], ['read', 'd/a'],
+      // Same length on purpose: a cache that is only invalidated by size changes serves the old bytes.
+      ['write', 'd/a', 'first1'], ['link', 'd/a', 'd/e'], ['read', 'd/a'], ['create', 'd/e', 'second'], ['read', 'd/a'], ['stat', 'd/a'],
+      ['unlink', 'd/e'], ['read', 'd/a'], ['read', 'l/y'], ['write', 'l/x', 'LOWER X'], ['read', 'l/y'], ['append', 'l/y', '+y'], ['read', 'l/x'],
+    ],
+  },
 ];
