@@ -22,6 +22,7 @@
 #include <uv.h>
 
 #include <dirent.h>
+#include <sched.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -899,6 +900,37 @@ static napi_value js_readdir_ino(napi_env env, napi_callback_info info) {
 }
 
 /* ---------------------------------------------------------------------------------------------------------------
+ * CPU affinity
+ *
+ * A FUSE request hops from a libfuse thread to the JS thread and back. On a VM, waking a thread that sleeps on
+ * another vCPU costs an inter-processor interrupt; keeping the server's threads on one CPU makes each hop a
+ * plain context switch. Only the calling thread is pinned; threads it creates afterwards (libfuse's) inherit it.
+ * ------------------------------------------------------------------------------------------------------------- */
+
+static napi_value js_current_cpu(napi_env env, napi_callback_info info) {
+  (void) info;
+  napi_value result;
+  napi_create_int32(env, sched_getcpu(), &result);
+  return result;
+}
+
+static napi_value js_pin_thread_to_cpu(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int32_t cpu = 0;
+  if (argc < 1 || !get_int32(env, argv[0], &cpu, "cpu")) return NULL;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  if (sched_setaffinity(0, sizeof set, &set) != 0) {
+    throw_errno(env, errno, "sched_setaffinity", NULL, NULL);
+    return NULL;
+  }
+  return NULL;
+}
+
+/* ---------------------------------------------------------------------------------------------------------------
  * Module
  * ------------------------------------------------------------------------------------------------------------- */
 
@@ -922,6 +954,8 @@ NAPI_MODULE_INIT() {
     {"openByHandle", NULL, js_open_by_handle, NULL, NULL, NULL, napi_enumerable, NULL},
     {"getFsUuid", NULL, js_get_fs_uuid, NULL, NULL, NULL, napi_enumerable, NULL},
     {"readdirIno", NULL, js_readdir_ino, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"currentCpu", NULL, js_current_cpu, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"pinThreadToCpu", NULL, js_pin_thread_to_cpu, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   if (napi_define_properties(env, exports, sizeof functions / sizeof functions[0], functions) != napi_ok) {
     return NULL;

@@ -10,6 +10,7 @@
  */
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createLogger, type Logger } from '../log.js';
@@ -17,6 +18,7 @@ import { StrataError } from '../errors.js';
 import { parseOptions, validateParams, type UnionParams } from '../union/params.js';
 import { UnionFs } from '../union/super.js';
 import { FuseMount, isMountPoint } from '../fuse/mount.js';
+import { sys } from '../native/index.js';
 
 const PROGRAM = 'strata-overlay';
 /** The environment variable that tells a background child which fd to report readiness on. */
@@ -104,6 +106,23 @@ function prepare(line: CommandLine): { params: UnionParams; mountpoint: string }
   return { params, mountpoint };
 }
 
+/**
+ * Keeps the server on one CPU (before libfuse starts its threads, which inherit it): every request hops
+ * between a libfuse thread and the JS thread, and on a VM a wake-up on another vCPU costs an interrupt.
+ * Measured here: 20k lstats through the mount took 58-79 us each pinned, 79-140 us unpinned. Without an
+ * explicit cpu=, mounts spread over the CPUs by pid, so the daemon's per-mount servers use every core.
+ */
+function pinToCpu(cpu: number | 'any' | undefined, logger: Logger): void {
+  if (cpu === 'any') return;
+  const chosen = cpu ?? process.pid % os.availableParallelism();
+  try {
+    sys.pinThreadToCpu(chosen);
+  } catch (err) {
+    if (cpu !== undefined) throw new StrataError('STRATA_BAD_OPTION', `cannot keep the server on cpu ${cpu}: ${(err as Error).message}`, { cause: err });
+    logger.warn({ cpu: chosen, err }, 'could not pin the server to a CPU');
+  }
+}
+
 function reportReady(message: string): void {
   const fd = Number(process.env[READY_FD_ENV]);
   if (!Number.isInteger(fd) || fd <= 2) return;
@@ -121,6 +140,7 @@ async function serve(line: CommandLine): Promise<number> {
   const level = line.debug ? 'debug' : params.logLevel;
   const logger: Logger = createLogger({ level, name: PROGRAM }).child({ mountpoint });
   process.umask(0); // modes arrive with the caller's umask applied already
+  pinToCpu(params.cpu, logger);
   const ufs = new UnionFs(params, logger.child({ component: 'union' }));
   ufs.prepareWorkDir();
   const fuse = new FuseMount(ufs, mountpoint, {

@@ -21,6 +21,8 @@ export interface UnionParams {
   /** Seconds the kernel may cache attributes / names (FUSE attr_timeout / entry_timeout). */
   attrTimeout?: number;
   entryTimeout?: number;
+  /** The CPU the server's threads are kept on ('any' to let the scheduler choose), see strata-overlay.ts. */
+  cpu?: number | 'any';
   /** Generic or kernel-overlayfs options that were accepted and have no effect here. */
   ignored: string[];
 }
@@ -123,6 +125,12 @@ export function parseOptions(optionStrings: string[]): UnionParams {
       case 'ro':
         forceReadOnly = true;
         break;
+      case 'cpu': {
+        if (value === 'any') params.cpu = 'any';
+        else if (value !== undefined && /^\d+$/.test(value)) params.cpu = Number(value);
+        else throw badOption(`cpu= needs a CPU number or "any", got "${value ?? ''}"`);
+        break;
+      }
       case 'attr_timeout':
       case 'entry_timeout': {
         const seconds = Number(value);
