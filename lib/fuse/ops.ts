@@ -132,7 +132,7 @@ export function createFuseOps(ufs: UnionFs, logger: Logger, callerOf: CallerSour
     },
     read(path: string, fd: number, buffer: Buffer, length: number, position: number, cb: Done) {
       try {
-        cb(ufs.read(fd, buffer, length, position));
+        cb(ufs.read(path, fd, buffer, length, position));
       } catch (err) {
         cb(fail(err, 'read', path));
       }

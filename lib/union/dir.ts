@@ -218,12 +218,15 @@ export async function rename(ufs: UnionFs, from: string, to: string): Promise<vo
   const toParent = ufs.lookupDir(toParentPath);
   const dest = ufs.lookupChildCached(toParent, toName);
   const sourceIsDir = source.type === S_IFDIR;
+  // A destination dir purely in the upper layer holds no whiteouts, so the real rename itself answers
+  // ENOTEMPTY, after the copy-up (as on the kernel, where only a merged destination is checked up front).
+  const destPureUpper = dest !== undefined && dest.inUpper && dest.lowers.length === 0 && dest.redirect === undefined;
   if (dest) {
     const destIsDir = dest.type === S_IFDIR;
     if (sourceIsDir && !destIsDir) throw fsError('ENOTDIR', to);
     if (!sourceIsDir && destIsDir) throw fsError('EISDIR', to);
     if (!sourceIsDir && dest.ino === source.ino) return; // two names of one inode: POSIX says do nothing
-    if (destIsDir && !isMergedEmpty(ufs, dest)) throw fsError('ENOTEMPTY', to);
+    if (destIsDir && !destPureUpper && !isMergedEmpty(ufs, dest)) throw fsError('ENOTEMPTY', to);
   }
 
   const movedDir = await copyUp(ufs, source);
@@ -243,7 +246,7 @@ export async function rename(ufs: UnionFs, from: string, to: string): Promise<vo
       ufs.realfs.setxattr(sourceReal, OVL_OPAQUE, Buffer.from('y'));
     }
   }
-  if (dest && dest.type === S_IFDIR && dest.inUpper) {
+  if (dest && dest.type === S_IFDIR && dest.inUpper && !destPureUpper) {
     // The destination is empty in the merged view, so its upper dir holds only whiteouts: clear them.
     for (const name of fs.readdirSync(dest.top.real)) ufs.realfs.unlink(`${dest.top.real}/${name}`);
   }

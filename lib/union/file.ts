@@ -25,7 +25,40 @@ export async function open(ufs: UnionFs, path: string, flags: number): Promise<n
   }
   // O_DIRECT needs aligned buffers the FUSE request buffers do not guarantee; creation flags were handled.
   const realFlags = flags & ~((O_CREAT ?? 0) | (O_EXCL ?? 0) | (O_NOCTTY ?? 0) | (O_DIRECT ?? 0));
-  return fs.openSync(ufs.dataReal(entry), realFlags);
+  const dataReal = ufs.dataReal(entry);
+  const fd = fs.openSync(dataReal, realFlags);
+  if (!entry.inUpper && entry.type !== S_IFDIR) ufs.lowerReaders.set(fd, { dataReal, fd, realFlags });
+  return fd;
+}
+
+/**
+ * A read-only open of a lower object. If the object is copied up while it is open (another process writes
+ * it), reads switch to the upper copy, as they do on kernel overlayfs since Linux 4.19. The original fd stays
+ * open until release, so its number (the FUSE handle) cannot be reused meanwhile.
+ */
+export interface LowerReader {
+  /** The real object the current fd reads. */
+  dataReal: string;
+  fd: number;
+  realFlags: number;
+}
+
+export function currentReadFd(ufs: UnionFs, path: string, handle: number): number {
+  const reader = ufs.lowerReaders.get(handle);
+  if (reader === undefined || path === '') return handle;
+  let dataReal: string;
+  try {
+    dataReal = ufs.dataReal(ufs.lookup(path));
+  } catch {
+    return reader.fd; // renamed away or removed: keep reading what was opened
+  }
+  if (dataReal !== reader.dataReal) {
+    const fd = fs.openSync(dataReal, reader.realFlags);
+    if (reader.fd !== handle) fs.closeSync(reader.fd);
+    reader.fd = fd;
+    reader.dataReal = dataReal;
+  }
+  return reader.fd;
 }
 
 export function read(fd: number, buffer: Buffer, length: number, position: number): number {
@@ -36,7 +69,12 @@ export function write(fd: number, buffer: Buffer, length: number, position: numb
   return fs.writeSync(fd, buffer, 0, length, position);
 }
 
-export function release(fd: number): void {
+export function release(ufs: UnionFs, fd: number): void {
+  const reader = ufs.lowerReaders.get(fd);
+  if (reader !== undefined) {
+    ufs.lowerReaders.delete(fd);
+    if (reader.fd !== fd) fs.closeSync(reader.fd);
+  }
   fs.closeSync(fd);
 }
 

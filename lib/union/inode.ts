@@ -7,7 +7,7 @@ import { sys, StatIndex } from '../native/index.js';
 import { fsError } from '../errors.js';
 import { S_IFDIR, type UnionEntry } from './layer.js';
 import { copyUp } from './copy-up.js';
-import { storedUnionNlink } from './index.js';
+import { indexEntryOf, storedUnionNlink } from './index.js';
 import type { UnionFs } from './super.js';
 
 /** Fills `out` with the attributes of `path`. */
@@ -22,7 +22,8 @@ export function getattr(ufs: UnionFs, path: string, out: Float64Array): void {
   }
   fixupAttrs(entry, out);
   // An inode shared with the hard link index reports the union's link count, not the real one.
-  if (entry.type !== S_IFDIR && (entry.indexReal !== undefined || (entry.inUpper && (out[StatIndex.nlink] ?? 1) > 1))) {
+  // As on the kernel, only an inode the index still knows (the workdir was kept) uses the stored count.
+  if (entry.type !== S_IFDIR && (entry.indexReal !== undefined || (entry.inUpper && (out[StatIndex.nlink] ?? 1) > 1 && isIndexed(ufs, entry)))) {
     const nlink = storedUnionNlink(ufs.dataReal(entry), out[StatIndex.nlink] ?? 1, entry.lowerNlink);
     if (nlink !== undefined) out[StatIndex.nlink] = nlink;
   }
@@ -66,4 +67,9 @@ export async function truncate(ufs: UnionFs, path: string, size: number): Promis
 
 export function readlink(ufs: UnionFs, path: string): string {
   return fs.readlinkSync(ufs.dataReal(ufs.lookup(path)));
+}
+
+function isIndexed(ufs: UnionFs, entry: UnionEntry): boolean {
+  entry.indexed ??= indexEntryOf(ufs, entry) !== undefined;
+  return entry.indexed;
 }

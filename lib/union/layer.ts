@@ -64,6 +64,8 @@ export interface UnionEntry {
    * copied-up data, once any of its names was copied up. Data and attributes come from there.
    */
   indexReal?: string;
+  /** For an upper non-directory with several links: whether the hard link index has its inode (lazily set). */
+  indexed?: boolean;
   /** st_nlink of the lower object, for lower non-directories. */
   lowerNlink?: number;
 }

@@ -61,6 +61,8 @@ export class UnionFs implements LookupContext {
   readonly workDir: string | undefined;
   readonly indexDir: string | undefined;
   readonly pendingCopyUps = new Map<string, Promise<UnionEntry>>();
+  /** Read-only opens of lower objects, by FUSE handle (see file.ts currentReadFd). */
+  readonly lowerReaders = new Map<number, fileOps.LowerReader>();
 
   private readonly entries = new Map<string, UnionEntry>();
   private readonly fsUuids = new Map<number, Buffer | null>();
@@ -258,8 +260,8 @@ export class UnionFs implements LookupContext {
     return fileOps.open(this, p, flags);
   }
 
-  read(fd: number, buffer: Buffer, length: number, position: number): number {
-    return fileOps.read(fd, buffer, length, position);
+  read(p: string, fd: number, buffer: Buffer, length: number, position: number): number {
+    return fileOps.read(fileOps.currentReadFd(this, p, fd), buffer, length, position);
   }
 
   write(fd: number, buffer: Buffer, length: number, position: number): number {
@@ -267,7 +269,7 @@ export class UnionFs implements LookupContext {
   }
 
   release(fd: number): void {
-    fileOps.release(fd);
+    fileOps.release(this, fd);
   }
 
   fsync(fd: number, dataOnly: boolean): void {

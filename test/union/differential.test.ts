@@ -27,18 +27,8 @@ const MAX_DIVERGENCES_SHOWN = 12;
  * Divergences strata is known to have, as `${phase}/${scenario}` -> reason. They are reported as tap todos
  * (still run, still printed) so CI stays green while they remain listed. Only applied to strata.
  */
-const RENAME_COPY_UP = 'strata does not copy up the source dir of a rename that fails with ENOTEMPTY; the kernel does, so the dir becomes merged (nlink 1)';
 const KNOWN_STRATA_DIVERGENCES: Record<string, string> = {
   'ops/nlink': 'fstat of an open lower file after unlink: the kernel reports nlink 1, strata 0',
-  'ops/open-files-across-copy-up': 'a read-only fd opened before a copy-up keeps reading the lower data; the kernel serves the copied-up data',
-  'ops/rename-lower-dir-over-nonempty-dir': RENAME_COPY_UP,
-  'live/rename-lower-dir-over-nonempty-dir': RENAME_COPY_UP,
-  'remount/rename-lower-dir-over-nonempty-dir': RENAME_COPY_UP,
-  'remount-after-ops/rename-lower-dir-over-nonempty-dir': RENAME_COPY_UP,
-  'kernel-over-candidate-upper/rename-lower-dir-over-nonempty-dir': RENAME_COPY_UP,
-  'kernel-over-candidate-upper-fresh-work/rename-lower-dir-over-nonempty-dir': RENAME_COPY_UP,
-  'candidate-over-kernel-upper-fresh-work/hard-link-write-after-read-through-other-name':
-    'kernel upper with a fresh workdir (index lost): the kernel reports nlink 3 for a copied-up lower hard link pair, strata 2',
 };
 
 function todoFor(phase: string, scenario: string): { todo?: string } {
