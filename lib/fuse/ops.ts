@@ -36,11 +36,14 @@ export function createFuseOps(ufs: UnionFs, logger: Logger, callerOf: CallerSour
   const statBuf = new Float64Array(StatIndex.length);
   const hiddenFiles = new Map<string, HiddenFile>();
   /**
-   * The kernel may keep a file's pages across opens (keep_cache) when nothing but this name can change
-   * them: a file with one link. Files with several names get fresh pages at every open, because the
-   * high-level libfuse API gives each name its own kernel inode and page cache.
+   * The kernel may keep a file's pages across opens (keep_cache) only where nothing but this name can change
+   * them: a lower file (its data is immutable; a copy-up of it carries the same bytes, and later writes come
+   * through this same name) with one link. Upper files and files with several names get fresh pages at every
+   * open, because the high-level libfuse API gives each name its own kernel inode and page cache (found by the
+   * differential suite, seed 3: stale pages of an upper file after changes through another name).
    */
-  const keepsPageCache = (fd: number): boolean => sys.fstatRaw(fd, statBuf) === 0 && statBuf[StatIndex.nlink] === 1;
+  const keepsPageCache = (fd: number): boolean =>
+    ufs.isLowerReader(fd) && sys.fstatRaw(fd, statBuf) === 0 && statBuf[StatIndex.nlink] === 1;
   const statHidden = (hidden: HiddenFile): Uint32Array => {
     if (sys.fstatRaw(hidden.fd, statBuf) < 0) throw Object.assign(new Error('hidden file fd'), { code: 'EIO' });
     statBuf[StatIndex.ino] = hidden.ino;
@@ -126,7 +129,7 @@ export function createFuseOps(ufs: UnionFs, logger: Logger, callerOf: CallerSour
     },
     create(path: string, mode: number, flags: number, cb: OpenDone) {
       ufs.create(path, mode, flags, callerOf()).then(
-        (fd) => cb(0, fd, true),
+        (fd) => cb(0, fd, false),
         (err: unknown) => cb(fail(err, 'create', path)),
       );
     },

@@ -268,6 +268,11 @@ export class UnionFs implements LookupContext {
     return fileOps.write(fd, buffer, length, position);
   }
 
+  /** True when `fd` (a FUSE handle) is a read-only open of a lower object. */
+  isLowerReader(fd: number): boolean {
+    return this.lowerReaders.has(fd);
+  }
+
   release(fd: number): void {
     fileOps.release(this, fd);
   }
