@@ -301,6 +301,10 @@ async function benchmark(session: Session, options: BenchOptions): Promise<{ rep
 }
 
 async function main(): Promise<number> {
+  // A reader that stops early (`| head`) must not crash the run before it has cleaned up.
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code !== 'EPIPE') throw err;
+  });
   let options: Awaited<ReturnType<typeof parseOptions>>;
   try {
     options = await parseOptions(hideBin(process.argv));
