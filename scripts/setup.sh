@@ -23,6 +23,9 @@ fi
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   npm ci --no-audit --no-fund --loglevel=error
 fi
+# tap builds its Test class from the plugins named in package.json ("tap.plugin": without the ts-node plugin,
+# which TypeScript 7 breaks; tests load through tsx). A fresh install still has the default build: rebuild it.
+npx --no-install tap build >/dev/null
 
 # Native code: our addon, and fuse-native rebuilt from source with our patch (see docs/native.md).
 node scripts/patch-fuse-native.mjs
