@@ -52,15 +52,18 @@ function badOption(message: string): StrataError {
   return new StrataError('STRATA_BAD_OPTION', message);
 }
 
-/** Splits "a=1,b=x\,y" on unescaped commas; `\,` and `\\` are escapes, as fuse_opt does. */
-export function splitOptions(optionString: string): string[] {
+/**
+ * Splits on unescaped `separator`; a backslash escapes the next character, as fuse_opt does for options
+ * ("a=1,b=x\\,y") and kernel overlayfs does for `:` inside lowerdir paths.
+ */
+function splitEscaped(value: string, separator: string): string[] {
   const parts: string[] = [];
   let current = '';
-  for (let i = 0; i < optionString.length; i++) {
-    const ch = optionString[i];
-    if (ch === '\\' && i + 1 < optionString.length) {
-      current += optionString[++i];
-    } else if (ch === ',') {
+  for (let i = 0; i < value.length; i++) {
+    const ch = value[i];
+    if (ch === '\\' && i + 1 < value.length) {
+      current += value[++i];
+    } else if (ch === separator) {
       parts.push(current);
       current = '';
     } else {
@@ -68,27 +71,15 @@ export function splitOptions(optionString: string): string[] {
     }
   }
   parts.push(current);
-  return parts.filter((p) => p.length > 0);
+  return parts;
 }
 
-/** Splits a lowerdir list on unescaped ':' (kernel overlayfs allows `\:` inside a path). */
+export function splitOptions(optionString: string): string[] {
+  return splitEscaped(optionString, ',').filter((p) => p.length > 0);
+}
+
 function splitLowerDirs(value: string): string[] {
-  const dirs: string[] = [];
-  let current = '';
-  for (let i = 0; i < value.length; i++) {
-    const ch = value[i];
-    if (ch === '\\' && value[i + 1] === ':') {
-      current += ':';
-      i++;
-    } else if (ch === ':') {
-      dirs.push(current);
-      current = '';
-    } else {
-      current += ch;
-    }
-  }
-  dirs.push(current);
-  return dirs;
+  return splitEscaped(value, ':');
 }
 
 /** Parses the option strings (each as given to one `-o`) into parameters, without touching the disk. */
