@@ -366,17 +366,7 @@ export class LayerStore {
     const record = await this.getRecord(chainID);
     const content = await this.getContent(record.diffID);
     const children = (await this.allRecords()).filter((r) => r.parent === chainID).map((r) => r.chainID);
-    return {
-      ...record,
-      size: content.size,
-      entries: content.entries,
-      compressedDigest: content.compressedDigest,
-      compressedSize: content.compressedSize,
-      mediaType: content.mediaType,
-      path: path.join(this.layersDir, content.dirName),
-      holders: await this.holders(chainID),
-      children,
-    };
+    return this.toInfo(record, content, await this.holders(chainID), children);
   }
 
   async list(): Promise<LayerInfo[]> {
@@ -386,18 +376,28 @@ export class LayerStore {
     return records.map((record) => {
       const content = contents.get(record.diffID);
       if (content === undefined) throw new StrataError('STRATA_STORE_CORRUPT', `layer ${record.chainID} has no content record for ${record.diffID}`);
-      return {
-        ...record,
-        size: content.size,
-        entries: content.entries,
-        compressedDigest: content.compressedDigest,
-        compressedSize: content.compressedSize,
-        mediaType: content.mediaType,
-        path: path.join(this.layersDir, content.dirName),
-        holders: refs.filter(([, r]) => r.chainID === record.chainID).map(([, r]) => r.holder),
-        children: records.filter((r) => r.parent === record.chainID).map((r) => r.chainID),
-      };
+      return this.toInfo(
+        record,
+        content,
+        refs.filter(([, r]) => r.chainID === record.chainID).map(([, r]) => r.holder),
+        records.filter((r) => r.parent === record.chainID).map((r) => r.chainID),
+      );
     });
+  }
+
+  /** The public view of a layer: its record, its content's sizes and place, and who uses it. */
+  private toInfo(record: LayerRecord, content: LayerContentRecord, holders: string[], children: Digest[]): LayerInfo {
+    return {
+      ...record,
+      size: content.size,
+      entries: content.entries,
+      compressedDigest: content.compressedDigest,
+      compressedSize: content.compressedSize,
+      mediaType: content.mediaType,
+      path: path.join(this.layersDir, content.dirName),
+      holders,
+      children,
+    };
   }
 
   async getContent(diffID: Digest): Promise<LayerContentRecord> {
