@@ -8,12 +8,13 @@ import { S_IFDIR } from './layer.js';
 import { copyUp } from './copy-up.js';
 import type { UnionFs } from './super.js';
 
-const { O_ACCMODE, O_WRONLY, O_RDWR, O_TRUNC, O_CREAT, O_EXCL, O_NOCTTY, O_DIRECT } = fs.constants as Record<string, number> & { O_ACCMODE?: number };
-const ACCESS_MODE = O_ACCMODE ?? 3;
+const { O_WRONLY, O_RDWR, O_TRUNC, O_CREAT, O_EXCL, O_NOCTTY, O_DIRECT } = fs.constants;
+/** O_ACCMODE, which Node does not export. */
+const ACCESS_MODE = 3;
 
 export function isWriteOpen(flags: number): boolean {
   const access = flags & ACCESS_MODE;
-  return access === O_WRONLY || access === O_RDWR || (flags & (O_TRUNC ?? 0)) !== 0;
+  return access === O_WRONLY || access === O_RDWR || (flags & O_TRUNC) !== 0;
 }
 
 export async function open(ufs: UnionFs, path: string, flags: number): Promise<number> {
@@ -21,10 +22,10 @@ export async function open(ufs: UnionFs, path: string, flags: number): Promise<n
   if (entry.type === S_IFDIR && isWriteOpen(flags)) throw fsError('EISDIR', path);
   if (isWriteOpen(flags)) {
     ufs.assertWritable(path);
-    entry = await copyUp(ufs, entry, { skipData: (flags & (O_TRUNC ?? 0)) !== 0 });
+    entry = await copyUp(ufs, entry, { skipData: (flags & O_TRUNC) !== 0 });
   }
   // O_DIRECT needs aligned buffers the FUSE request buffers do not guarantee; creation flags were handled.
-  const realFlags = flags & ~((O_CREAT ?? 0) | (O_EXCL ?? 0) | (O_NOCTTY ?? 0) | (O_DIRECT ?? 0));
+  const realFlags = flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_DIRECT);
   const dataReal = ufs.dataReal(entry);
   const fd = fs.openSync(dataReal, realFlags);
   if (!entry.inUpper && entry.type !== S_IFDIR) ufs.lowerReaders.set(fd, { dataReal, fd, realFlags });
