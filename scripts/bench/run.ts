@@ -150,7 +150,7 @@ function hostInfo(): Record<string, unknown> {
     cpuModel: cpus()[0]?.model,
     node: process.version,
     // The machine is shared: a high load average means the figures of this run are noisier than usual.
-    loadAverage1m5m15m: loadavg().map((l) => Number(l.toFixed(2))),
+    loadAverageAtStart: loadavg().map((l) => Number(l.toFixed(2))),
     fuseOverlayfs: quiet('fuse-overlayfs', ['--version']).split('\n').find((l) => l.startsWith('fuse-overlayfs')) ?? 'unknown',
     strataCommit: quiet('git', ['-C', REPO_ROOT, 'rev-parse', '--short', 'HEAD']),
   };
@@ -356,7 +356,8 @@ async function main(): Promise<number> {
   }
 
   const startedAt = new Date().toISOString();
-  const loadAtStart = loadavg().map((l) => Number(l.toFixed(2)));
+  // Taken before the run: the commit and load must describe what was measured, not what is there at the end.
+  const hostAtStart = hostInfo();
   try {
     const { reports, fixture } = await benchmark(session, options);
     const results = {
@@ -364,7 +365,7 @@ async function main(): Promise<number> {
       finishedAt: new Date().toISOString(),
       mode: options.quick ? 'quick' : 'full',
       runs: options.runs,
-      host: { ...hostInfo(), loadAverageAtStart: loadAtStart },
+      host: { ...hostAtStart, loadAverageAtEnd: loadavg().map((l) => Number(l.toFixed(2))) },
       fixture: { dir: fixture.dir, ...fixture.manifest },
       implementations: options.implementations,
       strataOptions: options.strata.extraOptions,
