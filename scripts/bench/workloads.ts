@@ -81,6 +81,43 @@ const warmTree = async ({ fixture, runner }: { fixture: Fixture; runner: Command
   await runner.bash(`tar -C ${q(fixture.lowerdir)} -cf - tree | cat > /dev/null`);
 };
 
+/** tar -c of the whole tree; the cold and warm variants differ only in what is cached before the run. */
+function tarCreate(cache: 'cold' | 'warm'): Workload {
+  const name = `tar-c-${cache}`;
+  return {
+    name,
+    cache,
+    metric: 'seconds',
+    describe: (f) => `tar -c of the tree (${f.manifest.treeEntries} entries) | wc -c`,
+    ...(cache === 'warm' ? { warm: warmTree } : {}),
+    run: ({ mountpoint, runner }) => runner.bash(`tar -C ${q(mountpoint)} -cf - tree | wc -c`),
+    check: ({ fixture }, result) => {
+      const bytes = Number(result.stdout.trim());
+      if (!(bytes >= fixture.manifest.treeRegularBytes)) fail(name, `tar wrote ${bytes} bytes, less than the tree's ${fixture.manifest.treeRegularBytes}`);
+    },
+  };
+}
+
+/** find -ls of the whole tree; warm reads the lower's metadata first. */
+function findLs(cache: 'cold' | 'warm'): Workload {
+  const name = `find-ls-${cache}`;
+  return {
+    name,
+    cache,
+    metric: 'seconds',
+    describe: () => 'find tree -ls | wc -l',
+    ...(cache === 'warm'
+      ? {
+          warm: async ({ fixture, runner }: { fixture: Fixture; runner: CommandRunner }) => {
+            await runner.bash(`find ${q(join(fixture.lowerdir, 'tree'))} -ls > /dev/null`);
+          },
+        }
+      : {}),
+    run: ({ mountpoint, runner }) => runner.bash(`find ${q(join(mountpoint, 'tree'))} -ls | wc -l`),
+    check: ({ fixture }, result) => expectNumber(name, 'lines printed', Number(result.stdout.trim()), fixture.manifest.findLines),
+  };
+}
+
 export const WORKLOADS: readonly Workload[] = [
   {
     name: 'seq-read',
@@ -102,48 +139,10 @@ export const WORKLOADS: readonly Workload[] = [
     check: ({ fixture, upperdir }) =>
       expectNumber('seq-write', 'size of the new file in the upper', lstatSync(join(upperdir, 'written.bin')).size, fixture.manifest.spec.bigFileMiB * MiB),
   },
-  {
-    name: 'tar-c-cold',
-    cache: 'cold',
-    metric: 'seconds',
-    describe: (f) => `tar -c of the tree (${f.manifest.treeEntries} entries) | wc -c`,
-    run: ({ mountpoint, runner }) => runner.bash(`tar -C ${q(mountpoint)} -cf - tree | wc -c`),
-    check: ({ fixture }, result) => {
-      const bytes = Number(result.stdout.trim());
-      if (!(bytes >= fixture.manifest.treeRegularBytes)) fail('tar-c-cold', `tar wrote ${bytes} bytes, less than the tree's ${fixture.manifest.treeRegularBytes}`);
-    },
-  },
-  {
-    name: 'tar-c-warm',
-    cache: 'warm',
-    metric: 'seconds',
-    describe: (f) => `tar -c of the tree (${f.manifest.treeEntries} entries) | wc -c`,
-    warm: warmTree,
-    run: ({ mountpoint, runner }) => runner.bash(`tar -C ${q(mountpoint)} -cf - tree | wc -c`),
-    check: ({ fixture }, result) => {
-      const bytes = Number(result.stdout.trim());
-      if (!(bytes >= fixture.manifest.treeRegularBytes)) fail('tar-c-warm', `tar wrote ${bytes} bytes, less than the tree's ${fixture.manifest.treeRegularBytes}`);
-    },
-  },
-  {
-    name: 'find-ls-cold',
-    cache: 'cold',
-    metric: 'seconds',
-    describe: () => 'find tree -ls | wc -l',
-    run: ({ mountpoint, runner }) => runner.bash(`find ${q(join(mountpoint, 'tree'))} -ls | wc -l`),
-    check: ({ fixture }, result) => expectNumber('find-ls-cold', 'lines printed', Number(result.stdout.trim()), fixture.manifest.findLines),
-  },
-  {
-    name: 'find-ls-warm',
-    cache: 'warm',
-    metric: 'seconds',
-    describe: () => 'find tree -ls | wc -l',
-    warm: async ({ fixture, runner }) => {
-      await runner.bash(`find ${q(join(fixture.lowerdir, 'tree'))} -ls > /dev/null`);
-    },
-    run: ({ mountpoint, runner }) => runner.bash(`find ${q(join(mountpoint, 'tree'))} -ls | wc -l`),
-    check: ({ fixture }, result) => expectNumber('find-ls-warm', 'lines printed', Number(result.stdout.trim()), fixture.manifest.findLines),
-  },
+  tarCreate('cold'),
+  tarCreate('warm'),
+  findLs('cold'),
+  findLs('warm'),
   {
     name: 'parallel-cat',
     cache: 'warm',
