@@ -226,12 +226,8 @@ async function main(argv: string[]): Promise<number> {
 }
 
 main(process.argv.slice(2)).then(
-  (code) => {
-    process.exitCode = code;
-    if (code === 0 && !process.env[READY_FD_ENV]) process.exit(0);
-    if (code !== 0) process.exit(code);
-    process.exit(0);
-  },
+  // Exit explicitly: fuse-native's handles and a detached child's pipes must not keep this process alive.
+  (code) => process.exit(code),
   (err: unknown) => {
     const e = err as { message?: string; code?: string };
     process.stderr.write(`${PROGRAM}: ${e.message ?? String(err)}\n`);
