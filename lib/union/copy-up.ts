@@ -27,6 +27,9 @@ export interface CopyUpOptions {
 export async function copyUp(ufs: UnionFs, entry: UnionEntry, options: CopyUpOptions = {}): Promise<UnionEntry> {
   if (entry.inUpper) return entry;
   if (!ufs.upper) throw fsError('EROFS', entry.path);
+  // A caller may hold an entry resolved before some other copy-up (of a child, say) brought this one up.
+  const current = ufs.lookup(entry.path);
+  if (current.inUpper) return current;
   const pending = ufs.pendingCopyUps.get(entry.path);
   if (pending) return pending;
   const work = copyUpOne(ufs, entry, options);

@@ -230,7 +230,8 @@ export async function rename(ufs: UnionFs, from: string, to: string): Promise<vo
   }
 
   const movedDir = await copyUp(ufs, source);
-  await copyUp(ufs, ufs.lookupDir(toParentPath));
+  // Looked up again: copying the source up may have copied this parent up too.
+  const toParentUpper = await copyUp(ufs, ufs.lookupDir(toParentPath));
   const fromParent = ufs.lookupDir(fromParentPath);
   const needsWhiteoutAtSource = lowerPositive(ufs, fromParent, fromName);
   const sourceReal = movedDir.top.real;
@@ -241,7 +242,7 @@ export async function rename(ufs: UnionFs, from: string, to: string): Promise<vo
     const redirect = redirectFor(movedDir, sameParent);
     if (redirect !== undefined && redirect !== movedDir.redirect) {
       ufs.realfs.setxattr(sourceReal, OVL_REDIRECT, Buffer.from(redirect));
-    } else if (redirect === undefined && !movedDir.opaque && lowerPositive(ufs, ufs.lookupDir(toParentPath), toName)) {
+    } else if (redirect === undefined && !movedDir.opaque && lowerPositive(ufs, toParentUpper, toName)) {
       // A directory with nothing below it, moved over a name a lower layer has, must not merge with it.
       ufs.realfs.setxattr(sourceReal, OVL_OPAQUE, Buffer.from('y'));
     }
