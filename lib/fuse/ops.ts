@@ -153,8 +153,8 @@ export function createFuseOps(ufs: UnionFs, logger: Logger, callerOf: CallerSour
     fsync(path: string, dataSync: number, fd: number, cb: Done) {
       run('fsync', path, cb, () => ufs.fsync(fd, dataSync !== 0));
     },
-    fsyncdir(_path: string, _dataSync: number, _fd: number, cb: Done) {
-      cb(0);
+    fsyncdir(path: string, dataSync: number, _fd: number, cb: Done) {
+      run('fsyncdir', path, cb, () => ufs.fsyncdir(path, dataSync !== 0));
     },
     truncate(path: string, size: number, cb: Done) {
       runAsync('truncate', path, cb, () => ufs.truncate(path, size));

@@ -113,4 +113,17 @@ export class RealFs {
   removexattr(path: string, name: string): void {
     this.run('removexattr', { path, name }, () => sys.lremovexattr(path, name));
   }
+
+  /** fsync(2) of a real directory, so that the names created, renamed or removed in it are on disk. */
+  fsyncDir(path: string, dataOnly: boolean): void {
+    this.run('fsyncdir', { path, dataOnly }, () => {
+      const fd = fs.openSync(path, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY | fs.constants.O_NOFOLLOW);
+      try {
+        if (dataOnly) fs.fdatasyncSync(fd);
+        else fs.fsyncSync(fd);
+      } finally {
+        fs.closeSync(fd);
+      }
+    });
+  }
 }

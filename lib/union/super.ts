@@ -281,6 +281,15 @@ export class UnionFs implements LookupContext {
     fileOps.fsync(fd, dataOnly);
   }
 
+  /**
+   * fsync of a merged directory, as ovl_dir_fsync does it: the real upper dir is synced (that is where the
+   * directory's changes live); a directory only in lower layers has nothing of ours to sync.
+   */
+  fsyncdir(p: string, dataOnly: boolean): void {
+    const entry = this.lookup(p);
+    if (entry.inUpper) this.realfs.fsyncDir(entry.top.real, dataOnly);
+  }
+
   ftruncate(fd: number, size: number): void {
     fileOps.ftruncate(fd, size);
   }
