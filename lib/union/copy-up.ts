@@ -130,8 +130,9 @@ async function copyFileData(ufs: UnionFs, sourceReal: string, temp: string, leng
   try {
     targetFd = ufs.realfs.openCreate(temp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
     if (length > 0) await sys.copyData(sourceFd, targetFd, length);
-    // Like the kernel (unless mounted volatile), make the data durable before the rename publishes it.
-    fs.fsyncSync(targetFd);
+    // Like the kernel, make the data durable before the rename publishes it, unless mounted volatile
+    // (then a crash may leave a torn copy, which is why the volatile marker forbids reusing the upper).
+    if (!ufs.volatile) fs.fsyncSync(targetFd);
   } finally {
     fs.closeSync(sourceFd);
     if (targetFd !== undefined) fs.closeSync(targetFd);

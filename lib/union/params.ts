@@ -21,6 +21,11 @@ export interface UnionParams {
   /** Seconds the kernel may cache attributes / names (FUSE attr_timeout / entry_timeout). */
   attrTimeout?: number;
   entryTimeout?: number;
+  /**
+   * `volatile` (kernel overlayfs's option): no fsync of copied-up data, and fsync/fdatasync of files on the
+   * mount are no-ops. Only meaningful with an upper dir; see UnionFs.prepareWorkDir for the dirty marker.
+   */
+  volatile: boolean;
   /** The CPU the server's threads are kept on ('any' to let the scheduler choose), see strata-overlay.ts. */
   cpu?: number | 'any';
   /** Generic or kernel-overlayfs options that were accepted and have no effect here. */
@@ -43,7 +48,6 @@ const KERNEL_OPTIONS: Record<string, (value: string | undefined) => boolean> = {
   metacopy: (v) => v === 'off' || v === 'on',
   nfs_export: (v) => v === 'off' || v === 'on',
   userxattr: (v) => v === undefined,
-  volatile: (v) => v === undefined,
   uuid: (v) => v === 'on' || v === 'off' || v === 'null' || v === 'auto',
   verity: (v) => v === 'off',
 };
@@ -84,7 +88,7 @@ function splitLowerDirs(value: string): string[] {
 
 /** Parses the option strings (each as given to one `-o`) into parameters, without touching the disk. */
 export function parseOptions(optionStrings: string[]): UnionParams {
-  const params: UnionParams = { lowerDirs: [], readOnly: false, fsname: 'strata-overlay', fsnameGiven: false, ignored: [] };
+  const params: UnionParams = { lowerDirs: [], readOnly: false, fsname: 'strata-overlay', fsnameGiven: false, volatile: false, ignored: [] };
   let sawLower = false;
   let forceReadOnly = false;
   for (const option of optionStrings.flatMap(splitOptions)) {
@@ -115,6 +119,10 @@ export function parseOptions(optionStrings: string[]): UnionParams {
         break;
       case 'ro':
         forceReadOnly = true;
+        break;
+      case 'volatile':
+        if (value !== undefined) throw badOption(`volatile takes no value, got "${option}"`);
+        params.volatile = true;
         break;
       case 'cpu': {
         if (value === 'any') params.cpu = 'any';
@@ -155,6 +163,8 @@ export function parseOptions(optionStrings: string[]): UnionParams {
   if (params.upperDir !== undefined && params.workDir === undefined) throw badOption('upperdir= needs workdir= as well');
   if (params.workDir !== undefined && params.upperDir === undefined) throw badOption('workdir= needs upperdir= as well');
   params.readOnly = forceReadOnly || params.upperDir === undefined;
+  // As the kernel: "volatile" is meaningless without an upper to write (it ignores it there too).
+  if (params.readOnly) params.volatile = false;
   return params;
 }
 

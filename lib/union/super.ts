@@ -9,7 +9,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Logger } from '../log.js';
-import { fsError } from '../errors.js';
+import { fsError, StrataError } from '../errors.js';
 import { sys, StatIndex } from '../native/index.js';
 import { S_IFDIR, type Layer, type LayerPath, type UnionEntry } from './layer.js';
 import { findIndexEntry } from './index.js';
@@ -56,6 +56,8 @@ export class UnionFs implements LookupContext {
   readonly upper: Layer | undefined;
   readonly samefs: boolean;
   readonly readOnly: boolean;
+  /** Mounted with `volatile`: nothing is fsynced (see prepareWorkDir and docs/union.md). */
+  readonly volatile: boolean;
   readonly statBuf = new Float64Array(StatIndex.length);
   /** The kernel's layout: <workdir>/work for temporaries, <workdir>/index for the hard link index. */
   readonly workDir: string | undefined;
@@ -84,6 +86,7 @@ export class UnionFs implements LookupContext {
     this.upper = this.layers[0]?.isUpper ? this.layers[0] : undefined;
     this.samefs = devs.length === 1;
     this.readOnly = params.readOnly || this.upper === undefined;
+    this.volatile = params.volatile && !this.readOnly;
     this.workDir = params.workDir === undefined ? undefined : path.join(params.workDir, 'work');
     this.indexDir = params.workDir === undefined ? undefined : path.join(params.workDir, 'index');
   }
@@ -94,11 +97,42 @@ export class UnionFs implements LookupContext {
    */
   prepareWorkDir(): void {
     if (!this.workDir || this.readOnly) return;
+    this.refuseIncompatFeatures();
     fs.rmSync(this.workDir, { recursive: true, force: true });
     fs.mkdirSync(this.workDir, { mode: 0 });
     fs.chmodSync(this.workDir, 0);
+    if (this.volatile) {
+      // The kernel's marker of a volatile mount: it outlives the unmount on purpose, because nothing was
+      // synced and only the user knows whether the machine crashed since. Any later mount refuses this upper
+      // until the user removes the marker (or starts afresh), so Strata and the kernel agree on the same dirs.
+      fs.mkdirSync(path.join(this.workDir, 'incompat', 'volatile', 'dirty'), { recursive: true });
+    }
     // The index is kept across mounts (it is what keeps lower hard links together), as the kernel keeps it.
     if (this.indexDir && !fs.existsSync(this.indexDir)) fs.mkdirSync(this.indexDir, { mode: 0 });
+  }
+
+  /**
+   * Kernel overlayfs refuses a workdir whose work/incompat holds anything (today only `volatile`, left by a
+   * volatile mount): the upper may have lost writes in a crash. Checked before work/ is wiped, or the wipe
+   * would hide it.
+   */
+  private refuseIncompatFeatures(): void {
+    if (!this.workDir) return;
+    const incompat = path.join(this.workDir, 'incompat');
+    let features: string[];
+    try {
+      features = fs.readdirSync(incompat);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+      throw err;
+    }
+    const feature = features[0];
+    if (feature === undefined) return;
+    const hint =
+      feature === 'volatile'
+        ? `an earlier mount with "volatile" did not sync the upper: if the machine has not crashed since, remove ${path.join(incompat, feature)} and mount again; otherwise start from an empty upperdir and workdir`
+        : 'this feature is unknown to strata-overlay';
+    throw new StrataError('STRATA_BAD_DIR', `workdir "${path.dirname(this.workDir)}" holds the incompatible feature "${feature}" (${incompat}): ${hint}`);
   }
 
   findIndexEntry(lower: LayerPath): string | undefined {
@@ -278,6 +312,8 @@ export class UnionFs implements LookupContext {
   }
 
   fsync(fd: number, dataOnly: boolean): void {
+    // volatile: as on the kernel's volatile mounts, a user's fsync/fdatasync reaches no disk.
+    if (this.volatile) return;
     fileOps.fsync(fd, dataOnly);
   }
 
