@@ -322,6 +322,7 @@ export class UnionFs implements LookupContext {
    * directory's changes live); a directory only in lower layers has nothing of ours to sync.
    */
   fsyncdir(p: string, dataOnly: boolean): void {
+    if (this.volatile) return;
     const entry = this.lookup(p);
     if (entry.inUpper) this.realfs.fsyncDir(entry.top.real, dataOnly);
   }

@@ -3,7 +3,7 @@
  *  - both accept it, serve the union as usual and create the marker <workdir>/work/incompat/volatile/dirty;
  *  - the marker outlives the unmount, and every later mount of that workdir (volatile or not) is refused until
  *    the user removes it; the kernel refuses strata's marker too (same on-disk format);
- *  - strata then really skips its fsyncs (copy-up and the user's fsync/fdatasync), seen with strace on the
+ *  - strata then really skips its fsyncs (copy-up, the user's fsync/fdatasync of files and dirs), seen with strace on the
  *    server, while a default mount does them (the default stays crash-safe).
  */
 import t, { type Test } from 'tap';
@@ -96,12 +96,15 @@ t.test('volatile: strata skips the fsyncs of copy-up and of users; the default d
     fs.fsyncSync(fd);
     fs.fdatasyncSync(fd);
     fs.closeSync(fd);
+    const dirFd = fs.openSync(d.mnt, 'r');
+    fs.fsyncSync(dirFd); // the upper root: a directory's fsync
+    fs.closeSync(dirFd);
     const exited = new Promise((resolve) => tracer.once('exit', resolve));
     tracer.kill('SIGINT');
     await exited;
     counts[mode] = fs.readFileSync(log, 'utf8').split('\n').filter((l) => /\b(fsync|fdatasync|syncfs|sync_file_range)\(/.test(l)).length;
     box.unmount(d.mnt);
   }
-  t.ok((counts.default ?? 0) >= 3, `a default mount syncs the copy-up and both user syncs (${counts.default} calls)`);
+  t.ok((counts.default ?? 0) >= 4, `a default mount syncs the copy-up, the file and the directory (${counts.default} calls)`);
   t.equal(counts.volatile, 0, 'a volatile mount syncs nothing');
 });
