@@ -197,15 +197,38 @@ export async function rmdir(ufs: UnionFs, path: string): Promise<void> {
   ufs.invalidateTree(path);
 }
 
+/** The kernel's redirect_max: a longer redirect is not written, the rename fails with EXDEV instead. */
+const REDIRECT_MAX = 256;
+
 /**
- * The redirect a moved directory needs so lookup still finds its lower contents, or undefined when it has
- * none. Within one parent a bare name is enough (the parent's lower dirs are the same); elsewhere the
- * absolute lower path is needed. An existing redirect stays valid within the same parent.
+ * The redirect a moved directory needs so lookup still finds its lower contents (ovl_set_redirect), or
+ * undefined when it has none (nothing below it). Within one parent a bare name is enough: an existing
+ * redirect, else the current name. Elsewhere it is absolute, built like ovl_get_redirect from the merged
+ * names of the dir and its ancestors, each replaced by its own upper redirect where it has one, up to the
+ * root or the first absolute redirect. Merged names, not the real path of some lower dir: lookup walks the
+ * path through every layer, redirects found on the way included.
  */
-function redirectFor(entry: UnionEntry, sameParent: boolean): string | undefined {
-  if (entry.lowers.length === 0 || entry.lowerRel === undefined) return undefined;
-  if (sameParent) return entry.redirect ?? splitPath(entry.lowerRel).name;
-  return entry.lowerRel;
+function redirectFor(ufs: UnionFs, entry: UnionEntry, sameParent: boolean): string | undefined {
+  if (entry.lowers.length === 0) return undefined;
+  if (sameParent && entry.redirect !== undefined) return entry.redirect;
+  if (sameParent) return splitPath(entry.path).name;
+  if (entry.redirect?.startsWith('/')) return entry.redirect;
+  const parts: string[] = [];
+  let current: UnionEntry = entry;
+  for (;;) {
+    const name = (current.inUpper ? current.redirect : undefined) ?? splitPath(current.path).name;
+    parts.unshift(name);
+    if (name.startsWith('/')) break;
+    const parentPath = splitPath(current.path).parent;
+    if (parentPath === '/') {
+      parts.unshift('');
+      break;
+    }
+    current = ufs.lookupDir(parentPath);
+  }
+  const redirect = parts.join('/');
+  if (Buffer.byteLength(redirect) > REDIRECT_MAX) throw fsError('EXDEV', `${entry.path}: redirect longer than ${REDIRECT_MAX} bytes`);
+  return redirect;
 }
 
 export async function rename(ufs: UnionFs, from: string, to: string): Promise<void> {
@@ -239,7 +262,7 @@ export async function rename(ufs: UnionFs, from: string, to: string): Promise<vo
 
   if (sourceIsDir) {
     const sameParent = fromParentPath === toParentPath;
-    const redirect = redirectFor(movedDir, sameParent);
+    const redirect = redirectFor(ufs, movedDir, sameParent);
     if (redirect !== undefined && redirect !== movedDir.redirect) {
       ufs.realfs.setxattr(sourceReal, OVL_REDIRECT, Buffer.from(redirect));
     } else if (redirect === undefined && !movedDir.opaque && lowerPositive(ufs, toParentUpper, toName)) {

@@ -22,6 +22,8 @@ export interface LookupContext {
   /** Finds the index entry of a lower hard link, when the hard link index is in use. */
   findIndexEntry?(lower: LayerPath): string | undefined;
   readonly samefs: boolean;
+  /** False for redirect_dir=nofollow: a redirect found on the way down is refused instead of followed. */
+  readonly followRedirects?: boolean;
   /** Scratch buffer for lstat results; lookups are synchronous so one buffer is enough. */
   readonly statBuf: Float64Array;
 }
@@ -75,13 +77,103 @@ export function lookupRoot(ctx: LookupContext): UnionEntry {
 }
 
 /**
+ * The state of one name's search down the layers (struct ovl_lookup_data). `name` is what the next layer
+ * is searched for: a bare name (looked up in the parent's dir of that layer) or, after an absolute
+ * redirect, a path from the layer root. Redirects met in any layer rewrite it for the layers below.
+ */
+interface LookupData {
+  name: string;
+  /** Nothing below the current layer takes part (whiteout, non-dir, opaque dir). */
+  stop: boolean;
+  /** A directory was found for the name, so non-dirs below it are hidden. */
+  isDir: boolean;
+  /** Of the last element found in the current layer: its opaque flag and its redirect xattr as stored. */
+  opaque: boolean;
+  rawRedirect?: string;
+}
+
+/**
+ * One path element in one layer (ovl_lookup_single). `prelen` and `post` place the element in d.name
+ * (both empty for a bare name); a redirect found here replaces the element (relative) or everything up to
+ * it (absolute), keeping `post`, exactly as the kernel rewrites its lookup name.
+ */
+function lookupSingle(ctx: LookupContext, layer: Layer, baseRel: string, element: string, prelen: number, post: string, d: LookupData): LayerPath | undefined {
+  const stat = ctx.statBuf;
+  const lastElement = post.length === 0;
+  const candidate = layerPath(layer, joinRel(baseRel, element));
+  if (sys.lstatRaw(candidate.real, stat) < 0) return undefined; // ENOENT, or ENOTDIR below a non-dir
+  if (isWhiteoutStat(stat)) {
+    d.stop = true;
+    return undefined;
+  }
+  if (((stat[StatIndex.mode] ?? 0) & S_IFMT) !== S_IFDIR) {
+    d.stop = true;
+    // A non-dir below a dir is hidden by it; a non-dir in the middle of a path ends the search.
+    return d.isDir || !lastElement ? undefined : candidate;
+  }
+  if (lastElement) d.isDir = true;
+  // Nothing is below the bottom layer, so its xattrs are never read (they cannot steer anything).
+  const bottom = ctx.layers[ctx.layers.length - 1];
+  if (!layer.isUpper && layer === bottom) return candidate;
+  if (readXattrString(candidate.real, OVL_OPAQUE) === 'y') {
+    d.stop = true;
+    if (lastElement) d.opaque = true;
+    return candidate;
+  }
+  const target = readXattrString(candidate.real, OVL_REDIRECT);
+  if (lastElement) d.rawRedirect = target;
+  if (target !== undefined && validRedirect(target)) {
+    if (target.startsWith('/')) {
+      // An absolute redirect below an opaque ancestor still continues the search (as the kernel does).
+      d.stop = false;
+      d.name = path.posix.normalize(target) + post;
+    } else {
+      d.name = d.name.slice(0, prelen) + target + post;
+    }
+  }
+  return candidate;
+}
+
+/** The kernel ignores (with a warning) an empty redirect, an absolute one with empty elements, and a relative one with a '/'. */
+function validRedirect(target: string): boolean {
+  if (target.length === 0) return false;
+  if (target.startsWith('/')) return !target.slice(1).split('/').some((e) => e.length === 0);
+  return !target.includes('/');
+}
+
+/** Searches one layer for d.name (ovl_lookup_layer): a bare name in `base`, or a path from the layer root. */
+function lookupLayer(ctx: LookupContext, layer: Layer, base: LayerPath | undefined, d: LookupData): LayerPath | undefined {
+  d.opaque = false;
+  d.rawRedirect = undefined;
+  if (!d.name.startsWith('/')) return base === undefined ? undefined : lookupSingle(ctx, layer, base.rel, d.name, 0, '', d);
+  const elements = d.name.slice(1).split('/');
+  let baseRel = '/';
+  let post = d.name.slice(1 + (elements[0]?.length ?? 0));
+  let found: LayerPath | undefined;
+  for (const [i, element] of elements.entries()) {
+    // d.name may have been rewritten by a redirect above, but it always still ends with "/element" + post.
+    const prelen = d.name.length - post.length - element.length;
+    found = lookupSingle(ctx, layer, baseRel, element, prelen, post, d);
+    if (found === undefined || i === elements.length - 1) break;
+    baseRel = found.rel;
+    post = post.slice(1 + (elements[i + 1]?.length ?? 0));
+  }
+  return found;
+}
+
+/**
  * Looks `name` up in the directory `parent`. Returns undefined when the name does not exist in the merged
- * view (absent everywhere, or hidden by a whiteout).
+ * view (absent everywhere, or hidden by a whiteout). Mirrors ovl_lookup(): every layer is searched for the
+ * current lookup name, in the parent's dir of that layer while the name is bare, and from each layer's root
+ * once a redirect made it absolute; redirects found in lower layers (an old upper reused as a lower) are
+ * followed like those of the upper layer, to the bottom.
  */
 export function lookupChild(ctx: LookupContext, parent: UnionEntry, name: string): UnionEntry | undefined {
   if (parent.type !== S_IFDIR) throw fsError('ENOTDIR', parent.path);
   const childPath = parent.path === '/' ? `/${name}` : `${parent.path}/${name}`;
-  const parentDirs = parent.lowers.length === 0 ? [parent.top] : [parent.top, ...parent.lowers];
+  const parentDirs = new Map<number, LayerPath>();
+  parentDirs.set(parent.top.layer.index, parent.top);
+  for (const dir of parent.lowers) parentDirs.set(dir.layer.index, dir);
   const stat = ctx.statBuf;
 
   let found: LayerPath | undefined;
@@ -91,58 +183,33 @@ export function lookupChild(ctx: LookupContext, parent: UnionEntry, name: string
   let opaque = false;
   let redirect: string | undefined;
   const lowers: LayerPath[] = [];
+  const d: LookupData = { name, stop: false, isDir: false, opaque: false };
 
-  // The search walks parentDirs by name until an absolute redirect switches it to lower layer roots.
-  let searchName = name;
-  let absolute: string | undefined;
-  let lastLayerIndex = -1;
-  let dirIndex = 0;
-  let layerIndex = 0;
-  for (;;) {
-    let candidate: LayerPath;
-    if (absolute === undefined) {
-      const dir = parentDirs[dirIndex++];
-      if (!dir) break;
-      if (dir.layer.index <= lastLayerIndex) continue;
-      candidate = layerPath(dir.layer, joinRel(dir.rel, searchName));
-    } else {
-      const layer = ctx.layers[layerIndex++];
-      if (!layer) break;
-      if (layer.index <= lastLayerIndex) continue;
-      candidate = layerPath(layer, absolute);
+  for (const layer of ctx.layers) {
+    if (layer.index < parent.top.layer.index) continue;
+    const base = d.name.startsWith('/') ? layerPath(layer, '/') : parentDirs.get(layer.index);
+    if (base === undefined) continue;
+    if (ctx.followRedirects === false && d.name !== name) {
+      // redirect_dir=nofollow: the kernel refuses to follow (EPERM) rather than show a partial merge.
+      throw fsError('EPERM', `${childPath}: not following a redirect (redirect_dir=nofollow)`);
     }
-    if (sys.lstatRaw(candidate.real, stat) < 0) continue; // ENOENT, or ENOTDIR below a non-dir
-    if (isWhiteoutStat(stat)) break;
-    const type = (stat[StatIndex.mode] ?? 0) & S_IFMT;
-    lastLayerIndex = candidate.layer.index;
-    if (found === undefined) {
-      found = candidate;
-      foundType = type;
-      foundIno = stat[StatIndex.ino] ?? 0;
-      foundNlink = stat[StatIndex.nlink] ?? 1;
-      if (type !== S_IFDIR) break;
-    } else {
-      if (type !== S_IFDIR) break; // a non-dir below a dir is hidden by it
-      lowers.push(candidate);
-    }
-    // Only a directory gets here. Its own opaque and redirect xattrs steer the search below it, so the
-    // bottom layer's are never read (nothing is below it). An upper dir's are kept in the entry regardless.
-    const lastLayer = ctx.layers[ctx.layers.length - 1];
-    if (!candidate.layer.isUpper && candidate.layer === lastLayer) break;
-    if (readXattrString(candidate.real, OVL_OPAQUE) === 'y') {
-      if (candidate === found && candidate.layer.isUpper) opaque = true;
-      break;
-    }
-    const target = readXattrString(candidate.real, OVL_REDIRECT);
-    if (target !== undefined && target.length > 0) {
-      if (candidate === found && candidate.layer.isUpper) redirect = target;
-      if (target.startsWith('/')) {
-        absolute = path.posix.normalize(target);
-        layerIndex = 0;
+    const candidate = lookupLayer(ctx, layer, base, d);
+    if (candidate !== undefined) {
+      if (found === undefined) {
+        // stat still holds the candidate's attributes: it was the last thing lstat'ed.
+        found = candidate;
+        foundType = (stat[StatIndex.mode] ?? 0) & S_IFMT;
+        foundIno = stat[StatIndex.ino] ?? 0;
+        foundNlink = stat[StatIndex.nlink] ?? 1;
+        if (layer.isUpper && foundType === S_IFDIR) {
+          opaque = d.opaque;
+          redirect = d.rawRedirect;
+        }
       } else {
-        searchName = target;
+        lowers.push(candidate);
       }
     }
+    if (d.stop) break;
   }
   if (found === undefined) return undefined;
 

@@ -46,6 +46,7 @@ export type Op =
   | ['removexattr', string, string]
   | ['rememberIno', string, string]
   | ['sameIno', string, string]
+  | ['sameDevIno', string, string]
   | ['dirInoMatchesStat', string]
   | ['unlinkedOpenNlink', string]
   | ['writeViaOtherLink', string, string, string]
@@ -60,6 +61,8 @@ export type Op =
 export interface OpContext {
   root: string;
   inodes: Map<string, bigint>;
+  /** st_dev remembered with each inode label (compared only within one mount: st_dev changes at remount). */
+  devs?: Map<string, bigint>;
 }
 
 const MESSAGE_TO_ERRNO: Record<string, string> = {
@@ -251,9 +254,20 @@ async function perform(ctx: OpContext, op: Op, p: (rel: string) => string): Prom
     case 'removexattr':
       tool('setfattr', ['-h', '-x', op[2], '--', op[1]], cwd);
       return undefined;
-    case 'rememberIno':
-      ctx.inodes.set(op[2], fs.lstatSync(p(op[1]), { bigint: true }).ino);
+    case 'rememberIno': {
+      const st = fs.lstatSync(p(op[1]), { bigint: true });
+      ctx.inodes.set(op[2], st.ino);
+      ctx.devs?.set(op[2], st.dev);
       return undefined;
+    }
+    case 'sameDevIno': {
+      // Like sameIno, but the (st_dev, st_ino) pair: what tar, rsync -H and find -samefile compare.
+      const st = fs.lstatSync(p(op[2]), { bigint: true });
+      const dev = ctx.devs?.get(op[1]);
+      const ino = ctx.inodes.get(op[1]);
+      if (dev === undefined || ino === undefined) throw new Error(`sameDevIno: no remembered label ${op[1]}`);
+      return dev === st.dev && ino === st.ino ? 'same' : 'different';
+    }
     case 'sameIno': {
       // Compares a remembered label (or a path) with a path's current st_ino.
       const remembered = ctx.inodes.get(op[1]) ?? fs.lstatSync(p(op[1]), { bigint: true }).ino;

@@ -111,3 +111,16 @@ export function randomOps(rand: () => number, count: number): Op[] {
   ];
   return Array.from({ length: count }, () => pick(makers)());
 }
+
+/**
+ * A recycled layer stack: two random lowers, then `rounds` rounds of random ops. Each round mounts a fresh
+ * upper over the uppers of all earlier rounds (newest on top) and the two lowers, the way layer stores stack
+ * an old upper as a lower, so redirects, whiteouts, opaque dirs and origins are read back from lower layers.
+ */
+export function randomRecycling(seed: number, rounds: number, opsPerRound: number): { lowers: LayerSpec[]; rounds: { ops: Op[] }[] } {
+  const rand = prng(seed);
+  return {
+    lowers: randomLayers(rand),
+    rounds: Array.from({ length: rounds }, () => ({ ops: randomOps(rand, opsPerRound) })),
+  };
+}
