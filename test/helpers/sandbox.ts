@@ -9,7 +9,8 @@
  *  - 'kernel': `mount -t overlay` with redirect_dir=on,index=on, the oracle;
  *  - 'fuse-overlayfs': Debian's fuse-overlayfs, used to validate the harness itself;
  *  - 'strata': dist/lib/cli/strata-overlay.js, the program under test.
- * The candidate compared against the kernel is chosen by STRATA_TEST_CANDIDATE (default strata).
+ * The candidate compared against the kernel is chosen by STRATA_TEST_CANDIDATE (default strata), and strata's
+ * FUSE transport by STRATA_TEST_TRANSPORT (default: strata's own default).
  */
 import { spawnSync, type SpawnSyncReturns } from 'node:child_process';
 import fs from 'node:fs';
@@ -31,6 +32,34 @@ export function candidateKind(): OverlayKind {
     throw new Error(`STRATA_TEST_CANDIDATE must be "strata" or "fuse-overlayfs", not "${wanted}"`);
   }
   return wanted;
+}
+
+/**
+ * The FUSE transport strata is mounted with: STRATA_TEST_TRANSPORT (e.g. `fuse-native`) adds
+ * `-o transport=<it>` to every strata mount of the suites; unset, strata's default transport is used.
+ */
+export function strataTransportOption(): string | undefined {
+  const wanted = process.env.STRATA_TEST_TRANSPORT;
+  if (wanted === undefined || wanted === '') return undefined;
+  if (!/^[a-z0-9-]+$/.test(wanted)) throw new Error(`STRATA_TEST_TRANSPORT must be a transport name such as "fuse-native", not "${wanted}"`);
+  return wanted;
+}
+
+let defaultTransportName: string | undefined;
+
+/**
+ * The name of the transport strata's mounts use in this run: STRATA_TEST_TRANSPORT, else strata's default.
+ * A build that does not know `transport=` has only fuse-native, so the default is asked of the program itself
+ * (one option parse, no mount) rather than assumed.
+ */
+export function strataTransportName(): string {
+  const explicit = strataTransportOption();
+  if (explicit !== undefined) return explicit;
+  if (defaultTransportName === undefined) {
+    const r = run(process.execPath, [strataOverlayJs, '-o', 'lowerdir=/nonexistent-strata-transport-probe,transport=fuse-native', '/nonexistent-strata-transport-probe']);
+    defaultTransportName = /unknown mount option "transport=/.test(r.stderr) ? 'fuse-native' : 'default';
+  }
+  return defaultTransportName;
 }
 
 /** Why the candidate cannot run here, or undefined when it can (strata needs the build). */
@@ -133,8 +162,10 @@ export function mountCommand(kind: OverlayKind, dirs: OverlayDirs, extraOptions:
       return ['mount', ['-t', 'overlay', 'overlay', '-o', overlayOptions(dirs, ['redirect_dir=on', 'index=on', ...extraOptions]), dirs.mnt]];
     case 'fuse-overlayfs':
       return ['fuse-overlayfs', ['-o', overlayOptions(dirs, extraOptions), dirs.mnt]];
-    case 'strata':
-      return [process.execPath, [strataOverlayJs, '-o', overlayOptions(dirs, extraOptions), dirs.mnt]];
+    case 'strata': {
+      const transport = strataTransportOption();
+      return [process.execPath, [strataOverlayJs, '-o', overlayOptions(dirs, transport === undefined ? extraOptions : [`transport=${transport}`, ...extraOptions]), dirs.mnt]];
+    }
   }
 }
 
