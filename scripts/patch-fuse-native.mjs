@@ -17,7 +17,12 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const PATCHED_FILES = ['fuse-native.c', 'index.js'];
-/** Must equal strata_patch_version in the C patch: the check that our build, not the prebuilt, is loaded. */
+/** The fuse-native release the patches were written against; any other release is refused, not patched by guess. */
+const PATCHED_RELEASE = '2.2.6';
+/**
+ * Must equal strata_patch_version in the C patch and FUSE_NATIVE_PATCH_VERSION in lib/fuse/binding.ts (which
+ * checks it at run time): the proof that our build, not the prebuilt, is loaded.
+ */
 const EXPECTED_PATCH_VERSION = 1;
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -40,6 +45,11 @@ function run(command, args, cwd) {
 }
 
 const packageDir = path.dirname(require.resolve('fuse-native/package.json'));
+const installedRelease = JSON.parse(fs.readFileSync(path.join(packageDir, 'package.json'), 'utf8')).version;
+if (installedRelease !== PATCHED_RELEASE) {
+  fail(`${packageDir} is fuse-native ${installedRelease}, but the patches in ${patchDir} were written for ${PATCHED_RELEASE}: ` +
+    `install fuse-native@${PATCHED_RELEASE} (npm ci) or port the patches`);
+}
 const marker = path.join(packageDir, '.strata-patched');
 const originals = path.join(packageDir, '.strata-orig');
 const builtBinary = path.join(packageDir, 'build', 'Release', 'fuse.node');
@@ -68,8 +78,9 @@ if (fs.existsSync(originals)) {
 }
 fs.rmSync(marker, { force: true });
 
+// --fuzz=0: every context line must match exactly, so a patch never lands in the wrong place of changed sources.
 for (const name of patches) {
-  run('patch', ['-p1', '--forward', '--batch', '--no-backup-if-mismatch', '-i', path.join(patchDir, name)], packageDir);
+  run('patch', ['-p1', '--forward', '--batch', '--fuzz=0', '--no-backup-if-mismatch', '-i', path.join(patchDir, name)], packageDir);
 }
 
 // node-gyp from our devDependencies; --nodedir points at the headers of the running node so nothing is downloaded.

@@ -15,9 +15,11 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import t from 'tap';
+import { checkPatchedFuseNative, FUSE_NATIVE_PATCH_VERSION, loadFuseNative } from '../lib/fuse/binding.js';
 
 const execFileAsync = promisify(execFile);
 const require = createRequire(import.meta.url);
+const repoRoot = path.resolve(import.meta.dirname, '..');
 
 type Callback = (err: number, ...values: unknown[]) => void;
 interface FuseInstance {
@@ -37,7 +39,8 @@ interface FuseClass {
   EEXIST: number;
   ENODATA: number;
 }
-const Fuse = require('fuse-native') as FuseClass;
+// Loaded as Strata loads it, so the run-time check of the patched build is exercised too.
+const Fuse = loadFuseNative<FuseClass>();
 
 const { S_IFDIR, S_IFREG, S_IFCHR } = fs.constants;
 const UTIME_NOW = (1 << 30) - 1;
@@ -246,7 +249,7 @@ async function forceUnmount(mnt: string): Promise<void> {
 t.test('patched fuse-native through a real mount', async (tt) => {
   tt.equal(Fuse.STAT_LENGTH, 22, 'stat layout exported');
   tt.equal(Fuse.STATFS_LENGTH, 17, 'statfs layout exported');
-  tt.ok(Fuse.STRATA_PATCH_VERSION >= 1, 'our build is loaded, not the prebuilt');
+  tt.equal(Fuse.STRATA_PATCH_VERSION, FUSE_NATIVE_PATCH_VERSION, 'our build is loaded, not the prebuilt');
 
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-fuse-binding-'));
   const mnt = path.join(dir, 'mnt');
@@ -383,6 +386,44 @@ t.test('patched fuse-native through a real mount', async (tt) => {
     t2.equal(seen.mknod.at(-1)!.mode & fs.constants.S_IFMT, S_IFCHR);
     t2.equal(await sh('stat', ['-c', '%Hr:%Lr', node]), '259:300000');
   });
+});
+
+t.test('upstream fuse-native (its index.js and prebuilt binary) is refused with a clear error', async (tt) => {
+  // A real copy of the package as npm ships it: the pristine index.js kept by patch-fuse-native.mjs, the prebuilt
+  // binaries, and the repo's node_modules for its dependencies.
+  const packageDir = path.dirname(require.resolve('fuse-native/package.json'));
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-fuse-upstream-'));
+  tt.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const copy = path.join(dir, 'fuse-native');
+  fs.mkdirSync(copy);
+  fs.copyFileSync(path.join(packageDir, '.strata-orig', 'index.js'), path.join(copy, 'index.js'));
+  fs.copyFileSync(path.join(packageDir, 'package.json'), path.join(copy, 'package.json'));
+  fs.cpSync(path.join(packageDir, 'prebuilds'), path.join(copy, 'prebuilds'), { recursive: true });
+  fs.symlinkSync(path.join(repoRoot, 'node_modules'), path.join(dir, 'node_modules'));
+  const upstream: unknown = require(copy);
+  tt.type(upstream, 'function', 'upstream fuse-native loads (with its prebuilt binary)');
+  tt.throws(() => checkPatchedFuseNative(upstream, copy), {
+    code: 'STRATA_MOUNT_FAILED',
+    message: new RegExp(`^fuse-native at ${copy} is not Strata's patched build .*run \`node scripts/patch-fuse-native\.mjs --force\``),
+  }, 'the unpatched module is refused, saying which one and how to fix it');
+
+  // A build from another revision of the patch is refused too: its layouts may differ from what lib/fuse expects.
+  class OtherRevision extends Fuse {
+    static override readonly STRATA_PATCH_VERSION = FUSE_NATIVE_PATCH_VERSION + 1;
+  }
+  tt.throws(() => checkPatchedFuseNative(OtherRevision, packageDir), {
+    code: 'STRATA_MOUNT_FAILED',
+    message: new RegExp(`carries Strata patch version ${FUSE_NATIVE_PATCH_VERSION + 1}, but this build of Strata needs version ${FUSE_NATIVE_PATCH_VERSION}`),
+  });
+  tt.equal(checkPatchedFuseNative(Fuse, packageDir), Fuse, 'the patched build passes');
+});
+
+t.test('the patch version is the same in the C patch, the patch script and lib/fuse/binding.ts', async (tt) => {
+  const cPatch = fs.readFileSync(path.join(repoRoot, 'scripts/fuse-native/0001-fuse-native-c.patch'), 'utf8');
+  const script = fs.readFileSync(path.join(repoRoot, 'scripts/patch-fuse-native.mjs'), 'utf8');
+  tt.match(cPatch, new RegExp(`static const uint32_t strata_patch_version = ${FUSE_NATIVE_PATCH_VERSION};`));
+  tt.match(script, new RegExp(`const EXPECTED_PATCH_VERSION = ${FUSE_NATIVE_PATCH_VERSION};`));
+  tt.match(script, /'--fuzz=0'/, 'patches apply with no fuzz');
 });
 
 t.test('no mount left behind', async (tt) => {

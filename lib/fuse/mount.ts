@@ -14,13 +14,11 @@
  *    tar -c 3-4x slower with attr_timeout=0, about 15% with entry_timeout=0).
  */
 import fs from 'node:fs';
-import { createRequire } from 'node:module';
 import type { Logger } from '../log.js';
 import { StrataError } from '../errors.js';
 import type { UnionFs } from '../union/super.js';
+import { loadFuseNative } from './binding.js';
 import { createFuseOps, type CallerSource } from './ops.js';
-
-const require = createRequire(import.meta.url);
 
 interface FuseInstance {
   /** From our patch (scripts/fuse-native/0003): the credentials behind the request being dispatched. */
@@ -86,7 +84,7 @@ export class FuseMount {
   constructor(ufs: UnionFs, mountpoint: string, options: FuseMountOptions, logger: Logger) {
     this.logger = logger;
     this.mountpoint = mountpoint;
-    const Fuse = require('fuse-native') as FuseConstructor;
+    const Fuse = loadFuseNative<FuseConstructor>();
     const optionString = fuseOptionString(options);
     class StrataFuse extends Fuse {
       override _fuseOptions(): string {
