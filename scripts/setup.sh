@@ -37,14 +37,23 @@ fi
 
 npm run --silent build
 
+# Wrappers that run this checkout's dist/ with this machine's node (absolute paths, so they work with any PATH),
+# each written to a temp name and renamed into place so a concurrent caller never runs a half-written one.
+node=$(command -v node)
+write_wrapper() { # dir, name, script under the repo
+  local tmp="$1/.$2.new"
+  printf '#!/bin/sh\nexec %s %s "$@"\n' "$node" "$repo/$3" > "$tmp"
+  chmod 755 "$tmp"
+  mv -f "$tmp" "$1/$2"
+}
+# The CLI and the daemon on PATH, as the README runs them (`strata ...`, `stratad`).
+mkdir -p /usr/local/bin
+write_wrapper /usr/local/bin strata dist/lib/cli/strata.js
+write_wrapper /usr/local/bin stratad dist/daemon/stratad.js
 # The mount helper, where mount(8) and mount.fuse3 find it (mount.fuse3 runs helpers with a fixed PATH).
 for dir in /usr/local/sbin /sbin; do
   if [ -d "$dir" ] && [ -w "$dir" ]; then
-    cat > "$dir/strata-overlay" <<WRAP
-#!/bin/sh
-exec $(command -v node) $repo/dist/lib/cli/strata-overlay.js "\$@"
-WRAP
-    chmod 755 "$dir/strata-overlay"
+    write_wrapper "$dir" strata-overlay dist/lib/cli/strata-overlay.js
   fi
 done
 modprobe fuse 2>/dev/null || true
