@@ -4,22 +4,24 @@
  * kernel overlayfs, fuse-overlayfs and strata-overlay and compared, and busybox runs chrooted in it.
  * Also: the reference rules across images and mounts, a 128-layer chain, and hostile image layouts.
  */
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
+import { openImageServices } from '../lib/cli/backend.js';
+import { StoreLayerProvider } from '../lib/images/layer-provider.js';
+import { chainIdsOf, type Digest } from '../lib/layers/digest.js';
+import { createLogger } from '../lib/log.js';
+import { Metastore } from '../lib/store/metastore.js';
 import {
   Scratch, buildBusyboxOci, craftTar, describeTree, fuseOverlayKinds, listDir, readManifest, rewriteManifest, run, runOk,
-  sha256Hex, strata, strataJson, writeOciLayout,
+  sha256Hex, strata, strataJs, strataJson, writeOciLayout,
 } from './fixtures/store-fixtures.js';
 
 interface ImageJson { id: string; names: string[]; manifestDigest: string | null; chainIDs: string[]; diffIDs: string[]; config: { rootfs: { diff_ids: string[] } } }
 interface LayerJson { chainID: string; path: string; holders: string[] }
 
 async function openServices(root: string) {
-  const { Metastore } = await import('../dist/lib/store/metastore.js');
-  const { openImageServices } = await import('../dist/lib/cli/backend.js');
-  const { StoreLayerProvider } = await import('../dist/lib/images/layer-provider.js');
-  const { createLogger } = await import('../dist/lib/log.js');
   const logger = createLogger({ level: 'silent' });
   const metastore = await Metastore.open(path.join(root, 'db'), logger);
   const services = await openImageServices(metastore, root, logger);
@@ -40,8 +42,7 @@ t.test('a busybox image from umoci and skopeo imports, mounts like the kernel do
   const [image] = strataJson<ImageJson[]>(root, 'image', 'inspect', 'busybox:1.0');
   t.equal(image!.chainIDs.length, 2, 'two layers');
   t.same(image!.diffIDs, image!.config.rootfs.diff_ids, 'diffIDs as the config lists them (verified while extracting)');
-  const { chainIdsOf } = await import('../dist/lib/layers/digest.js');
-  t.same(image!.chainIDs, chainIdsOf(image!.diffIDs as never), 'chainIDs per the OCI spec');
+  t.same(image!.chainIDs, chainIdsOf(image!.diffIDs as Digest[]), 'chainIDs per the OCI spec');
   t.equal(strataJson<ImageJson[]>(root, 'image', 'inspect', image!.manifestDigest!)[0]!.id, image!.id, 'resolvable by manifest digest');
   t.equal(strataJson<ImageJson[]>(root, 'image', 'inspect', image!.id.slice(7, 19))[0]!.id, image!.id, 'resolvable by short id');
   t.match(strata(root, 'image', 'ls').stdout, /busybox:1\.0\s+[0-9a-f]{12}\s+2\s/, 'image ls shows it');
@@ -266,8 +267,6 @@ t.test('kill -9 during an image import leaves no layer of it', async (t) => {
   const big = fs.readFileSync(runOk('sh', ['-c', 'tar --format=posix -C "$1" -cf "$2" . && echo "$2"', 'sh', src, s.path('big.tar')]).trim());
   writeOciLayout(s.path('oci'), [small, big], 'k');
 
-  const { spawn } = await import('node:child_process');
-  const { strataJs } = await import('./fixtures/store-fixtures.js');
   const child = spawn(process.execPath, [strataJs, '--root', root, 'image', 'import', s.path('oci'), '--name', 'k:1'], { stdio: 'ignore' });
   const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()));
   let caught = false;

@@ -3,10 +3,15 @@
  * kind of entry lands in kernel overlayfs format; gzip/zstd/plain and a directory dedupe to one content dir;
  * hostile tars fail naming the entry and leave nothing behind; refcounts and prune follow the rules.
  */
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
-import { Scratch, craftTar, listDir, run, runOk, strata, strataJson, tarDir } from './fixtures/store-fixtures.js';
+import type { Digest } from '../lib/layers/digest.js';
+import { LayerStore } from '../lib/layers/layer-store.js';
+import { createLogger } from '../lib/log.js';
+import { Metastore } from '../lib/store/metastore.js';
+import { Scratch, craftTar, listDir, run, runOk, strata, strataJs, strataJson, tarDir } from './fixtures/store-fixtures.js';
 
 interface LayerJson { chainID: string; diffID: string; parent: string | null; path: string; holders: string[]; children: string[]; size: number; mediaType: string }
 
@@ -195,11 +200,8 @@ t.test('references: holders and child layers block removal and are named; prune 
   t.match(r.stderr, new RegExp(`STRATA_IN_USE: .*layer:${child}`), 'the error names the child layer');
 
   // The mount service's view: acquire a chain for a holder, persisted in LevelDB across processes.
-  const { Metastore } = await import('../dist/lib/store/metastore.js');
-  const { LayerStore } = await import('../dist/lib/layers/layer-store.js');
-  const { createLogger } = await import('../dist/lib/log.js');
   const logger = createLogger({ level: 'silent' });
-  const withStore = async <T>(work: (ls: InstanceType<typeof LayerStore>) => Promise<T>): Promise<T> => {
+  const withStore = async <T>(work: (ls: LayerStore) => Promise<T>): Promise<T> => {
     const ms = await Metastore.open(path.join(root, 'db'), logger);
     try {
       const ls = new LayerStore(ms, root, logger);
@@ -210,8 +212,8 @@ t.test('references: holders and child layers block removal and are named; prune 
     }
   };
   const spec = await withStore(async (ls) => {
-    await ls.acquire(child as never, 'mount:web');
-    return ls.lowerDirSpec(child as never);
+    await ls.acquire(child as Digest, 'mount:web');
+    return ls.lowerDirSpec(child as Digest);
   });
   t.equal(spec.names.length, 2, 'lowerDirSpec lists the chain');
   t.equal(spec.lowerdir, spec.names.join(':'), 'top first, colon separated');
@@ -223,7 +225,7 @@ t.test('references: holders and child layers block removal and are named; prune 
   t.match(r.stderr, /mount:web/, 'the holder of a chain holds its lower layers too');
   t.same(strataJson<{ deletedLayers: string[] }>(root, 'layer', 'prune').deletedLayers, [], 'prune keeps held layers');
 
-  await withStore(async (ls) => ls.release(child as never, 'mount:web'));
+  await withStore(async (ls) => ls.release(child as Digest, 'mount:web'));
   t.same(strataJson<{ deletedLayers: string[] }>(root, 'layer', 'prune').deletedLayers, [child, base], 'prune removes the chain, children first');
   t.same(listDir(path.join(root, 'layers')), [], 'content dirs deleted');
   r = strata(root, 'layer', 'rm', 'deadbeef');
@@ -242,8 +244,6 @@ t.test('kill -9 during an import leaves the whole layer or nothing', async (t) =
     for (let f = 0; f < 100; f++) fs.writeFileSync(path.join(src, `d${d}`, `f${f}`), `${d}/${f}\n`.repeat(200));
   }
   const tar = tarDir(src, s.path('big.tar'));
-  const { spawn } = await import('node:child_process');
-  const { strataJs } = await import('./fixtures/store-fixtures.js');
   const child = spawn(process.execPath, [strataJs, '--root', root, 'layer', 'import', tar], { stdio: 'ignore' });
   const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()));
   // Wait until extraction is visibly under way, then kill.
@@ -277,9 +277,6 @@ t.test('kill -9 during an import leaves the whole layer or nothing', async (t) =
 t.test('start-up finishes a committed import, and removes records without content and content without records', async (t) => {
   const s = new Scratch(t, 'layer-recover');
   const root = s.path('root');
-  const { Metastore } = await import('../dist/lib/store/metastore.js');
-  const { LayerStore } = await import('../dist/lib/layers/layer-store.js');
-  const { createLogger } = await import('../dist/lib/log.js');
   const logger = createLogger({ level: 'silent' });
   const open = async () => {
     const ms = await Metastore.open(path.join(root, 'db'), logger);
@@ -326,7 +323,6 @@ t.test('progress is drawn on a terminal only', async (t) => {
   const src = s.mkdir('src');
   fs.writeFileSync(path.join(src, 'data'), Buffer.alloc(300_000, 7));
   const tar = tarDir(src, s.path('layer.tar'));
-  const { strataJs } = await import('./fixtures/store-fixtures.js');
   // script(1) gives the CLI a real pseudo-terminal.
   const onTty = run('script', ['-qec', `${process.execPath} ${strataJs} --root ${s.path('root-tty')} layer import ${tar}`, '/dev/null']);
   t.equal(onTty.status, 0, `import on a tty: ${onTty.stderr}`);

@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import {
   sys, StatIndex, RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, UTIME_NOW, UTIME_OMIT, XATTR_CREATE, XATTR_REPLACE,
 } from '../lib/native/index.js';
@@ -19,7 +19,7 @@ function tempDir(tt: Tap): string {
   tt.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   return dir;
 }
-type Tap = typeof t;
+type Tap = Test;
 
 function sha256(file: string): string {
   return createHash('sha256').update(fs.readFileSync(file)).digest('hex');

@@ -13,11 +13,12 @@ import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { fileURLToPath } from 'node:url';
+import { builtFile, repoRoot } from './build.js';
 
-export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-export const strataCli = path.join(repoRoot, 'dist/lib/cli/strata.js');
-export const strataOverlayJs = path.join(repoRoot, 'dist/lib/cli/strata-overlay.js');
+export { repoRoot };
+// The daemon tests drive the built programs: without the build, importing the harness fails.
+export const strataCli = builtFile('dist/lib/cli/strata.js');
+export const strataOverlayJs = builtFile('dist/lib/cli/strata-overlay.js');
 
 export interface Teardown {
   teardown(fn: () => unknown): void;
@@ -56,9 +57,15 @@ export function pidsMentioning(needle: string): number[] {
   return pids;
 }
 
+/**
+ * True until every thread of the process has exited. A killed multi-threaded process (a FUSE helper: libfuse's
+ * workers) shows its leader as a zombie while other threads are still exiting and still hold the shared fds, such
+ * as /dev/fuse; only when they are gone from /proc/PID/task has the FUSE connection been aborted.
+ */
 export function isAlive(pid: number): boolean {
   try {
-    return !/\) Z /.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8'));
+    if (!/\) Z /.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8'))) return true;
+    return fs.readdirSync(`/proc/${pid}/task`).length > 1;
   } catch {
     return false;
   }

@@ -16,13 +16,13 @@ import { spawnSync, type SpawnSyncReturns } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { once } from 'node:events';
+import { builtFile, repoRoot } from './build.js';
 
 export type OverlayKind = 'kernel' | 'fuse-overlayfs' | 'strata';
 
-export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+export { repoRoot };
 export const strataOverlayJs = path.join(repoRoot, 'dist/lib/cli/strata-overlay.js');
 
 /** The implementation compared against the kernel; STRATA_TEST_CANDIDATE=fuse-overlayfs|strata. */
@@ -64,10 +64,18 @@ export function strataTransportName(): string {
 
 /** Why the candidate cannot run here, or undefined when it can (strata needs the build). */
 export function candidateMissing(kind: OverlayKind = candidateKind()): string | undefined {
-  if (kind === 'strata' && !fs.existsSync(strataOverlayJs)) {
-    return `${path.relative(repoRoot, strataOverlayJs)} is not built (run npx tsc -p tsconfig.json)`;
+  try {
+    if (kind === 'strata') builtFile(path.relative(repoRoot, strataOverlayJs));
+    return undefined;
+  } catch (err) {
+    return (err as Error).message;
   }
-  return undefined;
+}
+
+/** Throws when the candidate cannot run here: a suite without its program fails, it never skips. */
+export function requireCandidate(kind: OverlayKind = candidateKind()): void {
+  const missing = candidateMissing(kind);
+  if (missing) throw new Error(`candidate ${kind} cannot run: ${missing}`);
 }
 
 export interface RunResult {

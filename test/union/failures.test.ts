@@ -8,10 +8,10 @@ import t from 'tap';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { candidateMissing, fuseServerPids, isMounted, mountedPaths, run, runOk, Sandbox, strataOverlayJs, waitForExit } from '../helpers/sandbox.js';
+import { requireCandidate, fuseServerPids, isMounted, mountedPaths, run, runOk, Sandbox, strataOverlayJs, waitForExit } from '../helpers/sandbox.js';
 import { buildLayer } from '../helpers/tree.js';
 
-const missing = candidateMissing('strata');
+requireCandidate('strata');
 
 function strataOverlay(args: string[]) {
   return run(process.execPath, [strataOverlayJs, ...args], { timeoutMs: 60_000 });
@@ -36,7 +36,7 @@ function sha256File(file: string): string {
   return crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex');
 }
 
-t.test('bad command lines and dirs fail cleanly', { skip: missing }, async (t) => {
+t.test('bad command lines and dirs fail cleanly', async (t) => {
   const box = await Sandbox.create(t, 'fail-opts');
   const lower = box.dir('lower');
   fs.writeFileSync(path.join(lower, 'f'), 'lower');
@@ -87,7 +87,7 @@ t.test('bad command lines and dirs fail cleanly', { skip: missing }, async (t) =
   t.equal(fs.readFileSync(path.join(busy, 'f'), 'utf8'), 'lower', 'and still serves its files');
 });
 
-t.test('a lower-only mount is read-only', { skip: missing }, async (t) => {
+t.test('a lower-only mount is read-only', async (t) => {
   const box = await Sandbox.create(t, 'fail-ro');
   const lower = box.dir('lower');
   fs.writeFileSync(path.join(lower, 'f'), 'lower');
@@ -102,7 +102,7 @@ t.test('a lower-only mount is read-only', { skip: missing }, async (t) => {
   t.equal(fs.readFileSync(path.join(lower, 'f'), 'utf8'), 'lower', 'the lower is untouched');
 });
 
-t.test('a server killed with SIGKILL is recoverable with umount and remounts with the upper intact', { skip: missing }, async (t) => {
+t.test('a server killed with SIGKILL is recoverable with umount and remounts with the upper intact', async (t) => {
   const box = await Sandbox.create(t, 'fail-kill');
   const lower = box.dir('lower');
   buildLayer(lower, { 'from-lower': { type: 'file', content: 'lower data' }, 'd/x': { type: 'file', content: 'x' } });
@@ -134,7 +134,7 @@ t.test('a server killed with SIGKILL is recoverable with umount and remounts wit
   t.equal(fs.readFileSync(path.join(dirs.upper, 'after'), 'utf8'), 'after remount', 'the remounted server writes to the upper');
 });
 
-t.test('ENOSPC during copy-up leaves the lower and the merged view intact and no temp file', { skip: missing }, async (t) => {
+t.test('ENOSPC during copy-up leaves the lower and the merged view intact and no temp file', async (t) => {
   const box = await Sandbox.create(t, 'fail-enospc');
   const lower = box.dir('lower');
   const big = Buffer.alloc(32 * 1024 * 1024);

@@ -8,9 +8,9 @@ import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import fs from 'node:fs';
 import path from 'node:path';
-import { candidateMissing, fuseServerPids, isMounted, mountLine, run, Sandbox, strataOverlayJs, waitForExit } from '../helpers/sandbox.js';
+import { requireCandidate, fuseServerPids, isMounted, mountLine, run, Sandbox, strataOverlayJs, waitForExit } from '../helpers/sandbox.js';
 
-const missing = candidateMissing('strata');
+requireCandidate('strata');
 
 async function layers(t: Test, label: string) {
   const box = await Sandbox.create(t, label);
@@ -31,7 +31,7 @@ function useAndUnmount(tt: Test, d: { mnt: string; upper: string }) {
   tt.ok(waitForExit(pids), 'umount ends the server');
 }
 
-t.test('the -o form prints nothing, honours fsname and ignores generic options', { skip: missing }, async (t) => {
+t.test('the -o form prints nothing, honours fsname and ignores generic options', async (t) => {
   const d = await layers(t, 'form-o');
   d.box.track(d.mnt);
   const r = run(process.execPath, [strataOverlayJs, '-o', `lowerdir=${d.lower},upperdir=${d.upper},workdir=${d.work},fsname=my-union,rw,noatime,nodev`, d.mnt]);
@@ -44,7 +44,7 @@ t.test('the -o form prints nothing, honours fsname and ignores generic options',
   useAndUnmount(t, d);
 });
 
-t.test('the mount.fuse form: SOURCE MOUNTPOINT -o options', { skip: missing }, async (t) => {
+t.test('the mount.fuse form: SOURCE MOUNTPOINT -o options', async (t) => {
   const d = await layers(t, 'form-fuse');
   d.box.track(d.mnt);
   const r = run(process.execPath, [strataOverlayJs, 'demo-source', d.mnt, '-o', `rw,lowerdir=${d.lower},upperdir=${d.upper},workdir=${d.work},dev,suid`]);
@@ -54,7 +54,7 @@ t.test('the mount.fuse form: SOURCE MOUNTPOINT -o options', { skip: missing }, a
   useAndUnmount(t, d);
 });
 
-t.test('mount -t fuse.strata-overlay goes through mount.fuse3', { skip: missing }, async (t) => {
+t.test('mount -t fuse.strata-overlay goes through mount.fuse3', async (t) => {
   const d = await layers(t, 'form-mount');
   d.box.track(d.mnt);
   const r = run('mount', ['-t', 'fuse.strata-overlay', 'by-mount', d.mnt, '-o', `lowerdir=${d.lower},upperdir=${d.upper},workdir=${d.work}`]);
@@ -63,7 +63,7 @@ t.test('mount -t fuse.strata-overlay goes through mount.fuse3', { skip: missing 
   useAndUnmount(t, d);
 });
 
-t.test('-f stays in the foreground until umount, then exits 0', { skip: missing }, async (t) => {
+t.test('-f stays in the foreground until umount, then exits 0', async (t) => {
   const d = await layers(t, 'form-f');
   d.box.track(d.mnt);
   const server = spawn(process.execPath, [strataOverlayJs, '-f', '-o', `lowerdir=${d.lower},upperdir=${d.upper},workdir=${d.work}`, d.mnt], { stdio: ['ignore', 'pipe', 'pipe'] });
