@@ -10,9 +10,9 @@ import t, { type Test } from 'tap';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { candidateMissing, fuseServerPids, mountCommand, run, Sandbox, sleepMs, type OverlayKind } from '../helpers/sandbox.js';
+import { fuseServerPids, mountCommand, requireCandidate, run, Sandbox, sleepMs, type OverlayKind } from '../helpers/sandbox.js';
 
-const missing = candidateMissing('strata');
+requireCandidate('strata');
 const KINDS: OverlayKind[] = ['kernel', 'strata'];
 
 async function layers(t: Test, label: string) {
@@ -34,7 +34,7 @@ function tryMount(box: Sandbox, kind: OverlayKind, d: ReturnType<Awaited<ReturnT
   return run(cmd, args, { timeoutMs: 60_000 });
 }
 
-t.test('volatile: accepted, marker left behind, later mounts refused until it is removed (kernel and strata)', { skip: missing }, async (t) => {
+t.test('volatile: accepted, marker left behind, later mounts refused until it is removed (kernel and strata)', async (t) => {
   const { box, dirs } = await layers(t, 'volatile');
   for (const kind of KINDS) {
     await t.test(kind, async (tt) => {
@@ -76,7 +76,7 @@ t.test('volatile: accepted, marker left behind, later mounts refused until it is
   });
 });
 
-t.test('volatile: strata skips the fsyncs of copy-up and of users; the default does them', { skip: missing ?? (fs.existsSync('/usr/bin/strace') ? undefined : 'strace is not installed') }, async (t) => {
+t.test('volatile: strata skips the fsyncs of copy-up and of users; the default does them', async (t) => {
   const { box, dirs } = await layers(t, 'volatile-sync');
   const counts: Record<string, number> = {};
   for (const mode of ['default', 'volatile'] as const) {
