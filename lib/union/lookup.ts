@@ -10,15 +10,11 @@ import { sys, StatIndex } from '../native/index.js';
 import { fsError } from '../errors.js';
 import { S_IFCHR, S_IFDIR, S_IFMT, type Layer, type LayerPath, type UnionEntry } from './layer.js';
 import { OVL_OPAQUE, OVL_ORIGIN, OVL_REDIRECT } from './xattrs.js';
-import { decodeOrigin, inoFromHandle } from './origin.js';
 
 export interface LookupContext {
   readonly layers: readonly Layer[];
-  /**
-   * For a copied-up non-directory: may it report its origin's inode number? Only when the origin had a
-   * single link or this copy is the indexed one; two separate copies of one lower hard link must not share it.
-   */
-  originInoIsStable?(upperReal: string, origin: Buffer): boolean;
+  /** The inode number a copied-up object with origin `fb` reports, or undefined to use its own (see UnionFs). */
+  originIno?(upperReal: string, fb: Buffer, isDir: boolean): number | undefined;
   /** Finds the index entry of a lower hard link, when the hard link index is in use. */
   findIndexEntry?(lower: LayerPath): string | undefined;
   readonly samefs: boolean;
@@ -52,13 +48,9 @@ function readXattrString(real: string, name: string): string | undefined {
 
 /** The inode number of an upper object: its origin's when it was copied up, else its own. */
 function upperIno(ctx: LookupContext, upper: LayerPath, realIno: number, isDir: boolean): number {
-  const fb = sys.lgetxattr(upper.real, OVL_ORIGIN);
-  if (fb !== null && ctx.samefs && (isDir || !ctx.originInoIsStable || ctx.originInoIsStable(upper.real, fb))) {
-    const origin = decodeOrigin(fb);
-    const ino = origin && inoFromHandle(origin);
-    if (ino !== undefined) return ino;
-  }
-  return layerIno(ctx, upper.layer, realIno);
+  const fb = ctx.originIno ? sys.lgetxattr(upper.real, OVL_ORIGIN) : null;
+  const ino = fb === null ? undefined : ctx.originIno?.(upper.real, fb, isDir);
+  return ino ?? layerIno(ctx, upper.layer, realIno);
 }
 
 /** The root: every layer's root directory, merged, cut at the first opaque root. */

@@ -13,10 +13,16 @@ import { fsError, StrataError } from '../errors.js';
 import { sys, StatIndex } from '../native/index.js';
 import { S_IFDIR, type Layer, type LayerPath, type UnionEntry } from './layer.js';
 import { findIndexEntry } from './index.js';
-import { decodeOrigin } from './origin.js';
+import { decodeOrigin, inoFromHandle } from './origin.js';
 
 const O_PATH = 0o10000000;
-import { lookupChild, lookupRoot, type LookupContext } from './lookup.js';
+const ZERO_UUID = Buffer.alloc(16);
+/**
+ * Filesystems whose FILEID_INO32_GEN handles start with the inode number (ext2/3/4, xfs), so it is read from
+ * the handle without decoding it. Others (tmpfs puts the generation first) are decoded with open_by_handle_at.
+ */
+const INO_IN_CLEAR_FS = new Set([0xef53, 0x58465342]);
+import { layerIno, lookupChild, lookupRoot, type LookupContext } from './lookup.js';
 import { listMerged, type MergedEntry } from './readdir.js';
 import { RealFs } from './realfs.js';
 import type { UnionParams } from './params.js';
@@ -69,6 +75,8 @@ export class UnionFs implements LookupContext {
   private readonly entries = new Map<string, UnionEntry>();
   private readonly fsUuids = new Map<number, Buffer | null>();
   private readonly rootFds = new Map<number, number>();
+  private readonly originLayers = new Map<string, Layer | undefined>();
+  private readonly fsTypes = new Map<number, number>();
   private tempCounter = 0;
 
   constructor(params: UnionParams, logger: Logger) {
@@ -139,23 +147,71 @@ export class UnionFs implements LookupContext {
     return this.readOnly ? undefined : findIndexEntry(this, lower);
   }
 
-  originInoIsStable(upperReal: string, origin: Buffer): boolean {
-    if (this.indexDir && sys.lstatRaw(upperReal, this.statBuf) === 0) {
-      const ino = this.statBuf[StatIndex.ino];
-      if (sys.lstatRaw(`${this.indexDir}/${origin.toString('hex')}`, this.statBuf) === 0 && this.statBuf[StatIndex.ino] === ino) return true;
+  /**
+   * The inode number a copied-up object reports: its origin's, with the origin layer's filesystem bits, as
+   * kernel overlayfs keeps st_ino across copy-up (on one filesystem, and across several as with xino), so it
+   * also survives a remount. Undefined when the copy's own number must be used: the origin is on no lower
+   * layer (foreign or ambiguous uuid), cannot be decoded any more, or (for a non-dir) had several links and
+   * this copy is not the indexed one, since two separate copies of one lower hard link must not share it.
+   */
+  originIno(upperReal: string, fb: Buffer, isDir: boolean): number | undefined {
+    const origin = decodeOrigin(fb);
+    if (!origin) return undefined;
+    const layer = this.originLayer(origin.uuid);
+    if (!layer) return undefined;
+    let ino = INO_IN_CLEAR_FS.has(this.fsTypeOf(layer)) ? inoFromHandle(origin) : undefined;
+    const needNlink = !isDir && !this.isIndexedCopy(upperReal, fb);
+    if (ino === undefined || needNlink) {
+      let fd: number | undefined;
+      try {
+        fd = sys.openByHandle(this.layerRootFd(layer), origin.type, origin.handle, O_PATH);
+        if (sys.fstatRaw(fd, this.statBuf) < 0) return undefined;
+        if (needNlink && this.statBuf[StatIndex.nlink] !== 1) return undefined;
+        ino = this.statBuf[StatIndex.ino] ?? 0;
+      } catch {
+        return undefined; // the origin is gone (ESTALE) or cannot be decoded here
+      } finally {
+        if (fd !== undefined) fs.closeSync(fd);
+      }
     }
-    const decoded = decodeOrigin(origin);
-    const lower = this.layers.find((layer) => !layer.isUpper);
-    if (!decoded || !lower) return false;
-    let fd: number | undefined;
-    try {
-      fd = sys.openByHandle(this.layerRootFd(lower), decoded.type, decoded.handle, O_PATH);
-      return sys.fstatRaw(fd, this.statBuf) === 0 && this.statBuf[StatIndex.nlink] === 1;
-    } catch {
-      return false; // the origin is gone or foreign: its number could collide, so use the copy's own
-    } finally {
-      if (fd !== undefined) fs.closeSync(fd);
+    return layerIno(this, layer, ino);
+  }
+
+  /** True when the upper non-dir at `upperReal` is the inode the hard link index holds for `fb`. */
+  private isIndexedCopy(upperReal: string, fb: Buffer): boolean {
+    if (!this.indexDir || sys.lstatRaw(upperReal, this.statBuf) < 0) return false;
+    const ino = this.statBuf[StatIndex.ino];
+    return sys.lstatRaw(`${this.indexDir}/${fb.toString('hex')}`, this.statBuf) === 0 && this.statBuf[StatIndex.ino] === ino;
+  }
+
+  /**
+   * The topmost lower layer on the filesystem an origin's uuid names. Layers whose filesystems share a
+   * uuid (none at all, say) cannot be told apart: then, as the kernel does, the origin is not used.
+   */
+  private originLayer(uuid: Buffer): Layer | undefined {
+    const key = uuid.toString('hex');
+    if (this.originLayers.has(key)) return this.originLayers.get(key);
+    let found: Layer | undefined;
+    let ambiguous = false;
+    for (const layer of this.layers) {
+      if (layer.isUpper) continue;
+      const layerUuid = this.fsUuidOf(layer) ?? ZERO_UUID;
+      if (!layerUuid.subarray(0, 16).equals(uuid)) continue;
+      if (found === undefined) found = layer;
+      else if (found.fsIndex !== layer.fsIndex) ambiguous = true;
     }
+    const result = ambiguous ? undefined : found;
+    this.originLayers.set(key, result);
+    return result;
+  }
+
+  private fsTypeOf(layer: Layer): number {
+    let type = this.fsTypes.get(layer.dev);
+    if (type === undefined) {
+      type = Number(fs.statfsSync(layer.root).type);
+      this.fsTypes.set(layer.dev, type);
+    }
+    return type;
   }
 
   /** An open fd on a layer's root, the mount fd open_by_handle_at needs. Kept for the mount's lifetime. */
