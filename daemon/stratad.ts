@@ -6,6 +6,7 @@
  * taken before anything on disk is touched; mounts are reconciled before the socket accepts requests; systemd hears
  * READY=1 only when the API answers. Shutdown runs the same way backwards and exits 0.
  */
+import { readFileSync } from 'node:fs';
 import { mkdir, readFile, rm, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import yargs from 'yargs';
@@ -15,7 +16,9 @@ import { createLogger, type Logger } from '../lib/log.js';
 import { MountService } from '../lib/mounts/service.js';
 import { LocalImageBackend, openImageServices } from '../lib/cli/backend.js';
 import { StoreLayerProvider } from '../lib/images/layer-provider.js';
-import { Metastore } from '../lib/store/metastore.js';
+import { LostAndFound } from '../lib/store/lost-found.js';
+import { StoreMaintenance } from '../lib/store/maintenance.js';
+import { Metastore, type WriteFaultHook } from '../lib/store/metastore.js';
 import { buildApi, listenOnSocket } from './api/server.js';
 import { loadConfig, type DaemonConfig } from './config.js';
 import { SystemdNotifier } from './notify.js';
@@ -46,14 +49,46 @@ async function parseFlags(argv: string[]): Promise<{ flags: Partial<DaemonConfig
   };
 }
 
+/**
+ * Test-only: STRATA_TEST_FAULTS names a file holding a number N. While the file exists, the next N metadata writes
+ * succeed and every later one fails as a disk error would; removing the file ends the faults. Never set in service.
+ */
+function faultHookFromEnv(file: string | undefined, logger: Logger): WriteFaultHook | undefined {
+  if (file === undefined || file === '') return undefined;
+  logger.warn({ file }, 'STRATA_TEST_FAULTS is set: metadata writes fail on demand (tests only)');
+  let armedWith: string | undefined;
+  let remaining = 0;
+  return () => {
+    let text: string;
+    try {
+      text = readFileSync(file, 'utf8').trim();
+    } catch {
+      armedWith = undefined;
+      return undefined;
+    }
+    if (text !== armedWith) {
+      armedWith = text;
+      remaining = Number.parseInt(text, 10) || 0;
+    }
+    if (remaining > 0) {
+      remaining -= 1;
+      return undefined;
+    }
+    return Object.assign(new Error(`EIO: injected write failure (STRATA_TEST_FAULTS=${file})`), { code: 'EIO' });
+  };
+}
+
 async function openStore(config: DaemonConfig, logger: Logger): Promise<Metastore> {
   const pidFile = path.join(config.root, 'stratad.pid');
   try {
-    return await Metastore.open(path.join(config.root, 'db'), logger);
+    return await Metastore.open(path.join(config.root, 'db'), logger, { faults: faultHookFromEnv(process.env.STRATA_TEST_FAULTS, logger) });
   } catch (err) {
     if (err instanceof StrataError && err.code === 'STRATA_LOCKED') {
       const holder = (await readFile(pidFile, 'utf8').catch(() => '')).trim();
       throw new StrataError('STRATA_LOCKED', `state dir ${config.root} is in use by another stratad${holder ? ` (pid ${holder})` : ''} or a local strata command; stop it first or choose another --root`, { cause: err });
+    }
+    if (err instanceof StrataError && err.code === 'STRATA_STORE_ACCESS') {
+      throw new StrataError('STRATA_STORE_ACCESS', `${err.message.replace(/; run as .*$/, '')}; stratad must run as a user that can read and write ${config.root}`, { cause: err });
     }
     throw err;
   }
@@ -75,6 +110,9 @@ async function run(argv: string[]): Promise<void> {
   try {
     await notifier.status('recovering the layer store');
     services = await openImageServices(store, config.root, logger);
+    // References are derived from the image and mount records; a crash or a damaged log may have left them out
+    // of step. Rebuilt before anything is mounted or can be removed.
+    await services.layers.rebuildReferences();
   } catch (err) {
     await store.close();
     await rm(pidFile, { force: true });
@@ -82,13 +120,16 @@ async function run(argv: string[]): Promise<void> {
   }
   // The daemon owns the metastore: it never calls this backend's close(), which would close the store under it.
   const images = new LocalImageBackend(store, services);
+  const lostAndFound = new LostAndFound(config.root, logger);
   const mounts = new MountService(store, new StoreLayerProvider(services.images, services.layers), logger, {
+    lostAndFound,
     rootDir: config.root,
     mountProgram: config.mountProgram,
     mountTimeoutMs: config.mountTimeoutMs,
     helperExitGraceMs: config.helperExitGraceMs,
   });
-  const api = buildApi({ config, mounts, images, version: VERSION, startedAt: new Date().toISOString() }, logger.child({ component: 'api' }));
+  const maintenance = new StoreMaintenance(store, services.layers, mounts, lostAndFound);
+  const api = buildApi({ config, mounts, images, maintenance, version: VERSION, startedAt: new Date().toISOString() }, logger.child({ component: 'api' }));
 
   let stopping: Promise<void> | undefined;
   const stop = (signal: string): Promise<void> => {
@@ -122,6 +163,10 @@ async function run(argv: string[]): Promise<void> {
     await store.close().catch(() => undefined);
     await rm(pidFile, { force: true });
     throw err;
+  }
+  const lost = await lostAndFound.listLost();
+  if (lost.length > 0) {
+    logger.warn({ entries: lost.map((e) => e.Path) }, `${lost.length} dir(s) without a record are kept in ${lostAndFound.dir}; look at them, then \`strata system prune --lost\` deletes them`);
   }
   const running = mounts.list().filter((m) => m.State.Running).length;
   logger.info({ root: config.root, socket: config.socket, mountProgram: config.mountProgram, mounts: running }, 'stratad ready');

@@ -32,6 +32,8 @@ export const STRATA_ERRORS = {
   STRATA_DAEMON_UNREACHABLE: { status: 503, summary: 'the daemon is not running or its socket is unreachable' },
   STRATA_BENCH_FAILED: { status: 500, summary: 'a benchmark workload failed or its result did not check out' },
   STRATA_STORE_CORRUPT: { status: 500, summary: 'the metadata store is inconsistent with the disk' },
+  STRATA_STORE_FAILED: { status: 503, summary: 'the metadata store cannot write (e.g. the state dir is full) and accepts no change until it reopens cleanly' },
+  STRATA_STORE_ACCESS: { status: 403, summary: 'the state dir or its database cannot be read or written by this user' },
   STRATA_INTERNAL: { status: 500, summary: 'an unexpected internal error' },
 } as const satisfies Record<string, ErrorSpec>;
 

@@ -274,7 +274,7 @@ t.test('kill -9 during an import leaves the whole layer or nothing', async (t) =
   t.equal(run('diff', ['-r', src, layer!.path]).status, 0, 'content identical to the source');
 });
 
-t.test('start-up finishes a committed import, and removes records without content and content without records', async (t) => {
+t.test('start-up finishes a committed import, drops records without content and moves content without records to lost+found', async (t) => {
   const s = new Scratch(t, 'layer-recover');
   const root = s.path('root');
   const logger = createLogger({ level: 'silent' });
@@ -310,7 +310,10 @@ t.test('start-up finishes a committed import, and removes records without conten
   ({ ms, ls } = reopened);
   t.same(reopened.recovered.rolledForward, [staged.diffID], 'the committed import was rolled forward');
   t.same(reopened.recovered.droppedRecords.sort(), [`content ${lost.diffID}`, `layer ${lost.chainID}`].sort(), 'records without content were dropped');
-  t.same(reopened.recovered.deletedDirs, [path.join(root, 'layers', 'ffffffffffff')], 'content without a record was deleted');
+  t.same(reopened.recovered.deletedDirs, [], 'nothing that could hold data was deleted');
+  t.equal(reopened.recovered.quarantined.length, 1, 'content without a record was moved aside');
+  t.match(reopened.recovered.quarantined[0], /\/lost\+found\/\d{8}T\d{6}Z-layer-ffffffffffff$/, 'to lost+found, named by time and dir');
+  t.equal(fs.readFileSync(path.join(reopened.recovered.quarantined[0]!, 'junk'), 'utf8'), 'junk', 'with its files');
   const committed = await ls.inspect(staged.diffID);
   t.equal(fs.readFileSync(path.join(committed.path, 'committed'), 'utf8'), 'committed'.repeat(100), 'the rolled-forward layer is whole');
   t.same((await ls.list()).map((l) => l.chainID).sort(), [staged.diffID, kept.chainID].sort(), 'exactly the complete layers remain');

@@ -18,6 +18,8 @@ import type { MountService } from '../../lib/mounts/service.js';
 import type { DaemonConfig } from '../config.js';
 import type { ImageBackend } from '../../lib/cli/backend.js';
 import { registerImageRoutes } from './images.js';
+import type { StoreMaintenance } from '../../lib/store/maintenance.js';
+import { registerSystemRoutes } from './system.js';
 
 const execFileAsync = promisify(execFile);
 
@@ -28,6 +30,8 @@ export interface ApiContext {
   mounts: MountService;
   /** The layer and image store, when this daemon hosts one. */
   images?: ImageBackend;
+  /** fsck, lost+found and retained uppers, when this daemon hosts the store. */
+  maintenance?: StoreMaintenance;
   version: string;
   startedAt: string;
 }
@@ -96,6 +100,7 @@ export function buildApi(context: ApiContext, logger: Logger): FastifyInstance {
 
   app.get('/info', async () => {
     const mounts = context.mounts.list();
+    const reclaimable = context.maintenance === undefined ? {} : await context.maintenance.reclaimable();
     return {
       ServerVersion: context.version,
       Pid: process.pid,
@@ -109,6 +114,9 @@ export function buildApi(context: ApiContext, logger: Logger): FastifyInstance {
       Mounts: mounts.length,
       MountsRunning: mounts.filter((m) => m.State.Running).length,
       NCPU: os.cpus().length,
+      // Data no record describes, kept until `strata system prune`; and why the store refuses changes, if it does.
+      ...reclaimable,
+      StoreError: context.maintenance?.storeError() ?? null,
     };
   });
 
@@ -152,6 +160,7 @@ export function buildApi(context: ApiContext, logger: Logger): FastifyInstance {
   });
 
   if (context.images !== undefined) registerImageRoutes(app, context.images);
+  if (context.maintenance !== undefined) registerSystemRoutes(app, context.maintenance);
 
   return app;
 }

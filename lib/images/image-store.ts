@@ -75,7 +75,7 @@ export class ImageStore {
         ops.push(...this.deleteOps(image));
         this.log.warn({ id: image.id }, 'dropping image whose layers are gone');
       }
-      await this.metastore.batch(ops);
+      await this.layers.serialised(() => this.metastore.batch(ops));
     });
   }
 
@@ -267,11 +267,12 @@ export class ImageStore {
       const ops: BatchOp[] = untagged.map((name) => ({ type: 'del' as const, sublevel: 'imageNames' as const, key: name }));
       if (remaining.length > 0) {
         ops.push({ type: 'put', sublevel: 'images', key: image.id, value: { ...image, names: remaining } });
-        await this.metastore.batch(ops);
+        await this.layers.serialised(() => this.metastore.batch(ops));
         return { untagged, deleted: [] };
       }
       ops.push(...this.deleteOps(image).filter((op) => op.sublevel !== 'imageNames'));
-      await this.metastore.batch(ops);
+      // In the layer store's write queue: record and references change together, never between a check and a write.
+      await this.layers.serialised(() => this.metastore.batch(ops));
       this.log.info({ id: image.id }, 'removed image');
       return { untagged, deleted: [image.id] };
     });
@@ -281,7 +282,7 @@ export class ImageStore {
   async prune(): Promise<{ deletedImages: Digest[]; deletedLayers: Digest[] }> {
     const deletedImages = await this.exclusive(async () => {
       const dangling = (await this.allImages()).filter((img) => img.names.length === 0);
-      await this.metastore.batch(dangling.flatMap((img) => this.deleteOps(img)));
+      await this.layers.serialised(() => this.metastore.batch(dangling.flatMap((img) => this.deleteOps(img))));
       return dangling.map((img) => img.id);
     });
     return { deletedImages, deletedLayers: await this.layers.prune() };

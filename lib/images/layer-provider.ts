@@ -6,6 +6,7 @@ import type { LayerProvider, ResolvedSource } from '../mounts/sources.js';
 import { StrataError } from '../errors.js';
 import { isDigest, type Digest } from '../layers/digest.js';
 import type { LayerStore } from '../layers/layer-store.js';
+import type { BatchOp } from '../store/metastore.js';
 import type { ImageStore } from './image-store.js';
 
 export class StoreLayerProvider implements LayerProvider {
@@ -14,16 +15,30 @@ export class StoreLayerProvider implements LayerProvider {
   async resolve(reference: string): Promise<Omit<ResolvedSource, 'reference'>> {
     let kind: 'image' | 'layer' = 'image';
     let top: Digest | null;
+    let imageId: { imageId?: string } = {};
     try {
-      top = (await this.images.resolve(reference)).chainIDs.at(-1) ?? null;
+      const image = await this.images.resolve(reference);
+      top = image.chainIDs.at(-1) ?? null;
+      imageId = { imageId: image.id };
     } catch (err) {
       if (!(err instanceof StrataError) || (err.code !== 'STRATA_NOT_FOUND' && err.code !== 'STRATA_BAD_OPTION')) throw err;
       kind = 'layer';
       top = await this.layers.resolve(reference);
     }
-    if (top === null) return { kind, lowerDirs: [], layerIds: [] };
+    if (top === null) return { kind, lowerDirs: [], layerIds: [], ...imageId };
     const chain = await this.layers.chain(top);
-    return { kind, lowerDirs: await this.layers.lowerDirs(top), layerIds: chain.map((l) => l.chainID) };
+    return { kind, lowerDirs: await this.layers.lowerDirs(top), layerIds: chain.map((l) => l.chainID), ...imageId };
+  }
+
+  async writeWithReferences(layerIds: string[], user: string, type: 'put' | 'del', ops: BatchOp[]): Promise<void> {
+    await this.layers.writeWithReferences(type === 'put' ? this.digests(layerIds) : layerIds.filter(isDigest), user, type, ops);
+  }
+
+  private digests(layerIds: string[]): Digest[] {
+    return layerIds.map((id) => {
+      if (!isDigest(id)) throw new StrataError('STRATA_BAD_REQUEST', `"${id}" is not a layer chainID`);
+      return id;
+    });
   }
 
   async acquire(layerIds: string[], user: string): Promise<void> {

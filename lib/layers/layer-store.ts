@@ -7,22 +7,27 @@
  *  2. commit: one batch() writes the content record (with stagingName), the chain records and whatever the caller
  *             adds (an image record, references);
  *  3. rename: <root>/layer-tmp/<stagingName> -> <root>/layers/<dirName>, fsync <root>/layers, clear stagingName.
- * recover() (run by open()) finishes step 3 for committed records, drops records whose content is gone, and
- * deletes every staged dir and every content dir without a record.
+ * recover() (run by open()) finishes step 3 for committed records, drops records whose content is gone, deletes
+ * every staged dir (never committed: the user's source still has the data) and moves every content dir without a
+ * record to <root>/lost+found (a record lost to a damaged log must not cost the data).
  * Removal is the reverse: one batch() deletes the records, then the dir is renamed into layer-tmp and deleted.
  *
  * References: a holder (`image:<id>`, `mount:<name>`) that acquires a chainID holds every layer of that chain.
- * A layer with holders or child layers cannot be removed (STRATA_IN_USE, naming them).
+ * The `refs` sublevel is derived data: image and mount records name the layers they use, and
+ * rebuildReferences() (daemon start-up, fsck --repair) makes the image:/mount: refs match them again. A layer
+ * with holders, child layers, or an image or mount record naming it cannot be removed (STRATA_IN_USE, naming
+ * them), whatever the refs say.
  */
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdir, open, readdir, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { PassThrough, type Readable } from 'node:stream';
 import { StrataError, isErrno } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { StrataSys } from '../native/index.js';
+import { LostAndFound, fsyncDir } from '../store/lost-found.js';
 import type { BatchOp, Metastore } from '../store/metastore.js';
 import { applyLayerTar } from './apply-tar.js';
 import { decompressor, detectCompression, type Compression } from './compression.js';
@@ -82,12 +87,33 @@ export interface StagedLayer {
   mediaType: string;
 }
 
-/** What recover() did: diffIDs whose rename it finished, records it dropped, dirs it deleted. */
+/** What recover() did: diffIDs whose rename it finished, records it dropped, dirs it deleted or quarantined. */
 export interface RecoveryReport {
   rolledForward: string[];
   droppedRecords: string[];
+  /** Staging and trash dirs of layer-tmp (no user data). */
   deletedDirs: string[];
+  /** Content dirs without a record, moved to lost+found (their new paths). */
+  quarantined: string[];
 }
+
+/** What rebuildReferences() changed: `<chainID>|<holder>` keys. */
+export interface ReferenceRepair {
+  added: string[];
+  removed: string[];
+}
+
+/** A finding of fsck(): what is wrong, and what --repair did or would do about it. */
+export interface FsckProblem {
+  subject: string;
+  problem: string;
+  /** What --repair does, or null if it cannot be repaired without losing data (a user must act). */
+  repair: string | null;
+  repaired: boolean;
+}
+
+/** Holders whose references are rebuilt from records; any other holder kind is left as it is. */
+const RECORDED_HOLDER = /^(image|mount):/;
 
 /** One layer to commit: either newly staged content, or a diffID whose content the store already holds. */
 export type CommitItem = { staged: StagedLayer } | { existingDiffID: Digest };
@@ -97,6 +123,7 @@ export class LayerStore {
   readonly tmpDir: string;
   private readonly log: Logger;
   private readonly limits: LayerStoreLimits;
+  private readonly lostAndFound: LostAndFound;
   private sysModule: StrataSys | null = null;
   /** Serialises commits and removals, which read-then-write the metastore. */
   private writeQueue: Promise<unknown> = Promise.resolve();
@@ -106,11 +133,13 @@ export class LayerStore {
     readonly rootDir: string,
     logger: Logger,
     limits: Partial<LayerStoreLimits> = {},
+    lostAndFound?: LostAndFound,
   ) {
     this.layersDir = path.join(rootDir, 'layers');
     this.tmpDir = path.join(rootDir, 'layer-tmp');
     this.log = logger.child({ component: 'layers' });
     this.limits = { ...DEFAULT_LIMITS, ...limits };
+    this.lostAndFound = lostAndFound ?? new LostAndFound(rootDir, logger);
   }
 
   /** Creates the store dirs and cleans up after any crash (see recover()). Call once before use. */
@@ -454,6 +483,66 @@ export class LayerStore {
     await this.exclusive(async () => this.metastore.batch(refOpsFor(chainIDs, holder, 'del')));
   }
 
+  /**
+   * Writes `ops` (the holder's own record change) and `holder` taking ('put') or dropping ('del') a reference on
+   * each of `chainIDs`, in one batch: a crash never leaves a reference without its record or the reverse.
+   * Runs in the store's write queue, so no removal slips between the check that the layers exist and the write.
+   */
+  async writeWithReferences(chainIDs: readonly Digest[], holder: string, type: 'put' | 'del', ops: readonly BatchOp[]): Promise<void> {
+    await this.exclusive(async () => {
+      if (type === 'put') for (const id of chainIDs) await this.getRecord(id);
+      await this.metastore.batch([...refOpsFor(chainIDs, holder, type), ...ops]);
+    });
+  }
+
+  /** Runs `work` in the store's write queue (for a caller's batch that must not interleave with removals). */
+  async serialised<T>(work: () => Promise<T>): Promise<T> {
+    return this.exclusive(work);
+  }
+
+  /**
+   * Makes the image: and mount: references exactly what the image and mount records name (on existing layers).
+   * Run at daemon start-up, before anything is mounted or removed, and by fsck --repair.
+   */
+  async rebuildReferences(): Promise<ReferenceRepair> {
+    return this.exclusive(async () => {
+      const { add, remove } = await this.referenceDiff();
+      const ops: BatchOp[] = [
+        ...remove.map((key) => ({ type: 'del' as const, sublevel: 'refs' as const, key })),
+        ...add.map((key) => {
+          const [chainID, holder] = splitRefKey(key);
+          return { type: 'put' as const, sublevel: 'refs' as const, key, value: { chainID, holder, since: new Date().toISOString() } satisfies LayerRefRecord };
+        }),
+      ];
+      await this.metastore.batch(ops);
+      if (ops.length > 0) this.log.warn({ added: add, removed: remove }, 'rebuilt layer references from the image and mount records');
+      return { added: add, removed: remove };
+    });
+  }
+
+  /** Reference keys the records call for but `refs` lacks, and image:/mount: keys no record backs. */
+  private async referenceDiff(): Promise<{ add: string[]; remove: string[] }> {
+    const snap = await this.metastore.snapshot(['layers', 'refs', 'images', 'mounts']);
+    const layers = new Set((snap.get('layers') ?? []).map(([key]) => key));
+    const expected = new Set<string>();
+    for (const [chainID, holders] of recordedHolders(snap)) {
+      if (!layers.has(chainID)) continue;
+      for (const holder of holders) expected.add(`${chainID}|${holder}`);
+    }
+    const present = new Set((snap.get('refs') ?? []).map(([key]) => key));
+    const add = [...expected].filter((key) => !present.has(key)).sort();
+    const remove = [...present].filter((key) => {
+      const [chainID, holder] = splitRefKey(key);
+      return !expected.has(key) && (RECORDED_HOLDER.test(holder) || !layers.has(chainID));
+    }).sort();
+    return { add, remove };
+  }
+
+  /** chainID -> holders named by image and mount records (whether or not a ref says so). */
+  private async namedByRecords(): Promise<Map<Digest, string[]>> {
+    return recordedHolders(await this.metastore.snapshot(['images', 'mounts']));
+  }
+
   // ---------------------------------------------------------------- removal
 
   /** Removes one layer; fails with STRATA_IN_USE naming its holders or child layers. */
@@ -468,6 +557,7 @@ export class LayerStore {
       for (;;) {
         const records = await this.allRecords();
         const held = new Set((await this.metastore.entries<LayerRefRecord>('refs')).map(([, r]) => r.chainID));
+        for (const chainID of (await this.namedByRecords()).keys()) held.add(chainID);
         const parents = new Set(records.map((r) => r.parent));
         const unused = records.filter((r) => !held.has(r.chainID) && !parents.has(r.chainID));
         if (unused.length === 0) return removed;
@@ -481,7 +571,7 @@ export class LayerStore {
 
   private async removeUnlocked(chainID: Digest): Promise<void> {
     const record = await this.getRecord(chainID);
-    const holders = await this.holders(chainID);
+    const holders = [...new Set([...(await this.holders(chainID)), ...((await this.namedByRecords()).get(chainID) ?? [])])].sort();
     const records = await this.allRecords();
     const children = records.filter((r) => r.parent === chainID).map((r) => `layer:${r.chainID}`);
     if (holders.length > 0 || children.length > 0) {
@@ -519,6 +609,7 @@ export class LayerStore {
       const rolledForward: string[] = [];
       const droppedRecords: string[] = [];
       const deletedDirs: string[] = [];
+      const quarantined: string[] = [];
       const onDisk = new Set(await readdir(this.layersDir));
       const staged = new Set(await readdir(this.tmpDir));
       const ops: BatchOp[] = [];
@@ -567,13 +658,98 @@ export class LayerStore {
       }
       for (const name of onDisk) {
         if (keepDirs.has(name)) continue;
-        await rm(path.join(this.layersDir, name), { recursive: true, force: true });
-        deletedDirs.push(path.join(this.layersDir, name));
+        quarantined.push(await this.lostAndFound.quarantine(path.join(this.layersDir, name), 'layer', name, 'no layer content record names this dir'));
       }
-      if (rolledForward.length + droppedRecords.length + deletedDirs.length > 0) {
-        this.log.warn({ rolledForward, droppedRecords, deletedDirs }, 'recovered layer store after an interrupted change');
+      if (rolledForward.length + droppedRecords.length + deletedDirs.length + quarantined.length > 0) {
+        this.log.warn({ rolledForward, droppedRecords, deletedDirs, quarantined }, 'recovered layer store after an interrupted change');
       }
-      return { rolledForward, droppedRecords, deletedDirs };
+      return { rolledForward, droppedRecords, deletedDirs, quarantined };
+    });
+  }
+
+  // ---------------------------------------------------------------- fsck
+
+  /**
+   * Checks the layer, reference, image and mount records against each other and against layers/. With `repair`,
+   * fixes what needs no data to be given up: finishes an interrupted rename, clears a stale stagingName, moves
+   * unrecorded content dirs to lost+found, adds and removes references to match the records, drops image names
+   * pointing at no image. Records whose content is gone are only reported: fixing them needs the image again.
+   */
+  async fsck(repair: boolean): Promise<FsckProblem[]> {
+    return this.exclusive(async () => {
+      const problems: FsckProblem[] = [];
+      const ops: BatchOp[] = [];
+      const moves: Array<() => Promise<void>> = [];
+      const note = (subject: string, problem: string, fix: string | null, action?: () => Promise<void>, fixOps: BatchOp[] = []) => {
+        problems.push({ subject, problem, repair: fix, repaired: false });
+        if (fix !== null && repair) {
+          ops.push(...fixOps);
+          if (action !== undefined) moves.push(action);
+        }
+      };
+      const snap = await this.metastore.snapshot(['layers', 'layerContents', 'images', 'imageNames', 'mounts']);
+      const contents = (snap.get('layerContents') ?? []).map(([, v]) => v as LayerContentRecord);
+      const layerRecords = (snap.get('layers') ?? []).map(([, v]) => v as LayerRecord);
+      const onDisk = new Set(await readdir(this.layersDir));
+      const staged = new Set(await readdir(this.tmpDir));
+      const recordedDirs = new Set(contents.map((c) => c.dirName));
+      for (const c of contents) {
+        const dir = path.join(this.layersDir, c.dirName);
+        const { stagingName: _s, ...placed } = c;
+        const clear: BatchOp = { type: 'put', sublevel: 'layerContents', key: c.diffID, value: placed };
+        if (!onDisk.has(c.dirName)) {
+          if (c.stagingName !== undefined && staged.has(c.stagingName)) {
+            note(`content ${c.diffID}`, 'a committed import was never moved into place', 'finish moving it into layers/',
+              async () => { await rename(path.join(this.tmpDir, c.stagingName!), dir); await fsyncDir(this.layersDir); }, [clear]);
+          } else {
+            note(`content ${c.diffID}`, `its dir ${dir} is missing`, null);
+          }
+        } else if (c.stagingName !== undefined) {
+          note(`content ${c.diffID}`, 'stagingName is still set although the dir is in place', 'clear stagingName', undefined, [clear]);
+        }
+      }
+      for (const name of [...onDisk].sort()) {
+        if (recordedDirs.has(name)) continue;
+        const dir = path.join(this.layersDir, name);
+        note(dir, 'no layer content record names this dir', 'move it to lost+found',
+          async () => { await this.lostAndFound.quarantine(dir, 'layer', name, 'fsck: no layer content record names this dir'); });
+      }
+      const chains = new Set(layerRecords.map((r) => r.chainID));
+      const contentIds = new Set(contents.map((c) => c.diffID));
+      for (const r of layerRecords) {
+        if (!contentIds.has(r.diffID)) note(`layer ${r.chainID}`, `its content record ${r.diffID} is missing`, null);
+        if (r.parent !== null && !chains.has(r.parent)) note(`layer ${r.chainID}`, `its parent layer ${r.parent} is missing`, null);
+      }
+      const { add, remove } = await this.referenceDiff();
+      for (const key of add) {
+        const [chainID, holder] = splitRefKey(key);
+        note(`layer ${chainID}`, `${holder} uses it but holds no reference`, 'add the reference', undefined,
+          [{ type: 'put', sublevel: 'refs', key, value: { chainID, holder, since: new Date().toISOString() } satisfies LayerRefRecord }]);
+      }
+      for (const key of remove) {
+        const [chainID, holder] = splitRefKey(key);
+        note(`layer ${chainID}`, `reference by ${holder}, which no record backs`, 'remove the reference', undefined, [{ type: 'del', sublevel: 'refs', key }]);
+      }
+      const images = new Map((snap.get('images') ?? []).map(([k, v]) => [k, v as { id: string; chainIDs: Digest[] }]));
+      for (const image of images.values()) {
+        const missing = image.chainIDs.filter((id) => !chains.has(id));
+        if (missing.length > 0) note(`image ${image.id}`, `layers ${missing.join(', ')} are missing`, null);
+      }
+      for (const [name, id] of snap.get('imageNames') ?? []) {
+        if (!images.has(id as string)) note(`image name ${name}`, `it points at image ${String(id)}, which does not exist`, 'remove the name', undefined, [{ type: 'del', sublevel: 'imageNames', key: name }]);
+      }
+      for (const [, value] of snap.get('mounts') ?? []) {
+        const m = value as { Name: string; LayerIds?: Digest[] };
+        const missing = (m.LayerIds ?? []).filter((id) => !chains.has(id));
+        if (missing.length > 0) note(`mount ${m.Name}`, `layers ${missing.join(', ')} are missing; import its image again`, null);
+      }
+      if (repair) {
+        // Disk first (a rename into place, a move to lost+found), then the records that describe the result.
+        for (const move of moves) await move();
+        await this.metastore.batch(ops);
+        for (const p of problems) p.repaired = p.repair !== null;
+      }
+      return problems;
     });
   }
 
@@ -637,14 +813,6 @@ async function statOrThrow(file: string) {
   }
 }
 
-async function fsyncDir(dir: string): Promise<void> {
-  const handle = await open(dir, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
 
 /** syncfs(2) of the filesystem holding `dir` (coreutils `sync -f`): one flush for a whole extracted layer. */
 async function syncFilesystem(dir: string): Promise<void> {
@@ -655,3 +823,34 @@ async function syncFilesystem(dir: string): Promise<void> {
   });
 }
 
+
+function splitRefKey(key: string): [Digest, string] {
+  const bar = key.indexOf('|');
+  return [key.slice(0, bar) as Digest, key.slice(bar + 1)];
+}
+
+/**
+ * chainID -> holders, as the image and mount records name them: image `id` holds its `chainIDs` as `image:<id>`,
+ * mount `Name` holds its `LayerIds` as `mount:<Name>`.
+ */
+function recordedHolders(snap: Map<string, Array<[string, unknown]>>): Map<Digest, string[]> {
+  const out = new Map<Digest, string[]>();
+  const add = (chainIDs: unknown, holder: string) => {
+    if (!Array.isArray(chainIDs)) return;
+    for (const id of chainIDs) {
+      if (typeof id !== 'string') continue;
+      const list = out.get(id as Digest) ?? [];
+      if (!list.includes(holder)) list.push(holder);
+      out.set(id as Digest, list);
+    }
+  };
+  for (const [, image] of snap.get('images') ?? []) {
+    const img = image as { id?: string; chainIDs?: unknown };
+    if (typeof img.id === 'string') add(img.chainIDs, `image:${img.id}`);
+  }
+  for (const [, mount] of snap.get('mounts') ?? []) {
+    const m = mount as { Name?: string; LayerIds?: unknown };
+    if (typeof m.Name === 'string') add(m.LayerIds, `mount:${m.Name}`);
+  }
+  return out;
+}

@@ -8,14 +8,18 @@
  *   retained/<name>-<id>/upper            uppers kept by `rm --keep-upper`
  *
  * Invariants:
- *  - A record exists in the `mounts` sublevel for every mounts/<id> dir; a dir without a record is an orphan and is
- *    removed at start-up. The record is written only after the dir is in place.
+ *  - A record exists in the `mounts` sublevel for every mounts/<id> dir. The record is written only after the dir is
+ *    in place (renamed from .staging-<id>, parent fsynced). A mounts/<id> dir without a record may still hold a
+ *    user's files (a record lost to a damaged log), so start-up moves it to <root>/lost+found, never deletes it.
+ *    .staging-<id> (never recorded, never mounted) and .trash-<id> (record already deleted by `mount rm`) hold no
+ *    data anyone still wants and are deleted.
+ *  - A record and its layer references are written in one batch (LayerProvider.writeWithReferences).
  *  - `Desired` is what the user asked for and survives restarts: start-up remounts every mount whose Desired is
  *    "mounted". Daemon shutdown does not change it.
  *  - At most one helper process serves an upper dir: before a helper starts, anything left mounted at the target is
  *    detached and a helper left by a previous daemon is ended.
  *  - Operations on one mount are serialised; creates are serialised with each other (names and targets are unique).
- *  - Layers are referenced (user "mount:<name>") from creation until removal, and released after the record is gone.
+ *  - Layers are referenced (user "mount:<name>") from creation until removal, in the same batches as the record.
  */
 import { randomBytes } from 'node:crypto';
 import { mkdir, readdir, readFile, rename, rm } from 'node:fs/promises';
@@ -23,6 +27,8 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { StrataError } from '../errors.js';
 import type { Logger } from '../log.js';
+import { LostAndFound, fsyncDir } from '../store/lost-found.js';
+import type { FsckProblem } from '../layers/layer-store.js';
 import type { Metastore } from '../store/metastore.js';
 import { describeExit, HelperProcess, type HelperExit } from './helper.js';
 import { detachMount, mountAt } from './mountinfo.js';
@@ -74,6 +80,8 @@ export interface MountServiceOptions {
   mountTimeoutMs: number;
   /** How long a helper may take to exit after its mount is gone, before it is signalled. */
   helperExitGraceMs: number;
+  /** Where unrecorded mount dirs go (default: <rootDir>/lost+found). */
+  lostAndFound?: LostAndFound;
 }
 
 export interface CreateMountRequest {
@@ -104,20 +112,22 @@ const HEALTHY_RUN_MS = 60_000;
 
 export class MountService {
   private readonly store: Metastore;
-  private readonly records;
   private readonly layers: LayerProvider;
+  private readonly lostAndFound: LostAndFound;
   private readonly logger: Logger;
   private readonly options: MountServiceOptions;
   private readonly runtimes = new Map<string, MountRuntime>();
+  /** Ids of mounts being removed: their dir outlives their record for a moment, and fsck must leave it alone. */
+  private readonly removing = new Set<string>();
   private createQueue: Promise<unknown> = Promise.resolve();
   private shuttingDown = false;
 
   constructor(store: Metastore, layers: LayerProvider, logger: Logger, options: MountServiceOptions) {
     this.store = store;
-    this.records = store.sublevel<MountRecord>('mounts');
     this.layers = layers;
     this.logger = logger.child({ component: 'mounts' });
     this.options = options;
+    this.lostAndFound = options.lostAndFound ?? new LostAndFound(options.rootDir, logger);
   }
 
   private get mountsDir(): string {
@@ -131,21 +141,13 @@ export class MountService {
   // ---- public API ------------------------------------------------------------------------------------------------
 
   /**
-   * Loads every record, removes orphans, ends helpers left behind by a killed daemon, detaches dead or stale
+   * Loads every record, moves unrecorded mount dirs to lost+found, ends helpers left behind by a killed daemon, detaches dead or stale
    * mountpoints and remounts what should be mounted. Called once, before the API serves requests.
    */
   async reconcile(): Promise<void> {
     await mkdir(this.mountsDir, { recursive: true });
-    const records: MountRecord[] = [];
-    for await (const [, record] of this.records.iterator()) records.push(record);
-    const known = new Set(records.map((r) => r.Id));
-
-    for (const entry of await readdir(this.mountsDir)) {
-      if (entry.startsWith('.staging-') || entry.startsWith('.trash-') || !known.has(entry)) {
-        this.logger.warn({ dir: path.join(this.mountsDir, entry) }, 'removing orphaned mount dir');
-        await rm(path.join(this.mountsDir, entry), { recursive: true, force: true });
-      }
-    }
+    const records = (await this.store.entries<MountRecord>('mounts')).map(([, record]) => record);
+    await this.sweepMountDirs(records, true);
 
     await Promise.all(records.map(async (record) => {
       const runtime = this.addRuntime(record);
@@ -212,19 +214,28 @@ export class MountService {
     return this.enqueue(runtime, async () => {
       const { record } = runtime;
       await this.stopHelper(runtime, { lazyIfBusy: options.force });
+      // Record and references go first, in one batch; the dir after. A crash in between leaves a dir without a
+      // record, which start-up moves to lost+found: a kept upper is never lost.
+      // If moving a kept upper fails, it stays in mounts/<id>, which the next start moves to lost+found.
+      this.removing.add(record.Id);
       let retained: string | null = null;
-      if (options.keepUpper) {
-        const keepDir = path.join(this.options.rootDir, 'retained', `${record.Name}-${record.Id.slice(0, 12)}`);
-        await mkdir(keepDir, { recursive: true });
-        retained = path.join(keepDir, 'upper');
-        await rename(record.UpperDir, retained);
+      try {
+        await this.layers.writeWithReferences(record.LayerIds, `mount:${record.Name}`, 'del', [{ type: 'del', sublevel: 'mounts', key: record.Id }]);
+        this.runtimes.delete(record.Id);
+        if (options.keepUpper) {
+          const keepDir = path.join(this.options.rootDir, 'retained', `${record.Name}-${record.Id.slice(0, 12)}`);
+          await mkdir(keepDir, { recursive: true });
+          retained = path.join(keepDir, 'upper');
+          await rename(record.UpperDir, retained);
+          await fsyncDir(keepDir);
+          await fsyncDir(path.dirname(keepDir));
+        }
+        const trash = path.join(this.mountsDir, `.trash-${record.Id}`);
+        await rename(path.join(this.mountsDir, record.Id), trash);
+        await rm(trash, { recursive: true, force: true });
+      } finally {
+        this.removing.delete(record.Id);
       }
-      await this.records.del(record.Id);
-      this.runtimes.delete(record.Id);
-      await this.layers.release(record.LayerIds, `mount:${record.Name}`);
-      const trash = path.join(this.mountsDir, `.trash-${record.Id}`);
-      await rename(path.join(this.mountsDir, record.Id), trash);
-      await rm(trash, { recursive: true, force: true });
       this.mountLogger(record).info({ retained }, 'mount removed');
       return { Id: record.Id, Name: record.Name, RetainedUpperDir: retained };
     });
@@ -247,7 +258,50 @@ export class MountService {
     }));
   }
 
+  /**
+   * fsck of the mounts: dirs under mounts/ without a record (moved to lost+found with `repair`), and records whose
+   * upper or work dir is gone (reported only). Serialised with creates, which make a dir before its record.
+   */
+  async fsck(repair: boolean): Promise<FsckProblem[]> {
+    const run = this.createQueue.then(async () => {
+      const records = (await this.store.entries<MountRecord>('mounts')).map(([, record]) => record);
+      const problems = await this.sweepMountDirs(records, repair);
+      for (const record of records) {
+        for (const [what, dir] of [['upper', record.UpperDir], ['work', record.WorkDir]] as const) {
+          try {
+            await checkUsableDir(dir, `${what} dir`);
+          } catch (err) {
+            problems.push({ subject: `mount ${record.Name}`, problem: (err as Error).message, repair: null, repaired: false });
+          }
+        }
+      }
+      return problems;
+    });
+    this.createQueue = run.catch(() => undefined);
+    return run;
+  }
+
   // ---- internals -------------------------------------------------------------------------------------------------
+
+  /** Deletes .staging-/.trash- dirs and moves (with `act`) mount dirs without a record to lost+found. */
+  private async sweepMountDirs(records: readonly MountRecord[], act: boolean): Promise<FsckProblem[]> {
+    const known = new Set(records.map((r) => r.Id));
+    const problems: FsckProblem[] = [];
+    for (const entry of (await readdir(this.mountsDir)).sort()) {
+      const dir = path.join(this.mountsDir, entry);
+      if (entry.startsWith('.staging-') || entry.startsWith('.trash-')) {
+        problems.push({ subject: dir, problem: 'an interrupted mount create or remove left it', repair: 'delete it (it holds no user data)', repaired: act });
+        if (act) {
+          this.logger.warn({ dir }, 'deleting the dir of an interrupted mount create or remove');
+          await rm(dir, { recursive: true, force: true });
+        }
+      } else if (!known.has(entry) && !this.removing.has(entry)) {
+        problems.push({ subject: dir, problem: 'no mount record names this dir', repair: 'move it to lost+found', repaired: act });
+        if (act) await this.lostAndFound.quarantine(dir, 'mount', entry.slice(0, 12), 'no mount record names this dir');
+      }
+    }
+    return problems;
+  }
 
   private async createNow(request: CreateMountRequest): Promise<MountView> {
     const target = request.target;
@@ -277,6 +331,7 @@ export class MountService {
     await mkdir(path.join(staging, 'upper'), { recursive: true });
     await mkdir(path.join(staging, 'work'), { recursive: true });
     await rename(staging, finalDir);
+    await fsyncDir(this.mountsDir);
     const record: MountRecord = {
       Id: id,
       Name: name,
@@ -290,11 +345,10 @@ export class MountService {
       Desired: 'mounted',
     };
     const user = `mount:${name}`;
-    await this.layers.acquire(record.LayerIds, user);
     try {
-      await this.records.put(id, record);
+      await this.layers.writeWithReferences(record.LayerIds, user, 'put', [{ type: 'put', sublevel: 'mounts', key: id, value: record }]);
     } catch (err) {
-      await this.layers.release(record.LayerIds, user);
+      // Nothing recorded, nothing mounted: the new dir holds no data.
       await rm(finalDir, { recursive: true, force: true });
       throw err;
     }
@@ -302,10 +356,15 @@ export class MountService {
     try {
       await this.enqueue(runtime, () => this.startHelper(runtime));
     } catch (err) {
-      // Nothing was written into the new upper yet, so rolling the whole creation back loses nothing.
-      await this.records.del(id);
+      // Nothing was written into the new upper yet, so rolling the whole creation back loses nothing. If the
+      // store cannot take the rollback, the record stays (a failed mount the user can see and remove).
+      try {
+        await this.layers.writeWithReferences(record.LayerIds, user, 'del', [{ type: 'del', sublevel: 'mounts', key: id }]);
+      } catch (rollbackErr) {
+        this.mountLogger(record).error({ err: rollbackErr }, 'could not roll back the failed create; the mount stays, failed');
+        throw err;
+      }
       this.runtimes.delete(id);
-      await this.layers.release(record.LayerIds, user);
       await rm(finalDir, { recursive: true, force: true });
       throw err;
     }
@@ -337,8 +396,9 @@ export class MountService {
 
   private async setDesired(runtime: MountRuntime, desired: DesiredState): Promise<void> {
     if (runtime.record.Desired === desired) return;
-    runtime.record = { ...runtime.record, Desired: desired };
-    await this.records.put(runtime.record.Id, runtime.record);
+    const record = { ...runtime.record, Desired: desired };
+    await this.store.put('mounts', record.Id, record);
+    runtime.record = record;
   }
 
   /** Ends a helper left by a previous daemon and detaches whatever is still mounted at the target. */
@@ -381,7 +441,11 @@ export class MountService {
     runtime.error = '';
     runtime.startedAt = new Date().toISOString();
     runtime.record = { ...runtime.record, HelperPid: helper.pid };
-    await this.records.put(record.Id, runtime.record);
+    // The pid only lets a later daemon end a helper this one leaves behind; a store that cannot write must not
+    // turn a live mount into a failed create.
+    await this.store.put('mounts', record.Id, runtime.record).catch((err: unknown) => {
+      log.warn({ err }, 'could not record the helper pid');
+    });
     log.info({ helperPid: helper.pid, target: record.Target }, 'mounted');
     void helper.waitForExit().then((exit) => this.onHelperExit(runtime, helper, exit));
   }

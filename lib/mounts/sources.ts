@@ -6,6 +6,7 @@
 import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import { StrataError } from '../errors.js';
+import type { BatchOp } from '../store/metastore.js';
 
 export interface ResolvedSource {
   /** What the user named: an image reference, a layer id, or an absolute directory. */
@@ -15,25 +16,20 @@ export interface ResolvedSource {
   lowerDirs: string[];
   /** Layer ids that this source holds a reference on while the mount exists (empty for plain dirs). */
   layerIds: string[];
+  /** For an image: its id when the mount was created, so a tag that has moved since can be shown as such. */
+  imageId?: string;
 }
 
 export interface LayerProvider {
   /** Resolves an image reference or layer id to its extracted layer dirs, top first. Unknown: STRATA_NOT_FOUND. */
   resolve(reference: string): Promise<Omit<ResolvedSource, 'reference'>>;
-  /** Takes one reference per layer on behalf of `user` (for example "mount:web"). */
-  acquire(layerIds: string[], user: string): Promise<void>;
-  /** Drops the references `user` holds on these layers. Releasing what is not held is a no-op. */
-  release(layerIds: string[], user: string): Promise<void>;
+  /**
+   * Writes `ops` (the mount's own record change) together with `user` (for example "mount:web") taking ('put') or
+   * dropping ('del') one reference per layer, in one atomic batch. 'put' fails with STRATA_NOT_FOUND if a layer is
+   * gone; dropping what is not held is a no-op.
+   */
+  writeWithReferences(layerIds: string[], user: string, type: 'put' | 'del', ops: BatchOp[]): Promise<void>;
 }
-
-/** Used when no layer store is wired in: only directory sources can be mounted. */
-export const noLayerStore: LayerProvider = {
-  async resolve(reference) {
-    throw new StrataError('STRATA_NOT_FOUND', `no image or layer named "${reference}" (this daemon has no layer store; pass an absolute directory instead)`);
-  },
-  async acquire() {},
-  async release() {},
-};
 
 /** overlayfs option syntax reserves these characters in a lowerdir/upperdir path. */
 const UNSAFE_PATH_CHARS = /[,:\n]/;

@@ -4,6 +4,7 @@ import { imageCommand } from './image.js';
 import { infoCommand } from './info.js';
 import { layerCommand } from './layer.js';
 import { mountCommand } from './mount.js';
+import { fsckCommand, systemCommand } from './system.js';
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
-export const commandGroups: CommandModule<any, any>[] = [mountCommand, infoCommand, imageCommand, layerCommand];
+export const commandGroups: CommandModule<any, any>[] = [mountCommand, infoCommand, imageCommand, layerCommand, systemCommand, fsckCommand];

@@ -36,13 +36,36 @@ interface SubSpec<A> {
 }
 const sub = <A>(spec: SubSpec<A>): Sub => spec as unknown as Sub;
 
-function printMounts(mounts: MountView[]): void {
+/**
+ * Image ids the image references of these mounts name now (null: the name is gone), so that a source whose tag
+ * has moved to another image since the mount was created is shown by the id it really uses.
+ */
+async function currentImageIds(client: StrataClient, mounts: MountView[]): Promise<Map<string, string | null>> {
+  const out = new Map<string, string | null>();
+  for (const source of mounts.flatMap((m) => m.Sources)) {
+    if (source.kind !== 'image' || source.imageId === undefined || out.has(source.reference)) continue;
+    try {
+      out.set(source.reference, (await client.request<{ id: string }>('GET', `/images/${encodeURIComponent(source.reference)}/json`)).id);
+    } catch (err) {
+      if ((err as { code?: string }).code !== 'STRATA_NOT_FOUND') throw err;
+      out.set(source.reference, null);
+    }
+  }
+  return out;
+}
+
+function sourceLabel(source: MountView['Sources'][number], current: Map<string, string | null>): string {
+  if (source.imageId === undefined || !current.has(source.reference) || current.get(source.reference) === source.imageId) return source.reference;
+  return `${source.imageId.replace(/^sha256:/, '').slice(0, 12)} (was ${source.reference})`;
+}
+
+function printMounts(mounts: MountView[], current: Map<string, string | null>): void {
   printTable(['NAME', 'ID', 'STATUS', 'TARGET', 'SOURCES'], mounts.map((m) => [
     m.Name,
     m.Id.slice(0, 12),
     m.State.Status,
     m.Target,
-    m.Sources.map((s) => s.reference).join(','),
+    m.Sources.map((s) => sourceLabel(s, current)).join(','),
   ]));
 }
 
@@ -76,9 +99,10 @@ export const mountCommand: CommandModule<GlobalArgs, GlobalArgs> = {
       aliases: ['list'],
       describe: 'list mounts',
       handler: async (argv: GlobalArgs) => {
-        const mounts = await clientFor(argv).request<MountView[]>('GET', '/mounts/json');
+        const client = clientFor(argv);
+        const mounts = await client.request<MountView[]>('GET', '/mounts/json');
         if (argv.json) printJson(mounts);
-        else printMounts(mounts);
+        else printMounts(mounts, await currentImageIds(client, mounts));
       },
     }))
     .command(sub({
