@@ -16,7 +16,14 @@ import { builtFile } from './helpers/build.js';
 // A missing build fails the file, rather than dropping strata from the comparison (the bench runs this one).
 const benchEntry = builtFile('dist/scripts/bench/run.js');
 builtFile('dist/lib/cli/strata-overlay.js');
-const workloads = ['seq-read', 'seq-write', 'tar-c-cold', 'tar-c-warm', 'find-ls-cold', 'find-ls-warm', 'parallel-cat', 'untar-small', 'rm-rf-subtree', 'copy-up'];
+const workloads = [
+  'seq-read', 'seq-write', 'tar-c-cold', 'tar-c-warm', 'find-ls-cold', 'find-ls-warm', 'parallel-cat', 'untar-small', 'rm-rf-subtree', 'copy-up',
+  'metadata-stress', 'stat-pass1', 'stat-pass2', 'git-status', 'mount-chain',
+];
+/** Workloads whose timed work is the mount itself: their server CPU is not measured (it began before). */
+const timesMount = ['mount-chain'];
+/** The issue-13 workloads at tiny sizes, so the smoke run stays short. */
+const tiny = ['--stress-ops', '50', '--git-files', '200', '--chain-layers', '5'];
 const implementations = ['kernel', 'fuse-overlayfs', 'strata'];
 
 // Everything the benchmark makes (scratch mounts via TMPDIR, the fixture cache) lives under this one dir.
@@ -72,7 +79,7 @@ function startUntilMounted(args: string[]): Promise<{ child: ReturnType<typeof s
 
 t.test('--quick runs every workload on every implementation and prints a table and JSON', async (t) => {
   const outFile = join(root, 'results.json');
-  const result = runBench(['--quick', '--impl', implementations.join(','), '--cache-dir', cacheDir, '--out', outFile]);
+  const result = runBench(['--quick', ...tiny, '--impl', implementations.join(','), '--cache-dir', cacheDir, '--out', outFile]);
   t.equal(result.status, 0, `exit status (stderr tail: ${result.stderr.slice(-1500)})`);
 
   // The main table runs from its header to the first blank line (a CPU table and the JSON follow).
@@ -91,7 +98,11 @@ t.test('--quick runs every workload on every implementation and prints a table a
   }
 
   const json = JSON.parse(readFileSync(outFile, 'utf8')) as {
-    workloads: { name: string; results: Record<string, { samples: number[]; serverCpuSamples: number[]; value?: number; error?: unknown }>; ratios: Record<string, number> }[];
+    workloads: {
+      name: string;
+      results: Record<string, { samples: number[]; serverCpuSamples: number[]; rssPeakKiBSamples: number[]; value?: number; error?: unknown }>;
+      ratios: Record<string, number>;
+    }[];
   };
   t.same(json.workloads.map((w) => w.name), workloads, 'the results file lists every workload in order');
   for (const w of json.workloads) {
@@ -105,15 +116,31 @@ t.test('--quick runs every workload on every implementation and prints a table a
   }
   t.match(result.stdout, /"workloads": \[/, 'the JSON is printed too');
   for (const impl of implementations.filter((i) => i !== 'kernel')) {
-    t.ok(json.workloads.every((w) => w.results[impl]?.serverCpuSamples.length === 1), `${impl}: its server's CPU time is measured`);
+    t.ok(json.workloads.every((w) => w.results[impl]?.serverCpuSamples.length === (timesMount.includes(w.name) ? 0 : 1)), `${impl}: its server's CPU time is measured`);
+    t.ok(json.workloads.every((w) => (w.results[impl]?.rssPeakKiBSamples[0] ?? 0) > 0), `${impl}: its server's peak RSS is measured`);
   }
+  t.ok(json.workloads.every((w) => w.results.kernel?.rssPeakKiBSamples.length === 0), 'the kernel has no server RSS');
+  t.match(result.stdout, /# time ratios[^\n]*\nworkload\s+strata\/kernel\s+strata\/fuse-overlayfs\n/, 'a ratio table');
+  t.match(result.stdout, /# FUSE server peak RSS[^\n]*\nworkload\s+kernel\s+fuse-overlayfs\s+strata\n/, 'an RSS table');
   t.same(mountsUnder(root), [], 'no mount is left behind');
   t.same(readdirSync(benchTmp), [], 'the scratch dir is removed');
+});
+
+t.test('a strata variant given as strata+OPTIONS runs next to the others, with its own ratios', async (t) => {
+  const outFile = join(root, 'variant.json');
+  const result = runBench(['--quick', '--impl', 'kernel,strata,strata+entry_timeout=1', '--workload', 'stat-pass2', '--cache-dir', cacheDir, '--out', outFile]);
+  t.equal(result.status, 0, `exit status (stderr tail: ${result.stderr.slice(-1500)})`);
+  t.match(result.stdout, '# strata+entry_timeout=1 = strata -o entry_timeout=1', 'the variant is spelled out');
+  const json = JSON.parse(readFileSync(outFile, 'utf8')) as { workloads: { ratios: Record<string, number> }[] };
+  t.same(Object.keys(json.workloads[0]?.ratios ?? {}).sort(), ['strata+entry_timeout=1/kernel', 'strata/kernel', 'strata/strata+entry_timeout=1'].sort(), 'ratios of both over the kernel, and of strata over its variant');
+  t.same(mountsUnder(root), [], 'no mount is left behind');
 });
 
 t.test('bad options get a one-line error naming what was wrong, before anything is mounted', async (t) => {
   for (const [args, named] of [
     [['--impl', 'kernel,zfs'], 'zfs'],
+    [['--impl', 'strata+'], 'strata+'],
+    [['--chain-layers', '120'], '--chain-layers'],
     [['--runs', '0'], '--runs'],
     [['--workload', 'tar-c-cold,nope'], 'nope'],
     [['--source', join(root, 'missing-tree')], 'missing-tree'],

@@ -1,7 +1,9 @@
 /**
- * The three overlay implementations under test, mounted with the same lower/upper/work layout, and a
- * tracker that guarantees every mount the benchmark made is gone when it exits (normally, on an error
- * or on Ctrl-C).
+ * The overlay implementations under test, mounted with the same lower/upper/work layout, and a tracker that
+ * guarantees every mount the benchmark made is gone when it exits (normally, on an error or on Ctrl-C).
+ *
+ * A candidate is one column of the results: an implementation kind plus, for strata, the -o options it runs
+ * with, so one run can hold strata's default transport and `transport=fuse-native` side by side.
  */
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -9,38 +11,71 @@ import { StrataError } from '../../lib/errors.js';
 import type { Logger } from '../../lib/log.js';
 import { CommandRunner } from './shell.js';
 
-export const IMPLEMENTATION_NAMES = ['kernel', 'fuse-overlayfs', 'strata'] as const;
-export type ImplementationName = (typeof IMPLEMENTATION_NAMES)[number];
+export const IMPLEMENTATION_KINDS = ['kernel', 'fuse-overlayfs', 'strata'] as const;
+export type ImplementationKind = (typeof IMPLEMENTATION_KINDS)[number];
 
-export function isImplementationName(value: string): value is ImplementationName {
-  return (IMPLEMENTATION_NAMES as readonly string[]).includes(value);
+export interface Candidate {
+  /** The column name: `kernel`, `fuse-overlayfs`, `strata`, an alias such as `strata-fuse-native`, or `strata+OPTS`. */
+  readonly name: string;
+  readonly kind: ImplementationKind;
+  /** -o options of this candidate (strata only), e.g. "transport=fuse-native"; empty for its defaults. */
+  readonly strataOptions: string;
+}
+
+/** Named strata variants, so the common comparisons need no option syntax on the command line. */
+export const CANDIDATE_ALIASES: Readonly<Record<string, string>> = {
+  'strata-fuse-native': 'transport=fuse-native',
+  'strata-volatile': 'volatile',
+};
+
+export const DEFAULT_CANDIDATES = ['kernel', 'fuse-overlayfs', 'strata'] as const;
+
+/**
+ * `kernel`, `fuse-overlayfs`, `strata`, an alias of CANDIDATE_ALIASES, or `strata+OPT[,OPT...]` (strata with
+ * those -o options; the column is named by the spec). Undefined for anything else.
+ */
+export function parseCandidate(spec: string): Candidate | undefined {
+  if ((IMPLEMENTATION_KINDS as readonly string[]).includes(spec)) return { name: spec, kind: spec as ImplementationKind, strataOptions: '' };
+  const alias = CANDIDATE_ALIASES[spec];
+  if (alias !== undefined) return { name: spec, kind: 'strata', strataOptions: alias };
+  const plus = /^strata\+(.+)$/.exec(spec);
+  if (plus?.[1] && !/[\s:]/.test(plus[1])) return { name: spec, kind: 'strata', strataOptions: plus[1] };
+  return undefined;
+}
+
+/** True for candidates whose time is divided by the others' in the ratio table (every strata variant). */
+export function isStrataCandidate(name: string): boolean {
+  return name === 'strata' || name.startsWith('strata-') || name.startsWith('strata+');
 }
 
 export interface OverlayDirs {
+  /** Colon-separated lower dirs, top first. */
   readonly lowerdir: string;
   readonly upperdir: string;
   readonly workdir: string;
   readonly mountpoint: string;
 }
 
-/** How strata-overlay is started: its compiled entry point and any extra -o options under test. */
+/** How strata-overlay is started: its compiled entry point and extra -o options for every strata candidate. */
 export interface StrataLaunch {
   readonly entry: string;
-  /** Appended to strata's -o, e.g. "attr_timeout=1"; empty for its defaults. */
+  /** Appended to every strata candidate's -o, e.g. "attr_timeout=1"; empty for its defaults. */
   readonly extraOptions: string;
 }
 
-/** How to start one implementation: the command line a user would type. */
-export function mountCommand(name: ImplementationName, dirs: OverlayDirs, strata: StrataLaunch): [string, string[]] {
+/** How to start one candidate: the command line a user would type. */
+export function mountCommand(candidate: Candidate, dirs: OverlayDirs, strata: StrataLaunch): [string, string[]] {
   const layout = `lowerdir=${dirs.lowerdir},upperdir=${dirs.upperdir},workdir=${dirs.workdir}`;
-  switch (name) {
+  switch (candidate.kind) {
     case 'kernel':
       // The kernel is the semantic reference with these options (see issue 2); its defaults here are off.
       return ['mount', ['-t', 'overlay', 'overlay', '-o', `${layout},redirect_dir=on,index=on`, dirs.mountpoint]];
     case 'fuse-overlayfs':
       return ['fuse-overlayfs', ['-o', layout, dirs.mountpoint]];
-    case 'strata':
-      return [process.execPath, [strata.entry, '-o', strata.extraOptions ? `${layout},${strata.extraOptions}` : layout, dirs.mountpoint]];
+    case 'strata': {
+      const options = [layout, candidate.strataOptions, strata.extraOptions].filter(Boolean).join(',');
+      return [process.execPath, [strata.entry, '-o', options, dirs.mountpoint]];
+    }
   }
 }
 
@@ -71,8 +106,9 @@ export class MountTracker {
     this.log = log;
   }
 
-  async mount(name: ImplementationName, dirs: OverlayDirs, strata: StrataLaunch): Promise<void> {
-    const [file, args] = mountCommand(name, dirs, strata);
+  async mount(candidate: Candidate, dirs: OverlayDirs, strata: StrataLaunch): Promise<void> {
+    const name = candidate.name;
+    const [file, args] = mountCommand(candidate, dirs, strata);
     this.live.add(dirs.mountpoint);
     try {
       await this.runner.run(file, args);
@@ -116,8 +152,8 @@ export class MountTracker {
 }
 
 /** Checks that an implementation can be started here at all, with a one-line reason when it cannot. */
-export function checkAvailable(name: ImplementationName, strataEntry: string): string | undefined {
-  switch (name) {
+export function checkAvailable(kind: ImplementationKind, strataEntry: string): string | undefined {
+  switch (kind) {
     case 'kernel':
       return readFileSync('/proc/filesystems', 'utf8').includes('\toverlay\n')
         ? undefined
@@ -154,6 +190,19 @@ export function cpuSecondsOf(pid: number, clockTicksPerSecond: number): number |
     // Fields after the parenthesised command name, which may itself hold spaces: state is [0], utime [11], stime [12].
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
     return (Number(fields[11]) + Number(fields[12])) / clockTicksPerSecond;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Peak resident set size (VmHWM, KiB) of a process so far, from /proc/PID/status; undefined once it is gone.
+ * Read just after the timed command, while the server still runs: it covers the mount's whole life until then.
+ */
+export function peakRssKiB(pid: number): number | undefined {
+  try {
+    const match = /^VmHWM:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return match ? Number(match[1]) : undefined;
   } catch {
     return undefined;
   }
