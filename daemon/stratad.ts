@@ -19,6 +19,7 @@ import { StoreLayerProvider } from '../lib/images/layer-provider.js';
 import { LostAndFound } from '../lib/store/lost-found.js';
 import { StoreMaintenance } from '../lib/store/maintenance.js';
 import { Metastore, type WriteFaultHook } from '../lib/store/metastore.js';
+import { VolumeService } from '../lib/volumes/service.js';
 import { buildApi, listenOnSocket } from './api/server.js';
 import { loadConfig, type DaemonConfig } from './config.js';
 import { SystemdNotifier } from './notify.js';
@@ -121,15 +122,17 @@ async function run(argv: string[]): Promise<void> {
   // The daemon owns the metastore: it never calls this backend's close(), which would close the store under it.
   const images = new LocalImageBackend(store, services);
   const lostAndFound = new LostAndFound(config.root, logger);
+  const volumes = new VolumeService(store, logger, { rootDir: config.root });
   const mounts = new MountService(store, new StoreLayerProvider(services.images, services.layers), logger, {
     lostAndFound,
     rootDir: config.root,
     mountProgram: config.mountProgram,
     mountTimeoutMs: config.mountTimeoutMs,
     helperExitGraceMs: config.helperExitGraceMs,
+    volumes,
   });
   const maintenance = new StoreMaintenance(store, services.layers, mounts, lostAndFound);
-  const api = buildApi({ config, mounts, images, maintenance, version: VERSION, startedAt: new Date().toISOString() }, logger.child({ component: 'api' }));
+  const api = buildApi({ config, mounts, images, maintenance, volumes, version: VERSION, startedAt: new Date().toISOString() }, logger.child({ component: 'api' }));
 
   let stopping: Promise<void> | undefined;
   const stop = (signal: string): Promise<void> => {
@@ -155,6 +158,8 @@ async function run(argv: string[]): Promise<void> {
   }
 
   try {
+    await notifier.status('loading volumes');
+    await volumes.init();
     await notifier.status('reconciling mounts');
     await mounts.reconcile();
     await listenOnSocket(api, config, logger);

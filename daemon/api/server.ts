@@ -15,11 +15,14 @@ import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, t
 import { STRATA_ERRORS, StrataError } from '../../lib/errors.js';
 import type { Logger } from '../../lib/log.js';
 import type { MountService } from '../../lib/mounts/service.js';
+import type { AttachmentRequest } from '../../lib/mounts/attachments.js';
 import type { DaemonConfig } from '../config.js';
 import type { ImageBackend } from '../../lib/cli/backend.js';
+import type { VolumeService } from '../../lib/volumes/service.js';
 import { registerImageRoutes } from './images.js';
 import type { StoreMaintenance } from '../../lib/store/maintenance.js';
 import { registerSystemRoutes } from './system.js';
+import { registerVolumeRoutes } from './volumes.js';
 
 const execFileAsync = promisify(execFile);
 
@@ -32,6 +35,8 @@ export interface ApiContext {
   images?: ImageBackend;
   /** fsck, lost+found and retained uppers, when this daemon hosts the store. */
   maintenance?: StoreMaintenance;
+  /** Named volumes, when this daemon hosts them. */
+  volumes?: VolumeService;
   version: string;
   startedAt: string;
 }
@@ -130,14 +135,32 @@ export function buildApi(context: ApiContext, logger: Logger): FastifyInstance {
           Name: { type: 'string', minLength: 1, maxLength: 128 },
           Target: { type: 'string', minLength: 1, maxLength: 4096 },
           Sources: { type: 'array', minItems: 1, maxItems: 500, items: { type: 'string', minLength: 1, maxLength: 4096 } },
+          Mounts: {
+            type: 'array',
+            maxItems: 100,
+            items: {
+              type: 'object',
+              properties: {
+                Type: { type: 'string', enum: ['volume', 'bind', 'tmpfs'] },
+                Source: { type: 'string', maxLength: 4096 },
+                Target: { type: 'string', minLength: 1, maxLength: 4096 },
+                ReadOnly: { type: 'boolean' },
+                NoCopy: { type: 'boolean' },
+                TmpfsSize: { type: 'integer', minimum: 1 },
+                TmpfsMode: { type: 'integer', minimum: 0, maximum: 4095 },
+              },
+              required: ['Type', 'Target'],
+              additionalProperties: false,
+            },
+          },
         },
         required: ['Target', 'Sources'],
         additionalProperties: false,
       },
     },
   }, async (request, reply) => {
-    const body = request.body as { Name?: string; Target: string; Sources: string[] };
-    const view = await context.mounts.create({ name: body.Name, target: body.Target, sources: body.Sources });
+    const body = request.body as { Name?: string; Target: string; Sources: string[]; Mounts?: AttachmentRequest[] };
+    const view = await context.mounts.create({ name: body.Name, target: body.Target, sources: body.Sources, mounts: body.Mounts });
     return reply.code(201).send(view);
   });
 
@@ -161,6 +184,7 @@ export function buildApi(context: ApiContext, logger: Logger): FastifyInstance {
 
   if (context.images !== undefined) registerImageRoutes(app, context.images);
   if (context.maintenance !== undefined) registerSystemRoutes(app, context.maintenance);
+  if (context.volumes !== undefined) registerVolumeRoutes(app, context.volumes);
 
   return app;
 }

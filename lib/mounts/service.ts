@@ -20,6 +20,8 @@
  *    detached and a helper left by a previous daemon is ended.
  *  - Operations on one mount are serialised; creates are serialised with each other (names and targets are unique).
  *  - Layers are referenced (user "mount:<name>") from creation until removal, in the same batches as the record.
+ *  - Attachments (volumes, binds, tmpfs: attachments.ts) are mounted once the helper's mount is live and taken down
+ *    before it is unmounted; the record's volume refs are written in the same batch as the record, too.
  */
 import { randomBytes } from 'node:crypto';
 import { mkdir, readdir, readFile, rename, rm } from 'node:fs/promises';
@@ -30,6 +32,8 @@ import type { Logger } from '../log.js';
 import { LostAndFound, fsyncDir } from '../store/lost-found.js';
 import type { FsckProblem } from '../layers/layer-store.js';
 import type { Metastore } from '../store/metastore.js';
+import type { VolumeService } from '../volumes/service.js';
+import { Attachments, type Attachment, type AttachmentRequest, type AttachmentView } from './attachments.js';
 import { describeExit, HelperProcess, type HelperExit } from './helper.js';
 import { detachMount, mountAt } from './mountinfo.js';
 import { checkUsableDir, resolveSources, type LayerProvider, type ResolvedSource } from './sources.js';
@@ -52,6 +56,8 @@ export interface MountRecord {
   Desired: DesiredState;
   /** Pid of the helper last started for this mount, so a restarted daemon can end one that outlived its parent. */
   HelperPid?: number;
+  /** Volumes, binds and tmpfs mounts attached on top of the union (lib/mounts/attachments.ts). */
+  Mounts?: Attachment[];
 }
 
 /** The API/CLI view of a mount: the record plus what is true right now (Docker's container inspect shape). */
@@ -70,6 +76,7 @@ export interface MountView {
     Error: string;
   };
   GraphDriver: { Name: string; Data: { LowerDir: string; UpperDir: string; WorkDir: string; MergedDir: string } };
+  Mounts: AttachmentView[];
 }
 
 export interface MountServiceOptions {
@@ -82,12 +89,15 @@ export interface MountServiceOptions {
   helperExitGraceMs: number;
   /** Where unrecorded mount dirs go (default: <rootDir>/lost+found). */
   lostAndFound?: LostAndFound;
+  /** Named volumes for `--volume` attachments; without it only binds and tmpfs can be attached. */
+  volumes?: VolumeService;
 }
 
 export interface CreateMountRequest {
   name?: string;
   target: string;
   sources: string[];
+  mounts?: AttachmentRequest[];
 }
 
 interface MountRuntime {
@@ -117,6 +127,7 @@ export class MountService {
   private readonly logger: Logger;
   private readonly options: MountServiceOptions;
   private readonly runtimes = new Map<string, MountRuntime>();
+  private readonly attachments: Attachments;
   /** Ids of mounts being removed: their dir outlives their record for a moment, and fsck must leave it alone. */
   private readonly removing = new Set<string>();
   private createQueue: Promise<unknown> = Promise.resolve();
@@ -128,6 +139,7 @@ export class MountService {
     this.logger = logger.child({ component: 'mounts' });
     this.options = options;
     this.lostAndFound = options.lostAndFound ?? new LostAndFound(options.rootDir, logger);
+    this.attachments = new Attachments(options.volumes, options.rootDir, this.logger);
   }
 
   private get mountsDir(): string {
@@ -148,6 +160,7 @@ export class MountService {
     await mkdir(this.mountsDir, { recursive: true });
     const records = (await this.store.entries<MountRecord>('mounts')).map(([, record]) => record);
     await this.sweepMountDirs(records, true);
+    await this.attachments.recover(new Set(records.map((r) => r.Id)));
 
     await Promise.all(records.map(async (record) => {
       const runtime = this.addRuntime(record);
@@ -203,6 +216,7 @@ export class MountService {
     const runtime = this.find(reference);
     return this.enqueue(runtime, async () => {
       await this.stopHelper(runtime, { lazyIfBusy: options.force });
+      await this.attachments.release(runtime.record);
       await this.setDesired(runtime, 'unmounted');
       return this.view(runtime);
     });
@@ -214,13 +228,15 @@ export class MountService {
     return this.enqueue(runtime, async () => {
       const { record } = runtime;
       await this.stopHelper(runtime, { lazyIfBusy: options.force });
+      await this.attachments.release(record);
       // Record and references go first, in one batch; the dir after. A crash in between leaves a dir without a
       // record, which start-up moves to lost+found: a kept upper is never lost.
       // If moving a kept upper fails, it stays in mounts/<id>, which the next start moves to lost+found.
       this.removing.add(record.Id);
       let retained: string | null = null;
       try {
-        await this.layers.writeWithReferences(record.LayerIds, `mount:${record.Name}`, 'del', [{ type: 'del', sublevel: 'mounts', key: record.Id }]);
+        await this.attachments.releaseWithRefs(record, [{ type: 'del', sublevel: 'mounts', key: record.Id }],
+          (ops) => this.layers.writeWithReferences(record.LayerIds, `mount:${record.Name}`, 'del', ops));
         this.runtimes.delete(record.Id);
         if (options.keepUpper) {
           const keepDir = path.join(this.options.rootDir, 'retained', `${record.Name}-${record.Id.slice(0, 12)}`);
@@ -325,6 +341,7 @@ export class MountService {
       throw new StrataError('STRATA_MOUNT_BUSY', `something is already mounted at ${resolvedTarget}; unmount it first`);
     }
     const sources = await resolveSources(request.sources, this.layers);
+    const attachments = await this.attachments.prepare(request.mounts);
 
     const staging = path.join(this.mountsDir, `.staging-${id}`);
     const finalDir = path.join(this.mountsDir, id);
@@ -343,10 +360,12 @@ export class MountService {
       UpperDir: path.join(finalDir, 'upper'),
       WorkDir: path.join(finalDir, 'work'),
       Desired: 'mounted',
+      ...(attachments.length === 0 ? {} : { Mounts: attachments }),
     };
     const user = `mount:${name}`;
     try {
-      await this.layers.writeWithReferences(record.LayerIds, user, 'put', [{ type: 'put', sublevel: 'mounts', key: id, value: record }]);
+      await this.attachments.commitWithRefs(record, [{ type: 'put', sublevel: 'mounts', key: id, value: record }],
+        (ops) => this.layers.writeWithReferences(record.LayerIds, user, 'put', ops));
     } catch (err) {
       // Nothing recorded, nothing mounted: the new dir holds no data.
       await rm(finalDir, { recursive: true, force: true });
@@ -359,7 +378,8 @@ export class MountService {
       // Nothing was written into the new upper yet, so rolling the whole creation back loses nothing. If the
       // store cannot take the rollback, the record stays (a failed mount the user can see and remove).
       try {
-        await this.layers.writeWithReferences(record.LayerIds, user, 'del', [{ type: 'del', sublevel: 'mounts', key: id }]);
+        await this.attachments.releaseWithRefs(record, [{ type: 'del', sublevel: 'mounts', key: id }],
+          (ops) => this.layers.writeWithReferences(record.LayerIds, user, 'del', ops));
       } catch (rollbackErr) {
         this.mountLogger(record).error({ err: rollbackErr }, 'could not roll back the failed create; the mount stays, failed');
         throw err;
@@ -437,6 +457,17 @@ export class MountService {
       runtime.helper = undefined;
       throw err;
     }
+    try {
+      await this.attachments.attach(record, log, { fresh: record.HelperPid === undefined });
+    } catch (err) {
+      runtime.status = 'failed';
+      runtime.error = (err as Error).message;
+      runtime.helper = undefined;
+      runtime.stoppingHelper = helper;
+      await detachMount(record.Target, { lazyIfBusy: true }).catch(() => undefined);
+      if (!(await helper.exitsWithin(this.options.helperExitGraceMs))) helper.kill('SIGKILL');
+      throw err;
+    }
     runtime.status = 'mounted';
     runtime.error = '';
     runtime.startedAt = new Date().toISOString();
@@ -458,7 +489,7 @@ export class MountService {
     runtime.stoppingHelper = helper;
     let outcome;
     try {
-      outcome = await detachMount(runtime.record.Target, options);
+      outcome = await this.attachments.unmountAll(runtime.record, log, options, () => detachMount(runtime.record.Target, options));
     } catch (err) {
       runtime.stoppingHelper = undefined;
       // The helper may have died while we tried; hand that exit to supervision, which skipped it.
@@ -488,6 +519,7 @@ export class MountService {
     runtime.consecutiveFailures = ranFor > HEALTHY_RUN_MS ? 1 : runtime.consecutiveFailures + 1;
     runtime.error = `mount helper ended unexpectedly (${describeExit(exit)}): ${helper.lastStderr() || 'no output'}`;
     log.error({ exit, helperPid: helper.pid }, 'mount helper ended unexpectedly');
+    this.attachments.forget(runtime.record);
     try {
       await detachMount(runtime.record.Target, { lazyIfBusy: true });
     } catch (err) {
@@ -545,6 +577,7 @@ export class MountService {
         Name: 'strata-overlay',
         Data: { LowerDir: record.LowerDirs.join(':'), UpperDir: record.UpperDir, WorkDir: record.WorkDir, MergedDir: record.Target },
       },
+      Mounts: this.attachments.view(record),
     };
   }
 }

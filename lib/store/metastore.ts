@@ -24,9 +24,10 @@ export const SCHEMA_VERSION = 1;
 /**
  * Record kinds. Layer store: `layers` (chain records by chainID), `layerContents` (extracted content by diffID;
  * several chains can share one), `refs` (holders of layers, key `<chainID>|<holder>`), `images` (by image id,
- * the config digest) and `imageNames` (`name:tag` -> image id). Mounts: `mounts` (by mount id).
+ * the config digest) and `imageNames` (`name:tag` -> image id). Mounts: `mounts` (by id). Volumes: `volumes` (by
+ * name) and `volumeRefs` (holders of volumes, key `<volume>|<mountId>`, written with the mount record).
  */
-export type SublevelName = 'meta' | 'layers' | 'layerContents' | 'images' | 'imageNames' | 'mounts' | 'volumes' | 'refs';
+export type SublevelName = 'meta' | 'layers' | 'layerContents' | 'images' | 'imageNames' | 'mounts' | 'volumes' | 'volumeRefs' | 'refs';
 
 /** One operation of an atomic multi-sublevel batch (see Metastore.batch). */
 export type BatchOp =

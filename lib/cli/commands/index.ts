@@ -5,6 +5,7 @@ import { infoCommand } from './info.js';
 import { layerCommand } from './layer.js';
 import { mountCommand } from './mount.js';
 import { fsckCommand, systemCommand } from './system.js';
+import { volumeCommand } from './volume.js';
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
-export const commandGroups: CommandModule<any, any>[] = [mountCommand, infoCommand, imageCommand, layerCommand, systemCommand, fsckCommand];
+export const commandGroups: CommandModule<any, any>[] = [mountCommand, infoCommand, imageCommand, layerCommand, volumeCommand, systemCommand, fsckCommand];

@@ -5,6 +5,7 @@
 import path from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
 import { DEFAULT_SOCKET, StrataClient } from '../../api/client.js';
+import { parseBindFlag, parseTmpfsFlag, parseVolumeFlag } from '../../mounts/attachments.js';
 import type { MountView } from '../../mounts/service.js';
 import { printJson, printTable } from '../output.js';
 
@@ -84,12 +85,23 @@ export const mountCommand: CommandModule<GlobalArgs, GlobalArgs> = {
       builder: (y: Argv<GlobalArgs>) => y
         .positional('sources', { type: 'string', array: true, demandOption: true, describe: 'image, layer id, or directory path (/x or ./x); top first' })
         .option('target', { type: 'string', demandOption: true, describe: 'directory to mount on' })
-        .option('name', { type: 'string', describe: 'mount name (default: generated)' }),
-      handler: async (argv: GlobalArgs & { sources: string[]; target: string; name?: string }) => {
+        .option('name', { type: 'string', describe: 'mount name (default: generated)' })
+        .option('volume', { alias: 'v', type: 'string', describe: 'attach a named volume: NAME:/path[:ro|nocopy], or /path for a new anonymous one (repeatable)' })
+        .option('bind', { type: 'string', describe: 'attach a host dir: /host/dir:/path[:ro] (repeatable)' })
+        .option('tmpfs', { type: 'string', describe: 'attach a tmpfs: /path[:size=64m,mode=1777] (repeatable)' }),
+      handler: async (argv: GlobalArgs & { sources: string[]; target: string; name?: string; volume?: string | string[]; bind?: string | string[]; tmpfs?: string | string[] }) => {
+        // Repeated, not greedy, flags (no yargs array:) so that `--volume v:/x SOURCE` keeps SOURCE a source.
+        const many = (value: unknown): string[] => (value === undefined ? [] : Array.isArray(value) ? value.map(String) : [String(value)]);
+        const mounts = [
+          ...many(argv.volume).map((v) => parseVolumeFlag(v)),
+          ...many(argv.bind).map((b) => parseBindFlag(b, process.cwd())),
+          ...many(argv.tmpfs).map((t) => parseTmpfsFlag(t)),
+        ];
         const view = await clientFor(argv).request<MountView>('POST', '/mounts/create', {
           ...(argv.name === undefined ? {} : { Name: argv.name }),
           Target: path.resolve(argv.target),
           Sources: argv.sources.map(String).map(normaliseSource),
+          ...(mounts.length === 0 ? {} : { Mounts: mounts }),
         });
         printOne(argv, view);
       },

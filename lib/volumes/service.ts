@@ -1,0 +1,204 @@
+/**
+ * The volume service (moby's volume/service): what the API, the CLI and the mount service use. It validates
+ * requests, applies filters and prune rules, and leaves records, refs and locks to the store and the disk to the
+ * driver.
+ */
+import { randomBytes } from 'node:crypto';
+import { chmod, mkdir } from 'node:fs/promises';
+import path from 'node:path';
+import { StrataError } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { BatchOp, Metastore } from '../store/metastore.js';
+import { LocalDriver } from './local.js';
+import { VolumeStore, type VolumeHolder } from './store.js';
+import { ANONYMOUS_LABEL, MAX_VOLUME_NAME, VOLUME_NAME_PATTERN, type VolumeRecord, type VolumeView } from './types.js';
+
+export interface CreateVolumeRequest {
+  Name?: string;
+  Driver?: string;
+  Labels?: Record<string, string>;
+  DriverOpts?: Record<string, string>;
+}
+
+/** Docker's filter shape: key -> values, e.g. { label: ["env=prod"], dangling: ["true"] }. */
+export type VolumeFilters = Record<string, string[]>;
+
+const LIST_FILTERS = ['dangling', 'label', 'label!', 'name', 'driver'];
+const PRUNE_FILTERS = ['label', 'label!', 'all'];
+
+export function checkVolumeName(name: unknown): string {
+  if (typeof name !== 'string' || name.length > MAX_VOLUME_NAME || !VOLUME_NAME_PATTERN.test(name)) {
+    throw new StrataError('STRATA_BAD_OPTION', `volume name "${String(name)}" is invalid: use at least two of letters, digits, '_', '.' and '-', starting with a letter or digit (a volume name is never a path)`);
+  }
+  return name;
+}
+
+function checkFilters(filters: VolumeFilters, allowed: string[]): void {
+  for (const [key, values] of Object.entries(filters)) {
+    if (!allowed.includes(key)) throw new StrataError('STRATA_BAD_OPTION', `unknown volume filter "${key}" (valid: ${allowed.join(', ')})`);
+    if (!Array.isArray(values) || values.some((v) => typeof v !== 'string')) throw new StrataError('STRATA_BAD_OPTION', `filter "${key}" needs string values`);
+  }
+}
+
+function truth(key: string, value: string): boolean {
+  if (['true', '1'].includes(value.toLowerCase())) return true;
+  if (['false', '0'].includes(value.toLowerCase())) return false;
+  throw new StrataError('STRATA_BAD_OPTION', `filter ${key}=${value}: use true or false`);
+}
+
+/** `label=k` matches any value, `label=k=v` only v; every label filter must match (label! negates). */
+function labelsMatch(labels: Record<string, string>, filters: VolumeFilters): boolean {
+  const has = (spec: string) => {
+    const eq = spec.indexOf('=');
+    const key = eq < 0 ? spec : spec.slice(0, eq);
+    return key in labels && (eq < 0 || labels[key] === spec.slice(eq + 1));
+  };
+  return (filters.label ?? []).every(has) && !(filters['label!'] ?? []).some(has);
+}
+
+export class VolumeService {
+  readonly driver: LocalDriver;
+  readonly store: VolumeStore;
+  private readonly logger: Logger;
+
+  constructor(metastore: Metastore, logger: Logger, options: { rootDir: string }) {
+    this.logger = logger.child({ component: 'volumes' });
+    this.driver = new LocalDriver(path.join(options.rootDir, 'volumes'), this.logger);
+    this.store = new VolumeStore(metastore, this.driver, this.logger);
+  }
+
+  /** Loads the store and settles what a crash left on disk. Called once, before the mounts are reconciled. */
+  async init(): Promise<void> {
+    await mkdir(this.driver.volumesDir, { recursive: true, mode: 0o700 });
+    await chmod(this.driver.volumesDir, 0o700);
+    await this.store.load();
+    await this.driver.recover(this.store.names());
+  }
+
+  async create(request: CreateVolumeRequest): Promise<VolumeView> {
+    const anonymous = request.Name === undefined || request.Name === '';
+    const name = anonymous ? randomBytes(32).toString('hex') : checkVolumeName(request.Name);
+    if (request.Driver !== undefined && request.Driver !== '' && request.Driver !== 'local') {
+      throw new StrataError('STRATA_UNSUPPORTED', `volume driver "${request.Driver}" is not available (only "local" is)`);
+    }
+    const labels: Record<string, string> = {};
+    for (const [key, value] of Object.entries(request.Labels ?? {})) {
+      if (key === '' || typeof value !== 'string') throw new StrataError('STRATA_BAD_OPTION', `label "${key}" needs a string value`);
+      labels[key] = value;
+    }
+    if (anonymous) labels[ANONYMOUS_LABEL] = '';
+    const options = await this.driver.validateOptions(request.DriverOpts ?? {});
+    return this.store.locks.withLock(name, async () => {
+      const existing = this.store.get(name);
+      if (existing !== undefined) {
+        // Docker answers a create of an existing name with that volume, unless the request asks for something else.
+        if (JSON.stringify(existing.Options) !== JSON.stringify(options)) {
+          throw new StrataError('STRATA_CONFLICT', `volume "${name}" already exists with other options; remove it first or choose another name`);
+        }
+        return this.view(existing);
+      }
+      const record: VolumeRecord = { Name: name, Driver: 'local', CreatedAt: new Date().toISOString(), Labels: labels, Options: options };
+      await this.store.createLocked(record);
+      this.logger.info({ volume: name, options }, 'volume created');
+      return this.view(record);
+    });
+  }
+
+  list(filters: VolumeFilters = {}): VolumeView[] {
+    checkFilters(filters, LIST_FILTERS);
+    return this.store.list().filter((record) => {
+      const refCount = this.store.holders(record.Name).length;
+      for (const value of filters.dangling ?? []) if (truth('dangling', value) !== (refCount === 0)) return false;
+      for (const value of filters.driver ?? []) if (value !== record.Driver) return false;
+      if (filters.name !== undefined && !filters.name.some((n) => record.Name.includes(n))) return false;
+      return labelsMatch(record.Labels, filters);
+    }).map((record) => this.view(record));
+  }
+
+  async inspect(name: string, options: { size: boolean } = { size: false }): Promise<VolumeView> {
+    const record = this.find(name);
+    const view = this.view(record);
+    if (options.size) view.UsageData.Size = await this.driver.usage(record.Name);
+    return view;
+  }
+
+  async remove(name: string, options: { force: boolean }): Promise<{ Name: string; Removed: boolean }> {
+    checkVolumeName(name);
+    return this.store.locks.withLock(name, async () => {
+      if (this.store.get(name) === undefined && options.force) return { Name: name, Removed: false };
+      await this.store.removeLocked(name);
+      this.logger.info({ volume: name }, 'volume removed');
+      return { Name: name, Removed: true };
+    });
+  }
+
+  /** Removes unused volumes: anonymous ones only, unless `all=true` (Docker 23+'s rule); label filters narrow it. */
+  async prune(filters: VolumeFilters = {}): Promise<{ VolumesDeleted: string[]; SpaceReclaimed: number }> {
+    checkFilters(filters, PRUNE_FILTERS);
+    const all = (filters.all ?? []).some((v) => truth('all', v));
+    const deleted: string[] = [];
+    let reclaimed = 0;
+    for (const record of this.store.list()) {
+      if (!all && !(ANONYMOUS_LABEL in record.Labels)) continue;
+      if (!labelsMatch(record.Labels, filters)) continue;
+      await this.store.locks.withLock(record.Name, async () => {
+        if (this.store.get(record.Name) === undefined || this.store.holders(record.Name).length > 0) return;
+        const size = await this.driver.usage(record.Name);
+        await this.store.removeLocked(record.Name);
+        deleted.push(record.Name);
+        reclaimed += size;
+      });
+    }
+    this.logger.info({ deleted: deleted.length, reclaimed }, 'volumes pruned');
+    return { VolumesDeleted: deleted, SpaceReclaimed: reclaimed };
+  }
+
+  // ---- for union mounts (lib/mounts/attachments.ts) ------------------------------------------------------------
+
+  /** The named volume, created if missing (as `docker run -v name:/path` does); an anonymous one without a name. */
+  async ensure(name: string | undefined): Promise<VolumeView> {
+    if (name !== undefined) {
+      checkVolumeName(name);
+      const existing = this.store.get(name);
+      if (existing !== undefined) return this.view(existing);
+    }
+    return this.create({ Name: name });
+  }
+
+  /** Mounts the volume's device if it has one; returns the dir to bind. */
+  async prepare(name: string): Promise<string> {
+    const record = this.find(name);
+    await this.driver.mount(record);
+    return this.driver.dataDir(name);
+  }
+
+  reference(names: readonly string[], holder: VolumeHolder, commit: (ops: BatchOp[]) => Promise<void>): Promise<void> {
+    return this.store.reference(names, holder, commit);
+  }
+
+  release(names: readonly string[], mountId: string, commit: (ops: BatchOp[]) => Promise<void>): Promise<void> {
+    return this.store.release(names, mountId, commit);
+  }
+
+  private find(name: string): VolumeRecord {
+    if (typeof name !== 'string' || name === '') throw new StrataError('STRATA_BAD_REQUEST', 'name a volume');
+    const record = this.store.get(name);
+    if (record === undefined) throw new StrataError('STRATA_NOT_FOUND', `no volume named "${name}" (see \`strata volume ls\`)`);
+    return record;
+  }
+
+  private view(record: VolumeRecord): VolumeView {
+    const holders = this.store.holders(record.Name);
+    return {
+      Name: record.Name,
+      Driver: record.Driver,
+      Mountpoint: this.driver.dataDir(record.Name),
+      CreatedAt: record.CreatedAt,
+      Labels: { ...record.Labels },
+      Options: { ...record.Options },
+      Scope: 'local',
+      UsedBy: holders.map((h) => h.MountName),
+      UsageData: { Size: -1, RefCount: holders.length },
+    };
+  }
+}
