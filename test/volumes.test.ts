@@ -8,7 +8,7 @@
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { makeLayer, mountPoints, startDaemon, stagedExecStart, tempDir, waitFor, type DaemonHandle, type Teardown } from './helpers/daemon-harness.js';
 
 interface AttachmentView { Type: string; Name?: string; Source: string; Destination: string; Mode: string; RW: boolean }
@@ -28,7 +28,7 @@ function errorCode(fn: () => unknown): string | undefined {
 const submounts = (dir: string) => mountPoints().filter((m) => m.startsWith(`${dir}/`));
 const fsTypeAt = (where: string) => spawnSync('findmnt', ['-n', '-o', 'FSTYPE', '--mountpoint', where], { encoding: 'utf8' }).stdout.trim();
 
-function ok(t: { equal(a: unknown, b: unknown, m?: string): unknown }, daemon: DaemonHandle, args: string[]): string {
+function ok(t: Test, daemon: DaemonHandle, args: string[]): string {
   const r = daemon.cli(args);
   t.equal(r.status, 0, `strata ${args.join(' ')}: ${r.stderr}`);
   return r.stdout;
