@@ -122,7 +122,7 @@ async function run(argv: string[]): Promise<void> {
   // The daemon owns the metastore: it never calls this backend's close(), which would close the store under it.
   const images = new LocalImageBackend(store, services);
   const lostAndFound = new LostAndFound(config.root, logger);
-  const volumes = new VolumeService(store, logger, { rootDir: config.root });
+  const volumes = new VolumeService(store, logger, { rootDir: config.root, lostAndFound });
   const mounts = new MountService(store, new StoreLayerProvider(services.images, services.layers), logger, {
     lostAndFound,
     rootDir: config.root,

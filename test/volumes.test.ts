@@ -240,7 +240,7 @@ t.test('volume commands: names, labels, filters, prune, device volumes', async (
   t.same(names(['--filter', 'label=env=prod']), [anonUsed, 'prod-db'].sort(), 'label=k=v');
   t.same(names(['--filter', 'label=tier']), ['dev-db', 'prod-db'], 'label=k');
   t.same(names(['--filter', 'label=tier', '--filter', 'label=env=dev']), ['dev-db'], 'label filters all apply');
-  t.same(names(['--filter', 'name=db']), ['dev-db', 'prod-db'], 'name matches a part');
+  t.same(names(['--filter', 'name=-db']), ['dev-db', 'prod-db'], 'name matches a part'); // not "db": hex ids contain it
   t.match(daemon.cli(['volume', 'ls', '--filter', 'colour=red']).stderr, /STRATA_BAD_OPTION: unknown volume filter "colour"/);
 
   // One anonymous and one named volume in use by a mount.
@@ -285,8 +285,12 @@ t.test('volume commands: names, labels, filters, prune, device volumes', async (
   // Refs survive a daemon restart; a crash-orphaned staging dir is cleaned.
   t.same(await daemon.kill('SIGTERM'), { code: 0, signal: null });
   fs.mkdirSync(path.join(options.root, 'volumes/.staging-junk-0123abcd/_data'), { recursive: true });
+  makeLayer(path.join(options.root, 'volumes/unrecorded/_data'), { 'precious': 'only copy\n' });
   const again = await startDaemon(t, options);
   t.notOk(fs.existsSync(path.join(options.root, 'volumes/.staging-junk-0123abcd')), 'an interrupted creation is removed at start-up');
+  const lost = fs.readdirSync(path.join(options.root, 'lost+found')).filter((e) => e.endsWith('-volume-unrecorded'));
+  t.equal(lost.length, 1, 'a volume dir without a record goes to lost+found');
+  t.equal(fs.readFileSync(path.join(options.root, 'lost+found', lost[0]!, '_data/precious'), 'utf8'), 'only copy\n', 'with its data');
   t.match(again.cli(['volume', 'rm', 'dev-db']).stderr, /STRATA_IN_USE: volume "dev-db" is in use by mount "user"/);
   ok(t, again, ['mount', 'rm', 'user']);
   t.same(again.json<{ VolumesDeleted: string[] }>(['volume', 'prune']).VolumesDeleted, [anonUsed], 'released anonymous volumes are pruned');

@@ -36,7 +36,7 @@ export class LostAndFound {
    * Moves `source` (a dir without a record) to lost+found and returns its new path. `kind` and `id` name it;
    * `reason` goes to the log, at warn level, since a user may need to look at it.
    */
-  async quarantine(source: string, kind: 'mount' | 'layer', id: string, reason: string): Promise<string> {
+  async quarantine(source: string, kind: 'mount' | 'layer' | 'volume', id: string, reason: string): Promise<string> {
     await mkdir(this.dir, { recursive: true, mode: 0o700 });
     const stamp = new Date().toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
     let dest = path.join(this.dir, `${stamp}-${kind}-${id}`);

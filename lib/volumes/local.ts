@@ -25,8 +25,12 @@ export class LocalDriver {
   readonly volumesDir: string;
   private readonly logger: Logger;
 
-  constructor(volumesDir: string, logger: Logger) {
+  /** Where a volume dir without a record goes (lost+found); without it, it is renamed to .orphan-<name>-<rand>. */
+  private readonly quarantine: ((dir: string, name: string) => Promise<unknown>) | undefined;
+
+  constructor(volumesDir: string, logger: Logger, quarantine?: (dir: string, name: string) => Promise<unknown>) {
     this.volumesDir = volumesDir;
+    this.quarantine = quarantine;
     this.logger = logger.child({ driver: 'local' });
   }
 
@@ -136,7 +140,7 @@ export class LocalDriver {
 
   /**
    * Start-up clean-up against the records: finishes interrupted removals (trash without a record), rolls back
-   * interrupted creations (staging dirs), and sets aside a volume dir that has no record instead of deleting it,
+   * interrupted creations (staging dirs), and moves a volume dir that has no record to lost+found instead of deleting it,
    * since it may hold data; an empty one is simply removed.
    */
   async recover(known: ReadonlySet<string>): Promise<void> {
@@ -159,6 +163,8 @@ export class LocalDriver {
       if (contents !== undefined && contents.length === 0) {
         this.logger.warn({ dir: full }, 'removing an empty volume dir that has no record');
         await rm(full, { recursive: true, force: true });
+      } else if (this.quarantine !== undefined) {
+        await this.quarantine(full, entry);
       } else {
         const aside = path.join(this.volumesDir, `.orphan-${entry}-${randomBytes(4).toString('hex')}`);
         this.logger.warn({ dir: full, movedTo: aside }, 'a volume dir has no record; set aside, not deleted');

@@ -8,6 +8,7 @@ import { chmod, mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { StrataError } from '../errors.js';
 import type { Logger } from '../log.js';
+import type { LostAndFound } from '../store/lost-found.js';
 import type { BatchOp, Metastore } from '../store/metastore.js';
 import { LocalDriver } from './local.js';
 import { VolumeStore, type VolumeHolder } from './store.js';
@@ -61,9 +62,11 @@ export class VolumeService {
   readonly store: VolumeStore;
   private readonly logger: Logger;
 
-  constructor(metastore: Metastore, logger: Logger, options: { rootDir: string }) {
+  constructor(metastore: Metastore, logger: Logger, options: { rootDir: string; lostAndFound?: LostAndFound }) {
     this.logger = logger.child({ component: 'volumes' });
-    this.driver = new LocalDriver(path.join(options.rootDir, 'volumes'), this.logger);
+    const lost = options.lostAndFound;
+    this.driver = new LocalDriver(path.join(options.rootDir, 'volumes'), this.logger,
+      lost === undefined ? undefined : (dir, name) => lost.quarantine(dir, 'volume', name, 'no volume record names this dir'));
     this.store = new VolumeStore(metastore, this.driver, this.logger);
   }
 
