@@ -18,6 +18,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { once } from 'node:events';
+import { parseOptions } from '../../lib/union/params.js';
 import { builtFile, repoRoot } from './build.js';
 
 export type OverlayKind = 'kernel' | 'fuse-overlayfs' | 'strata';
@@ -45,21 +46,15 @@ export function strataTransportOption(): string | undefined {
   return wanted;
 }
 
-let defaultTransportName: string | undefined;
-
 /**
- * The name of the transport strata's mounts use in this run: STRATA_TEST_TRANSPORT, else strata's default.
- * A build that does not know `transport=` has only fuse-native, so the default is asked of the program itself
- * (one option parse, no mount) rather than assumed.
+ * The name of the transport strata's mounts use in this run: STRATA_TEST_TRANSPORT, else strata's default, read
+ * from its own option parser (a build without a `transport` parameter has only fuse-native).
  */
 export function strataTransportName(): string {
   const explicit = strataTransportOption();
   if (explicit !== undefined) return explicit;
-  if (defaultTransportName === undefined) {
-    const r = run(process.execPath, [strataOverlayJs, '-o', 'lowerdir=/nonexistent-strata-transport-probe,transport=fuse-native', '/nonexistent-strata-transport-probe']);
-    defaultTransportName = /unknown mount option "transport=/.test(r.stderr) ? 'fuse-native' : 'default';
-  }
-  return defaultTransportName;
+  const defaults = parseOptions(['lowerdir=/']) as { transport?: string };
+  return defaults.transport ?? 'fuse-native';
 }
 
 /** Why the candidate cannot run here, or undefined when it can (strata needs the build). */
