@@ -4,5 +4,11 @@
     "sources": ["strata_sys.c"],
     "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
     "defines": ["_GNU_SOURCE", "NAPI_VERSION=8"]
+  }, {
+    "target_name": "strata_fuse",
+    "sources": ["strata_fuse.c"],
+    "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-pthread"],
+    "ldflags": ["-pthread"],
+    "defines": ["_GNU_SOURCE", "NAPI_VERSION=8"]
   }]
 }

@@ -31,7 +31,8 @@ npx --no-install tap build >/dev/null
 node scripts/patch-fuse-native.mjs
 # --nodedir: the headers of the node that runs us, so node-gyp never tries to download them.
 addon=native/build/Release/strata_sys.node
-if [ ! -f "$addon" ] || [ native/strata_sys.c -nt "$addon" ] || [ native/binding.gyp -nt "$addon" ]; then
+fuse_addon=native/build/Release/strata_fuse.node
+if [ ! -f "$addon" ] || [ ! -f "$fuse_addon" ] || [ native/strata_sys.c -nt "$addon" ] || [ native/strata_fuse.c -nt "$fuse_addon" ] || [ native/binding.gyp -nt "$addon" ]; then
   npx --no-install node-gyp rebuild --directory native --loglevel=error --nodedir="$(dirname "$(dirname "$(command -v node)")")" >/dev/null
 fi
 

@@ -17,8 +17,9 @@ import { createLogger, type Logger } from '../log.js';
 import { StrataError } from '../errors.js';
 import { parseOptions, validateParams, type UnionParams } from '../union/params.js';
 import { UnionFs } from '../union/super.js';
-import { FuseMount, isMountPoint } from '../fuse/mount.js';
+import { FuseMount, KernelFuseMount, isMountPoint, type Mount } from '../fuse/mount.js';
 import { sys } from '../native/index.js';
+import { fuseDeviceAvailable } from '../fuse/kernel/device.js';
 
 const PROGRAM = 'strata-overlay';
 /** The environment variable that tells a background child which fd to report readiness on. */
@@ -134,6 +135,38 @@ function reportReady(message: string): void {
   }
 }
 
+/**
+ * The kernel may cache names, negative names and attributes this long on the default transport: Strata is
+ * the only writer of its upper layer and every change goes through the kernel or is invalidated explicitly.
+ */
+const KERNEL_CACHE_SECONDS = 86400 * 365;
+
+function createMount(ufs: UnionFs, mountpoint: string, params: UnionParams, logger: Logger): Mount {
+  let transport = params.transport;
+  if (transport === 'kernel' && !params.transportGiven && !fuseDeviceAvailable()) {
+    // A tree whose native addon was built before this transport existed: keep mounting, say how to fix it.
+    logger.warn('native/build/Release/strata_fuse.node is missing (run "bash scripts/setup.sh"): using transport=fuse-native');
+    transport = 'fuse-native';
+  }
+  if (transport === 'fuse-native') {
+    return new FuseMount(ufs, mountpoint, {
+      fsname: params.fsname,
+      subtype: PROGRAM,
+      attrTimeout: params.attrTimeout ?? 1,
+      entryTimeout: params.entryTimeout ?? 0,
+      readOnly: params.readOnly,
+    }, logger);
+  }
+  return new KernelFuseMount(ufs, mountpoint, {
+    fsname: params.fsname,
+    subtype: PROGRAM,
+    attrTimeout: params.attrTimeout ?? KERNEL_CACHE_SECONDS,
+    entryTimeout: params.entryTimeout ?? KERNEL_CACHE_SECONDS,
+    readOnly: params.readOnly,
+    passthrough: params.passthrough,
+  }, logger);
+}
+
 /** Serves the mount in this process until it is unmounted or signalled. */
 async function serve(line: CommandLine): Promise<number> {
   const { params, mountpoint } = prepare(line);
@@ -143,13 +176,7 @@ async function serve(line: CommandLine): Promise<number> {
   pinToCpu(params.cpu, logger);
   const ufs = new UnionFs(params, logger.child({ component: 'union' }));
   ufs.prepareWorkDir();
-  const fuse = new FuseMount(ufs, mountpoint, {
-    fsname: params.fsname,
-    subtype: PROGRAM,
-    attrTimeout: params.attrTimeout ?? 1,
-    entryTimeout: params.entryTimeout ?? 0,
-    readOnly: params.readOnly,
-  }, logger);
+  const fuse = createMount(ufs, mountpoint, params, logger);
   await fuse.mount();
   logger.info({ lowers: params.lowerDirs, upper: params.upperDir, readOnly: params.readOnly }, 'mounted');
   reportReady('READY');

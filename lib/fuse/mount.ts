@@ -1,4 +1,7 @@
 /**
+ * The two transports behind one interface (`Mount`): KernelFuseMount, Strata's own /dev/fuse transport
+ * (lib/fuse/kernel, the default), and FuseMount, the fallback on fuse-native.
+ *
  * Mounting a UnionFs over FUSE with the patched fuse-native, with the options a union filesystem needs:
  *  - use_ino: our stable inode numbers reach stat and readdir (libfuse would invent its own);
  *  - no hard_remove: libfuse hides an unlinked open file by renaming it to .fuse_hidden*, which ops.ts turns
@@ -19,6 +22,51 @@ import { StrataError } from '../errors.js';
 import type { UnionFs } from '../union/super.js';
 import { loadFuseNative } from './binding.js';
 import { createFuseOps, type CallerSource } from './ops.js';
+import { FuseSession } from './kernel/session.js';
+
+/** What strata-overlay needs of a mounted transport. */
+export interface Mount {
+  readonly mountpoint: string;
+  mount(): Promise<void>;
+  unmount(): Promise<void>;
+  /** Resolves once the mount is gone (a plain `umount`, `fusermount -u`, or our own unmount). */
+  waitUntilUnmounted(): Promise<void>;
+}
+
+export interface KernelMountOptions {
+  fsname: string;
+  subtype: string;
+  readOnly: boolean;
+  attrTimeout: number;
+  entryTimeout: number;
+  passthrough: boolean;
+}
+
+/** Strata's own transport: see lib/fuse/kernel/session.ts and docs/native.md. */
+export class KernelFuseMount implements Mount {
+  readonly mountpoint: string;
+  private readonly session: FuseSession;
+  private readonly logger: Logger;
+
+  constructor(ufs: UnionFs, mountpoint: string, options: KernelMountOptions, logger: Logger) {
+    this.mountpoint = mountpoint;
+    this.logger = logger;
+    this.session = new FuseSession(ufs, mountpoint, options, logger.child({ component: 'fuse-kernel' }));
+  }
+
+  mount(): Promise<void> {
+    return this.session.mount();
+  }
+
+  unmount(): Promise<void> {
+    return this.session.unmount();
+  }
+
+  async waitUntilUnmounted(): Promise<void> {
+    await this.session.waitUntilEnded();
+    this.logger.info({ mountpoint: this.mountpoint }, 'unmounted');
+  }
+}
 
 interface FuseInstance {
   /** From our patch (scripts/fuse-native/0003): the credentials behind the request being dispatched. */
@@ -76,7 +124,7 @@ function unescapeMountPath(value: string): string {
   return value.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(parseInt(octal, 8)));
 }
 
-export class FuseMount {
+export class FuseMount implements Mount {
   private readonly fuse: FuseInstance;
   private readonly logger: Logger;
   readonly mountpoint: string;

@@ -115,6 +115,7 @@ async function copyUpOne(ufs: UnionFs, entry: UnionEntry, options: CopyUpOptions
     indexReal: undefined,
   };
   ufs.cacheEntry(copied);
+  ufs.attrsChanged?.(entry.path);
   ufs.logger.debug({ path: entry.path, from: source.real }, 'copied up');
   return copied;
 }

@@ -26,11 +26,23 @@ export interface UnionParams {
    * mount are no-ops. Only meaningful with an upper dir; see UnionFs.prepareWorkDir for the dirty marker.
    */
   volatile: boolean;
+  /**
+   * How the mount talks to the kernel: 'kernel' (the default: Strata's own /dev/fuse transport,
+   * lib/fuse/kernel) or 'fuse-native' (the libfuse 2 binding the project started on, kept as a fallback).
+   */
+  transport: Transport;
+  /** True when transport= was given explicitly. */
+  transportGiven?: boolean;
+  /** FUSE passthrough where the kernel offers it and it is safe (kernel transport only); off forces it off. */
+  passthrough: boolean;
   /** The CPU the server's threads are kept on ('any' to let the scheduler choose), see strata-overlay.ts. */
   cpu?: number | 'any';
   /** Generic or kernel-overlayfs options that were accepted and have no effect here. */
   ignored: string[];
 }
+
+export type Transport = 'kernel' | 'fuse-native';
+export const TRANSPORTS: readonly Transport[] = ['kernel', 'fuse-native'];
 
 /** Options mount(8) and mount.fuse3 pass along that do not concern the filesystem itself. */
 const GENERIC_OPTIONS = new Set([
@@ -88,7 +100,10 @@ function splitLowerDirs(value: string): string[] {
 
 /** Parses the option strings (each as given to one `-o`) into parameters, without touching the disk. */
 export function parseOptions(optionStrings: string[]): UnionParams {
-  const params: UnionParams = { lowerDirs: [], readOnly: false, fsname: 'strata-overlay', fsnameGiven: false, volatile: false, ignored: [] };
+  const params: UnionParams = {
+    lowerDirs: [], readOnly: false, fsname: 'strata-overlay', fsnameGiven: false, volatile: false, ignored: [],
+    transport: 'kernel', passthrough: true,
+  };
   let sawLower = false;
   let forceReadOnly = false;
   for (const option of optionStrings.flatMap(splitOptions)) {
@@ -128,6 +143,19 @@ export function parseOptions(optionStrings: string[]): UnionParams {
         if (value === 'any') params.cpu = 'any';
         else if (value !== undefined && /^\d+$/.test(value)) params.cpu = Number(value);
         else throw badOption(`cpu= needs a CPU number or "any", got "${value ?? ''}"`);
+        break;
+      }
+      case 'transport': {
+        if (!TRANSPORTS.includes(value as Transport)) {
+          throw badOption(`transport= must be one of ${TRANSPORTS.join(', ')}, got "${value ?? ''}"`);
+        }
+        params.transport = value as Transport;
+        params.transportGiven = true;
+        break;
+      }
+      case 'passthrough': {
+        if (value !== 'on' && value !== 'off') throw badOption(`passthrough= must be "on" or "off", got "${value ?? ''}"`);
+        params.passthrough = value === 'on';
         break;
       }
       case 'attr_timeout':

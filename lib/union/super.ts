@@ -72,6 +72,12 @@ export class UnionFs implements LookupContext {
   /** Read-only opens of lower objects, by FUSE handle (see file.ts currentReadFd). */
   readonly lowerReaders = new Map<number, fileOps.LowerReader>();
 
+  /**
+   * Set by a transport whose kernel caches attributes: called after the union changed what `path` reports
+   * without being asked to (a copy-up turns a lower directory into a merged one, whose nlink is 1).
+   */
+  attrsChanged: ((path: string) => void) | undefined;
+
   private readonly entries = new Map<string, UnionEntry>();
   private readonly fsUuids = new Map<number, Buffer | null>();
   private readonly rootFds = new Map<number, number>();

@@ -8,7 +8,7 @@ import t from 'tap';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { requireCandidate, fuseServerPids, isMounted, mountedPaths, run, runOk, Sandbox, strataOverlayJs, waitForExit } from '../helpers/sandbox.js';
+import { requireCandidate, fuseServerPids, isMounted, mountedPaths, run, runOk, Sandbox, strataOverlayJs, strataTransportOption, waitForExit } from '../helpers/sandbox.js';
 import { buildLayer } from '../helpers/tree.js';
 
 requireCandidate('strata');
@@ -92,7 +92,7 @@ t.test('a lower-only mount is read-only', async (t) => {
   const lower = box.dir('lower');
   fs.writeFileSync(path.join(lower, 'f'), 'lower');
   const mnt = box.dir('mnt');
-  const r = strataOverlay(['-o', `lowerdir=${lower}`, mnt]);
+  const r = strataOverlay(['-o', [`lowerdir=${lower}`, ...(strataTransportOption() === undefined ? [] : [`transport=${strataTransportOption()}`])].join(','), mnt]);
   box.track(mnt);
   t.equal(r.status, 0, `mounts (${r.stderr.trim()})`);
   t.equal(fs.readFileSync(path.join(mnt, 'f'), 'utf8'), 'lower', 'reads the lower');

@@ -8,7 +8,10 @@ import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import fs from 'node:fs';
 import path from 'node:path';
-import { requireCandidate, fuseServerPids, isMounted, mountLine, run, Sandbox, strataOverlayJs, waitForExit } from '../helpers/sandbox.js';
+import { requireCandidate, fuseServerPids, isMounted, mountLine, run, Sandbox, strataOverlayJs, strataTransportOption, waitForExit } from '../helpers/sandbox.js';
+
+/** The transport under test (STRATA_TEST_TRANSPORT), appended to each option list. */
+const transport = strataTransportOption() === undefined ? '' : `,transport=${strataTransportOption()}`;
 
 requireCandidate('strata');
 
@@ -34,7 +37,7 @@ function useAndUnmount(tt: Test, d: { mnt: string; upper: string }) {
 t.test('the -o form prints nothing, honours fsname and ignores generic options', async (t) => {
   const d = await layers(t, 'form-o');
   d.box.track(d.mnt);
-  const r = run(process.execPath, [strataOverlayJs, '-o', `lowerdir=${d.lower},upperdir=${d.upper},workdir=${d.work},fsname=my-union,rw,noatime,nodev`, d.mnt]);
+  const r = run(process.execPath, [strataOverlayJs, '-o', `lowerdir=${d.lower},upperdir=${d.upper},workdir=${d.work},fsname=my-union,rw,noatime,nodev${transport}`, d.mnt]);
   t.equal(r.status, 0, `exits 0 ${r.stderr}`);
   t.equal(r.stdout + r.stderr, '', 'prints nothing on success');
   t.ok(isMounted(d.mnt), 'the mount is live when it returns');
@@ -47,7 +50,7 @@ t.test('the -o form prints nothing, honours fsname and ignores generic options',
 t.test('the mount.fuse form: SOURCE MOUNTPOINT -o options', async (t) => {
   const d = await layers(t, 'form-fuse');
   d.box.track(d.mnt);
-  const r = run(process.execPath, [strataOverlayJs, 'demo-source', d.mnt, '-o', `rw,lowerdir=${d.lower},upperdir=${d.upper},workdir=${d.work},dev,suid`]);
+  const r = run(process.execPath, [strataOverlayJs, 'demo-source', d.mnt, '-o', `rw,lowerdir=${d.lower},upperdir=${d.upper},workdir=${d.work},dev,suid${transport}`]);
   t.equal(r.status, 0, `exits 0 ${r.stderr}`);
   t.equal(r.stdout + r.stderr, '', 'prints nothing on success');
   t.match(mountLine(d.mnt) ?? '', /^demo-source /, 'SOURCE is the fsname');
@@ -57,7 +60,7 @@ t.test('the mount.fuse form: SOURCE MOUNTPOINT -o options', async (t) => {
 t.test('mount -t fuse.strata-overlay goes through mount.fuse3', async (t) => {
   const d = await layers(t, 'form-mount');
   d.box.track(d.mnt);
-  const r = run('mount', ['-t', 'fuse.strata-overlay', 'by-mount', d.mnt, '-o', `lowerdir=${d.lower},upperdir=${d.upper},workdir=${d.work}`]);
+  const r = run('mount', ['-t', 'fuse.strata-overlay', 'by-mount', d.mnt, '-o', `lowerdir=${d.lower},upperdir=${d.upper},workdir=${d.work}${transport}`]);
   t.equal(r.status, 0, `mount exits 0 (needs the helper installed by scripts/setup.sh) ${r.stderr}`);
   t.match(mountLine(d.mnt) ?? '', /^by-mount \S+ fuse\.strata-overlay /, 'listed as fuse.strata-overlay with its source');
   useAndUnmount(t, d);
@@ -66,7 +69,7 @@ t.test('mount -t fuse.strata-overlay goes through mount.fuse3', async (t) => {
 t.test('-f stays in the foreground until umount, then exits 0', async (t) => {
   const d = await layers(t, 'form-f');
   d.box.track(d.mnt);
-  const server = spawn(process.execPath, [strataOverlayJs, '-f', '-o', `lowerdir=${d.lower},upperdir=${d.upper},workdir=${d.work}`, d.mnt], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const server = spawn(process.execPath, [strataOverlayJs, '-f', '-o', `lowerdir=${d.lower},upperdir=${d.upper},workdir=${d.work}${transport}`, d.mnt], { stdio: ['ignore', 'pipe', 'pipe'] });
   d.box.onCleanup(() => { if (server.exitCode === null) server.kill('SIGKILL'); });
   let output = '';
   server.stdout.on('data', (b: Buffer) => { output += b.toString(); });

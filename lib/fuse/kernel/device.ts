@@ -1,0 +1,68 @@
+/**
+ * strata_fuse: the small N-API addon (native/strata_fuse.c) that owns the /dev/fuse side of the transport.
+ *
+ * CONTRACT (session.ts is written against exactly this):
+ *  - No function throws for an errno: each returns a non-negative result or a negative errno.
+ *  - startReader's callback runs on the JS thread, once per batch: `batch` holds every request that arrived
+ *    since the last call, back to back (each begins with its fuse_in_header, whose first u32 is its length).
+ *    It is called one last time with (null, -errno) when the connection ends (-ENODEV after an unmount).
+ *  - reply() is one writev(2) of its buffers; writes to /dev/fuse never block.
+ */
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { StrataError } from '../../errors.js';
+
+export interface ReaderHandle {
+  stats(): { batches: number; requests: number };
+}
+
+export interface FuseDevice {
+  openDevice(): number;
+  mount(source: string, target: string, fstype: string, flags: number, data: string): number;
+  umount(target: string, flags: number): number;
+  backingOpen(devFd: number, fd: number): number;
+  backingClose(devFd: number, backingId: number): number;
+  reply(fd: number, a: Buffer, b?: Buffer, c?: Buffer): number;
+  startReader(fd: number, bufferSize: number, onBatch: (batch: Buffer | null, error: number) => void): ReaderHandle;
+}
+
+const require = createRequire(import.meta.url);
+const here = path.dirname(fileURLToPath(import.meta.url));
+
+function loadAddon(): FuseDevice {
+  // dist/lib/fuse/kernel -> ../../../../native/build; lib/fuse/kernel (tsx) -> ../../../native/build
+  const candidates = [
+    path.resolve(here, '../../../../native/build/Release/strata_fuse.node'),
+    path.resolve(here, '../../../native/build/Release/strata_fuse.node'),
+  ];
+  let lastError: unknown;
+  for (const candidate of candidates) {
+    try {
+      return require(candidate) as FuseDevice;
+    } catch (err) {
+      lastError = err;
+    }
+  }
+  throw new StrataError('STRATA_INTERNAL', 'strata_fuse addon not built or not loadable (run "bash scripts/setup.sh")', {
+    cause: lastError,
+  });
+}
+
+let addon: FuseDevice | undefined;
+
+/** True when the addon is built (a tree built before the transport existed has only strata_sys). */
+export function fuseDeviceAvailable(): boolean {
+  try {
+    fuseDevice();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Loaded on first use, so that the fuse-native transport works without this addon. */
+export function fuseDevice(): FuseDevice {
+  addon ??= loadAddon();
+  return addon;
+}

@@ -1,0 +1,192 @@
+/**
+ * Name operations: lookup, forget, and everything that creates, removes or renames a name. Each one keeps
+ * the node table in step with what it told the kernel (see nodes.ts).
+ */
+import { fsError } from '../../errors.js';
+import { StatIndex } from '../../native/index.js';
+import type { Caller } from '../../union/super.js';
+import type { FuseSession, Request } from './session.js';
+import { readName, readU64 } from './codec.js';
+import type { KernelNode } from './nodes.js';
+import { ENTRY_OUT, OPEN_OUT, OUT_HEADER } from './protocol.js';
+import { openFile, releaseOpen, writeOpenOut } from './files.js';
+
+const RENAME_NOREPLACE = 1;
+const RENAME_EXCHANGE = 2;
+const RENAME_WHITEOUT = 4;
+
+export function childPath(parent: KernelNode, name: string): string {
+  const parentPath = parent.path();
+  if (parentPath === '') throw fsError('ENOENT', name);
+  return parentPath === '/' ? `/${name}` : `${parentPath}/${name}`;
+}
+
+function callerOf(req: Request): Caller {
+  return { uid: req.uid, gid: req.gid };
+}
+
+function isNotFound(err: unknown): boolean {
+  const code = (err as { code?: string } | null)?.code;
+  return code === 'ENOENT';
+}
+
+export function lookup(s: FuseSession, req: Request): void {
+  const parent = s.node(req);
+  const [name] = readName(req.buf, req.body, req.end);
+  const p = childPath(parent, name);
+  try {
+    s.ufs.getattr(p, s.statBuf);
+  } catch (err) {
+    // A name that does not exist is cached by the kernel as a negative entry: only this server creates names.
+    if (isNotFound(err)) return s.replyNegativeEntry(req);
+    throw err;
+  }
+  s.replyEntry(req, parent, name, s.statBuf, s.statBuf[StatIndex.nlink] !== 1 && s.isAmbiguousName(p));
+}
+
+export function forget(s: FuseSession, req: Request): void {
+  s.nodes.forget(req.nodeid, readU64(req.buf, req.body));
+}
+
+export function batchForget(s: FuseSession, req: Request): void {
+  const { buf, body } = req;
+  const count = buf.readUInt32LE(body);
+  for (let i = 0, off = body + 8; i < count && off + 16 <= req.end; i++, off += 16) {
+    s.nodes.forget(readU64(buf, off), readU64(buf, off + 8));
+  }
+}
+
+/** After a successful creation: answer with the new name's entry. */
+function replyCreated(s: FuseSession, req: Request, parent: KernelNode, name: string, p: string): void {
+  s.ufs.getattr(p, s.statBuf);
+  s.replyEntry(req, parent, name, s.statBuf);
+}
+
+export async function mknod(s: FuseSession, req: Request): Promise<void> {
+  const parent = s.node(req);
+  const { buf, body } = req;
+  const mode = buf.readUInt32LE(body);
+  const rdev = buf.readUInt32LE(body + 4);
+  const [name] = readName(buf, body + 16, req.end);
+  const p = childPath(parent, name);
+  await s.ufs.mknod(p, mode, rdev, callerOf(req));
+  replyCreated(s, req, parent, name, p);
+}
+
+export async function mkdir(s: FuseSession, req: Request): Promise<void> {
+  const parent = s.node(req);
+  const { buf, body } = req;
+  const mode = buf.readUInt32LE(body);
+  const [name] = readName(buf, body + 8, req.end);
+  const p = childPath(parent, name);
+  await s.ufs.mkdir(p, mode, callerOf(req));
+  replyCreated(s, req, parent, name, p);
+}
+
+export async function symlink(s: FuseSession, req: Request): Promise<void> {
+  const parent = s.node(req);
+  const [name, next] = readName(req.buf, req.body, req.end);
+  const [target] = readName(req.buf, next, req.end);
+  const p = childPath(parent, name);
+  await s.ufs.symlink(target, p, callerOf(req));
+  replyCreated(s, req, parent, name, p);
+}
+
+export async function link(s: FuseSession, req: Request): Promise<void> {
+  const parent = s.node(req);
+  const oldNode = s.nodes.get(readU64(req.buf, req.body));
+  if (oldNode === undefined) throw fsError('ESTALE', 'link source');
+  const [name] = readName(req.buf, req.body + 8, req.end);
+  const existing = oldNode.path();
+  if (existing === '') throw fsError('ENOENT', name);
+  const p = childPath(parent, name);
+  await s.ufs.link(existing, p);
+  replyCreated(s, req, parent, name, p);
+}
+
+export async function create(s: FuseSession, req: Request): Promise<void> {
+  const parent = s.node(req);
+  const { buf, body } = req;
+  const flags = buf.readUInt32LE(body);
+  const mode = buf.readUInt32LE(body + 4);
+  const [name] = readName(buf, body + 16, req.end);
+  const p = childPath(parent, name);
+  const fd = await s.ufs.create(p, mode, flags, callerOf(req));
+  let node: KernelNode;
+  try {
+    s.ufs.getattr(p, s.statBuf);
+    node = s.nodes.lookedUp(parent, name, s.statBuf[StatIndex.ino] ?? 0, (s.statBuf[StatIndex.mode] ?? 0) & 0o170000);
+  } catch (err) {
+    s.ufs.release(fd);
+    throw err;
+  }
+  const open = openFile(s, node, fd, false);
+  s.writeEntry(OUT_HEADER, node, s.statBuf);
+  writeOpenOut(s, OUT_HEADER + ENTRY_OUT, open);
+  if (!s.send(req, ENTRY_OUT + OPEN_OUT)) {
+    s.nodes.forget(node.id, 1);
+    // The kernel never saw the open: nobody will release it.
+    releaseOpen(s, fd);
+  }
+}
+
+export async function unlink(s: FuseSession, req: Request): Promise<void> {
+  const parent = s.node(req);
+  const [name] = readName(req.buf, req.body, req.end);
+  await s.ufs.unlink(childPath(parent, name));
+  s.nodes.removeAlias(parent, name);
+  s.replyOk(req);
+}
+
+export async function rmdir(s: FuseSession, req: Request): Promise<void> {
+  const parent = s.node(req);
+  const [name] = readName(req.buf, req.body, req.end);
+  await s.ufs.rmdir(childPath(parent, name));
+  s.nodes.removeAlias(parent, name);
+  s.replyOk(req);
+}
+
+async function renameCommon(s: FuseSession, req: Request, newDirId: number, flags: number, namesAt: number): Promise<void> {
+  const parent = s.node(req);
+  const newParent = s.nodes.get(newDirId);
+  if (newParent === undefined) throw fsError('ESTALE', 'rename target dir');
+  const [name, next] = readName(req.buf, namesAt, req.end);
+  const [newName] = readName(req.buf, next, req.end);
+  // Kernel overlayfs refuses RENAME_WHITEOUT (it is for overlayfs's own use on the upper layer).
+  if ((flags & RENAME_WHITEOUT) !== 0 || (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE)) !== 0) throw fsError('EINVAL', name);
+  const from = childPath(parent, name);
+  const to = childPath(newParent, newName);
+  if ((flags & RENAME_EXCHANGE) !== 0) {
+    if ((flags & RENAME_NOREPLACE) !== 0) throw fsError('EINVAL', name);
+    const exchange = (s.ufs as { exchange?: (a: string, b: string) => Promise<void> }).exchange;
+    if (exchange === undefined) throw fsError('EINVAL', name);
+    await exchange.call(s.ufs, from, to);
+    s.nodes.exchanged(parent, name, newParent, newName);
+    return s.replyOk(req);
+  }
+  if ((flags & RENAME_NOREPLACE) !== 0) {
+    // The kernel checked the dentry, but a name it has not looked up yet is only known here.
+    let exists = true;
+    try {
+      s.ufs.lookup(to);
+    } catch (err) {
+      if (!isNotFound(err)) throw err;
+      exists = false;
+    }
+    if (exists) throw fsError('EEXIST', to);
+  }
+  const source = s.nodes.child(parent, name);
+  const sameInode = source !== undefined && source === s.nodes.child(newParent, newName);
+  await s.ufs.rename(from, to);
+  // Two names of one inode: rename(2) does nothing, so both names stay.
+  if (!sameInode) s.nodes.renamed(parent, name, newParent, newName);
+  s.replyOk(req);
+}
+
+export function rename(s: FuseSession, req: Request): Promise<void> {
+  return renameCommon(s, req, readU64(req.buf, req.body), 0, req.body + 8);
+}
+
+export function rename2(s: FuseSession, req: Request): Promise<void> {
+  return renameCommon(s, req, readU64(req.buf, req.body), req.buf.readUInt32LE(req.body + 8), req.body + 16);
+}

@@ -1,0 +1,199 @@
+/**
+ * The node table: what the kernel's node ids stand for.
+ *
+ * Invariants:
+ *  - A node id names one union inode while the kernel holds lookups on it (nlookup > 0). Ids are never
+ *    reused (a counter), so a late FORGET can never hit a newer node.
+ *  - Hard links share one node: a lookup whose union st_ino is already a live, still-linked non-directory
+ *    node of the same type returns that node, with the new name added as an alias. So the kernel has one
+ *    inode (one attribute cache, one page cache) per union inode, and hard links stay coherent with long
+ *    cache timeouts.
+ *  - The union is path-based: a node's path is its primary alias's parent path plus its name. A rename
+ *    moves one alias; the children follow because they point at their parent node, so nothing is scanned.
+ *  - A node whose last name went away (unlink, rmdir, rename over it) leaves the st_ino map at once, so an
+ *    inode number the real filesystem reuses for a new file cannot resurrect it; it lives on (path '') until
+ *    the kernel forgets it.
+ *  - Memory is bounded by what the kernel caches: FORGET / BATCH_FORGET drop nodes whose count reaches 0.
+ */
+import { FUSE_ROOT_ID } from './protocol.js';
+
+export interface Alias {
+  parent: KernelNode;
+  name: string;
+}
+
+/** How the node is open (see files.ts): cached-mode and passthrough opens never mix on one inode. */
+export interface NodeIo {
+  cachedOpens: number;
+  backingId: number | undefined;
+  passthroughOpens: number;
+  /** Set once the node had passthrough opens: its page cache may be stale since. */
+  passthroughUsed: boolean;
+}
+
+export class KernelNode {
+  readonly id: number;
+  ino: number;
+  /** S_IFMT bits of the union object. */
+  type: number;
+  nlookup = 0;
+  /** Names of this inode, most recently looked up first; empty once unlinked. */
+  aliases: Alias[] = [];
+  /** Open real fds (FUSE file handles) of this node, for attributes of an unlinked open file. */
+  openFds: Set<number> | undefined;
+  io: NodeIo | undefined;
+
+  constructor(id: number, ino: number, type: number) {
+    this.id = id;
+    this.ino = ino;
+    this.type = type;
+  }
+
+  /** The merged-view path, or '' when the node has no name left (unlinked while in use). */
+  path(): string {
+    if (this.id === FUSE_ROOT_ID) return '/';
+    const alias = this.aliases[0];
+    if (alias === undefined) return '';
+    const parentPath = alias.parent.path();
+    if (parentPath === '') return '';
+    return parentPath === '/' ? `/${alias.name}` : `${parentPath}/${alias.name}`;
+  }
+}
+
+function aliasKey(parent: KernelNode, name: string): string {
+  return `${parent.id}/${name}`;
+}
+
+export class NodeTable {
+  private readonly byId = new Map<number, KernelNode>();
+  private readonly byIno = new Map<number, KernelNode>();
+  private readonly byName = new Map<string, KernelNode>();
+  private nextId = FUSE_ROOT_ID + 1;
+  readonly root: KernelNode;
+
+  constructor(rootIno: number, rootType: number) {
+    this.root = new KernelNode(FUSE_ROOT_ID, rootIno, rootType);
+    this.root.nlookup = 1; // the kernel never forgets the root
+    this.byId.set(FUSE_ROOT_ID, this.root);
+  }
+
+  get size(): number {
+    return this.byId.size;
+  }
+
+  get(id: number): KernelNode | undefined {
+    return this.byId.get(id);
+  }
+
+  /** The node a (parent, name) resolves to, when the kernel knows it. */
+  child(parent: KernelNode, name: string): KernelNode | undefined {
+    return this.byName.get(aliasKey(parent, name));
+  }
+
+  /** The node at a merged-view path, when every component is known to the kernel. */
+  byPath(p: string): KernelNode | undefined {
+    let node: KernelNode | undefined = this.root;
+    if (p === '/' || p === '') return node;
+    for (const name of p.slice(1).split('/')) {
+      node = this.byName.get(aliasKey(node, name));
+      if (node === undefined) return undefined;
+    }
+    return node;
+  }
+
+  /**
+   * Records one more kernel lookup of (parent, name), which resolved to union inode `ino` of type `type`.
+   * Returns the node to answer with.
+   */
+  lookedUp(parent: KernelNode, name: string, ino: number, type: number): KernelNode {
+    const key = aliasKey(parent, name);
+    let node = this.byName.get(key);
+    if (node !== undefined && (node.ino !== ino || node.type !== type)) {
+      // The name now stands for another inode (changed below the kernel, e.g. a copy-up that got its own
+      // inode number): detach the old node from this name.
+      this.removeAlias(parent, name);
+      node = undefined;
+    }
+    if (node === undefined) {
+      const shared = type !== 0o040000 ? this.byIno.get(ino) : undefined;
+      if (shared !== undefined && shared.type === type && shared.aliases.length > 0) {
+        node = shared;
+      } else {
+        node = new KernelNode(this.nextId++, ino, type);
+        this.byId.set(node.id, node);
+        this.byIno.set(ino, node);
+      }
+      node.aliases.unshift({ parent, name });
+      this.byName.set(key, node);
+    } else if (node.aliases[0]?.parent !== parent || node.aliases[0]?.name !== name) {
+      // Most recently used name first: it is the likeliest to still be valid.
+      const i = node.aliases.findIndex((a) => a.parent === parent && a.name === name);
+      if (i > 0) node.aliases.unshift(...node.aliases.splice(i, 1));
+    }
+    node.nlookup += 1;
+    return node;
+  }
+
+  /** The name (parent, name) is gone from the merged view (unlink, rmdir, replaced by a rename). */
+  removeAlias(parent: KernelNode, name: string): void {
+    const key = aliasKey(parent, name);
+    const node = this.byName.get(key);
+    if (node === undefined) return;
+    this.byName.delete(key);
+    const i = node.aliases.findIndex((a) => a.parent === parent && a.name === name);
+    if (i >= 0) node.aliases.splice(i, 1);
+    if (node.aliases.length === 0 && this.byIno.get(node.ino) === node) this.byIno.delete(node.ino);
+  }
+
+  /** (parent, name) was renamed to (newParent, newName); a node already at the destination was removed. */
+  renamed(parent: KernelNode, name: string, newParent: KernelNode, newName: string): void {
+    this.removeAlias(newParent, newName);
+    const key = aliasKey(parent, name);
+    const node = this.byName.get(key);
+    if (node === undefined) return;
+    this.byName.delete(key);
+    const alias = node.aliases.find((a) => a.parent === parent && a.name === name);
+    if (alias !== undefined) {
+      alias.parent = newParent;
+      alias.name = newName;
+    }
+    this.byName.set(aliasKey(newParent, newName), node);
+  }
+
+  /** RENAME_EXCHANGE: the two names swap inodes. */
+  exchanged(a: KernelNode, aName: string, b: KernelNode, bName: string): void {
+    const keyA = aliasKey(a, aName);
+    const keyB = aliasKey(b, bName);
+    const nodeA = this.byName.get(keyA);
+    const nodeB = this.byName.get(keyB);
+    this.byName.delete(keyA);
+    this.byName.delete(keyB);
+    const move = (node: KernelNode | undefined, from: KernelNode, fromName: string, to: KernelNode, toName: string) => {
+      if (node === undefined) return;
+      const alias = node.aliases.find((x) => x.parent === from && x.name === fromName);
+      if (alias !== undefined) {
+        alias.parent = to;
+        alias.name = toName;
+      }
+      this.byName.set(aliasKey(to, toName), node);
+    };
+    move(nodeA, a, aName, b, bName);
+    move(nodeB, b, bName, a, aName);
+  }
+
+  /** The kernel dropped `count` lookups of node `id`. */
+  forget(id: number, count: number): void {
+    if (id === FUSE_ROOT_ID) return;
+    const node = this.byId.get(id);
+    if (node === undefined) return;
+    node.nlookup -= count;
+    if (node.nlookup > 0) return;
+    this.byId.delete(id);
+    if (this.byIno.get(node.ino) === node) this.byIno.delete(node.ino);
+    for (const alias of node.aliases) {
+      const key = aliasKey(alias.parent, alias.name);
+      if (this.byName.get(key) === node) this.byName.delete(key);
+    }
+    node.aliases = [];
+  }
+}

@@ -1,0 +1,401 @@
+/**
+ * A FUSE session on /dev/fuse: mount, INIT negotiation, the request loop, replies and notifications.
+ *
+ * Threading: a C reader thread (native/strata_fuse.c) reads requests; every batch that arrived while the JS
+ * thread was busy comes in one callback, and each request is parsed and dispatched here. Handlers answer
+ * synchronously where they can (lookups, getattr, reads: one writev straight from this thread) and
+ * asynchronously where the union must copy up. Replies and notifications are built in one scratch buffer:
+ * every reply is filled and written without yielding, so one buffer serves all of them.
+ */
+import fs from 'node:fs';
+import type { Logger } from '../../log.js';
+import { StrataError } from '../../errors.js';
+import { StatIndex } from '../../native/index.js';
+import type { UnionFs } from '../../union/super.js';
+import { toNegativeErrno } from '../errno.js';
+import { fuseDevice, type FuseDevice, type ReaderHandle } from './device.js';
+import { KernelNode, NodeTable } from './nodes.js';
+import {
+  ATTR_OUT, ENTRY_OUT, FUSE_KERNEL_MINOR_VERSION, FUSE_KERNEL_VERSION, INIT_OUT, InHeader, InitFlag, IN_HEADER,
+  MAX_PAGES, MAX_WRITE, Notify, Op, OUT_HEADER, REQUEST_BUFFER_SIZE,
+} from './protocol.js';
+import { handlers } from './handlers.js';
+import type { OpenFile } from './files.js';
+import type { DirHandle } from './dirs.js';
+import { readU64, writeU64, TWO_32 } from './codec.js';
+
+export { readName, readU64, writeU64 } from './codec.js';
+
+const S_IFMT = 0o170000;
+const ENOENT = 2;
+const ENOSYS = 38;
+const EPROTO = 71;
+const MS_RDONLY = 1;
+const MS_NOSUID = 2;
+const MS_NODEV = 4;
+
+export interface SessionOptions {
+  fsname: string;
+  subtype: string;
+  readOnly: boolean;
+  /** Seconds the kernel may cache names (also negative ones) and attributes. */
+  entryTimeout: number;
+  attrTimeout: number;
+  /** Use FUSE passthrough for opens where it is safe, when the kernel offers it. */
+  passthrough: boolean;
+}
+
+/** One request, parsed in place: `body` is the offset of the op-specific part in `buf`. */
+export interface Request {
+  readonly buf: Buffer;
+  readonly opcode: number;
+  readonly unique: number;
+  readonly nodeid: number;
+  readonly uid: number;
+  readonly gid: number;
+  readonly pid: number;
+  readonly body: number;
+  readonly end: number;
+}
+
+export class FuseSession {
+  readonly ufs: UnionFs;
+  readonly logger: Logger;
+  readonly options: SessionOptions;
+  readonly dev: FuseDevice;
+  readonly nodes: NodeTable;
+  readonly statBuf = new Float64Array(StatIndex.length);
+  /** Reply scratch: the largest reply is a read of max_write bytes. */
+  readonly out = Buffer.allocUnsafe(REQUEST_BUFFER_SIZE);
+  readonly mountpoint: string;
+  fd = -1;
+  /** The minor protocol version agreed at INIT, and whether passthrough was agreed. */
+  minor = 0;
+  passthroughEnabled = false;
+  /** Directory handles: fh -> state (see dirs.ts). */
+  readonly dirHandles = new Map<number, DirHandle>();
+  /** Open files by FUSE handle (= real fd). */
+  readonly openFiles = new Map<number, OpenFile>();
+  nextDirHandle = 1;
+  private reader: ReaderHandle | undefined;
+  private initDone: ((err?: Error) => void) | undefined;
+  private ended: (() => void) | undefined;
+  private readonly endedPromise: Promise<void>;
+  private readonly entrySec: number;
+  private readonly entryNsec: number;
+  private readonly attrSec: number;
+  private readonly attrNsec: number;
+
+  constructor(ufs: UnionFs, mountpoint: string, options: SessionOptions, logger: Logger) {
+    this.ufs = ufs;
+    this.mountpoint = mountpoint;
+    this.options = options;
+    this.logger = logger;
+    this.dev = fuseDevice();
+    ufs.getattr('/', this.statBuf);
+    this.nodes = new NodeTable(this.statBuf[StatIndex.ino] ?? 1, 0o040000);
+    ufs.attrsChanged = (path) => this.invalidateAttrs(path);
+    this.entrySec = Math.floor(options.entryTimeout);
+    this.entryNsec = Math.floor((options.entryTimeout - this.entrySec) * 1e9);
+    this.attrSec = Math.floor(options.attrTimeout);
+    this.attrNsec = Math.floor((options.attrTimeout - this.attrSec) * 1e9);
+    this.endedPromise = new Promise((resolve) => {
+      this.ended = resolve;
+    });
+  }
+
+  /** Opens /dev/fuse, mounts it and resolves once the kernel's INIT was answered. */
+  async mount(): Promise<void> {
+    const fd = this.dev.openDevice();
+    if (fd < 0) throw this.mountError(`cannot open /dev/fuse (errno ${-fd})`);
+    this.fd = fd;
+    const data = `fd=${fd},rootmode=40000,user_id=0,group_id=0,allow_other,default_permissions`;
+    let flags = this.options.readOnly ? MS_RDONLY : 0;
+    // Device nodes and setuid binaries work on the mount as on kernel overlayfs (only root may ask for this).
+    if (process.getuid?.() !== 0) flags |= MS_NOSUID | MS_NODEV;
+    const initialized = new Promise<void>((resolve, reject) => {
+      this.initDone = (err) => (err ? reject(err) : resolve());
+    });
+    const rc = this.dev.mount(this.options.fsname, this.mountpoint, `fuse.${this.options.subtype}`, flags, data);
+    if (rc < 0) {
+      fs.closeSync(fd);
+      this.fd = -1;
+      throw this.mountError(`mount(2) failed (errno ${-rc})`);
+    }
+    // Only now: reading a device fd that no mount is attached to fails at once (EPERM).
+    this.reader = this.dev.startReader(fd, REQUEST_BUFFER_SIZE, (batch, error) => this.onBatch(batch, error));
+    await initialized;
+  }
+
+  private mountError(message: string): StrataError {
+    return new StrataError('STRATA_MOUNT_FAILED', `cannot mount FUSE at ${this.mountpoint}: ${message}`);
+  }
+
+  unmount(): Promise<void> {
+    const rc = this.dev.umount(this.mountpoint, 0);
+    if (rc < 0) return Promise.reject(new StrataError('STRATA_MOUNT_FAILED', `umount ${this.mountpoint} failed (errno ${-rc})`));
+    return this.endedPromise;
+  }
+
+  /** Resolves once the connection ended (the mount is gone). */
+  waitUntilEnded(): Promise<void> {
+    return this.endedPromise;
+  }
+
+  stats(): { batches: number; requests: number; nodes: number } {
+    return { ...(this.reader?.stats() ?? { batches: 0, requests: 0 }), nodes: this.nodes.size };
+  }
+
+  private onBatch(batch: Buffer | null, error: number): void {
+    if (batch === null) {
+      this.logger.info({ errno: -error, ...this.stats() }, 'FUSE connection ended');
+      this.initDone?.(this.mountError(`the connection ended before INIT (errno ${-error})`));
+      this.initDone = undefined;
+      this.ended?.();
+      return;
+    }
+    let off = 0;
+    while (off + IN_HEADER <= batch.length) {
+      const len = batch.readUInt32LE(off + InHeader.len);
+      if (len < IN_HEADER || off + len > batch.length) break;
+      const req: Request = {
+        buf: batch,
+        opcode: batch.readUInt32LE(off + InHeader.opcode),
+        unique: readU64(batch, off + InHeader.unique),
+        nodeid: readU64(batch, off + InHeader.nodeid),
+        uid: batch.readUInt32LE(off + InHeader.uid),
+        gid: batch.readUInt32LE(off + InHeader.gid),
+        pid: batch.readUInt32LE(off + InHeader.pid),
+        body: off + IN_HEADER,
+        end: off + len,
+      };
+      off += len;
+      this.dispatch(req);
+    }
+  }
+
+  private dispatch(req: Request): void {
+    if (req.opcode === Op.INIT) return this.init(req);
+    const handler = handlers[req.opcode];
+    if (handler === undefined) {
+      if (req.opcode === Op.FORGET || req.opcode === Op.BATCH_FORGET || req.opcode === Op.INTERRUPT) return;
+      return this.replyError(req, -ENOSYS);
+    }
+    try {
+      const result = handler(this, req);
+      if (result !== undefined) result.catch((err: unknown) => this.fail(req, err));
+    } catch (err) {
+      this.fail(req, err);
+    }
+  }
+
+  /** Answers a failed request with its errno (EIO, logged, for anything that is not an errno). */
+  fail(req: Request, err: unknown, path = ''): void {
+    this.replyError(req, toNegativeErrno(err, this.logger, opName(req.opcode), path));
+  }
+
+  private init(req: Request): void {
+    const { buf, body } = req;
+    const major = buf.readUInt32LE(body);
+    const minor = buf.readUInt32LE(body + 4);
+    const maxReadahead = buf.readUInt32LE(body + 8);
+    let offered = buf.readUInt32LE(body + 12);
+    if (major !== FUSE_KERNEL_VERSION) {
+      this.logger.error({ major, minor }, 'unsupported FUSE major version');
+      this.replyError(req, -EPROTO);
+      return;
+    }
+    if ((offered & InitFlag.INIT_EXT) !== 0 && req.end - body >= 20) offered += buf.readUInt32LE(body + 16) * TWO_32;
+    this.minor = Math.min(minor, FUSE_KERNEL_MINOR_VERSION);
+    let wanted =
+      InitFlag.ASYNC_READ | InitFlag.ATOMIC_O_TRUNC | InitFlag.BIG_WRITES | InitFlag.DO_READDIRPLUS |
+      InitFlag.READDIRPLUS_AUTO | InitFlag.PARALLEL_DIROPS | InitFlag.MAX_PAGES | InitFlag.CACHE_SYMLINKS |
+      InitFlag.ASYNC_DIO | InitFlag.ABORT_ERROR | InitFlag.INIT_EXT;
+    wanted += InitFlag.NO_EXPORT_SUPPORT;
+    if (this.options.passthrough) wanted += InitFlag.PASSTHROUGH;
+    const agreed = andFlags(wanted, offered);
+    this.passthroughEnabled = andFlags(agreed, InitFlag.PASSTHROUGH) !== 0;
+    const out = this.out;
+    out.fill(0, OUT_HEADER, OUT_HEADER + INIT_OUT);
+    const o = OUT_HEADER;
+    out.writeUInt32LE(FUSE_KERNEL_VERSION, o);
+    out.writeUInt32LE(this.minor, o + 4);
+    out.writeUInt32LE(maxReadahead, o + 8);
+    out.writeUInt32LE(agreed % TWO_32, o + 12);
+    out.writeUInt16LE(64, o + 16); // max_background
+    out.writeUInt16LE(48, o + 18); // congestion_threshold
+    out.writeUInt32LE(MAX_WRITE, o + 20);
+    out.writeUInt32LE(1, o + 24); // time_gran: nanoseconds
+    out.writeUInt16LE(MAX_PAGES, o + 28);
+    out.writeUInt32LE(Math.floor(agreed / TWO_32), o + 32); // flags2
+    // max_stack_depth: the backing files live on a plain filesystem (depth 0), so our mount is depth 1.
+    if (this.passthroughEnabled) out.writeUInt32LE(1, o + 36);
+    this.send(req, INIT_OUT);
+    this.logger.debug({ minor: this.minor, offered, agreed, passthrough: this.passthroughEnabled }, 'FUSE INIT');
+    this.initDone?.();
+    this.initDone = undefined;
+  }
+
+  // --- replies ---------------------------------------------------------------------------------------------
+
+  /** Sends the reply whose payload (`length` bytes) was written at out[OUT_HEADER..]. Returns false if the
+   * kernel no longer waits for it (the request was interrupted). */
+  send(req: Request, length: number): boolean {
+    const total = OUT_HEADER + length;
+    const out = this.out;
+    out.writeUInt32LE(total, 0);
+    out.writeInt32LE(0, 4);
+    writeU64(out, 8, req.unique);
+    return this.write(out.subarray(0, total));
+  }
+
+  /** Sends a reply with a header from the scratch buffer and a payload from elsewhere (read data). */
+  sendWith(req: Request, payload: Buffer): boolean {
+    const out = this.out;
+    out.writeUInt32LE(OUT_HEADER + payload.length, 0);
+    out.writeInt32LE(0, 4);
+    writeU64(out, 8, req.unique);
+    const rc = this.dev.reply(this.fd, out.subarray(0, OUT_HEADER), payload);
+    return this.checkWrite(rc);
+  }
+
+  replyError(req: Request, negErrno: number): void {
+    const out = this.out;
+    out.writeUInt32LE(OUT_HEADER, 0);
+    out.writeInt32LE(negErrno, 4);
+    writeU64(out, 8, req.unique);
+    this.write(out.subarray(0, OUT_HEADER));
+  }
+
+  replyOk(req: Request): void {
+    this.send(req, 0);
+  }
+
+  private write(buf: Buffer): boolean {
+    return this.checkWrite(this.dev.reply(this.fd, buf));
+  }
+
+  private checkWrite(rc: number): boolean {
+    if (rc >= 0) return true;
+    // ENOENT: the request was interrupted and is gone. ENODEV: the connection is gone. Both are normal.
+    if (rc !== -ENOENT && rc !== -19) this.logger.warn({ errno: -rc }, 'FUSE reply write failed');
+    return false;
+  }
+
+  /** Writes fuse_attr at `off` from a stat buffer, reporting `ino`. */
+  writeAttr(off: number, s: Float64Array, ino: number): void {
+    const out = this.out;
+    writeU64(out, off, ino);
+    writeU64(out, off + 8, s[StatIndex.size] ?? 0);
+    writeU64(out, off + 16, s[StatIndex.blocks] ?? 0);
+    writeU64(out, off + 24, s[StatIndex.atimeSec] ?? 0);
+    writeU64(out, off + 32, s[StatIndex.mtimeSec] ?? 0);
+    writeU64(out, off + 40, s[StatIndex.ctimeSec] ?? 0);
+    out.writeUInt32LE(s[StatIndex.atimeNsec] ?? 0, off + 48);
+    out.writeUInt32LE(s[StatIndex.mtimeNsec] ?? 0, off + 52);
+    out.writeUInt32LE(s[StatIndex.ctimeNsec] ?? 0, off + 56);
+    out.writeUInt32LE(s[StatIndex.mode] ?? 0, off + 60);
+    out.writeUInt32LE(s[StatIndex.nlink] ?? 1, off + 64);
+    out.writeUInt32LE(s[StatIndex.uid] ?? 0, off + 68);
+    out.writeUInt32LE(s[StatIndex.gid] ?? 0, off + 72);
+    out.writeUInt32LE((s[StatIndex.rdev] ?? 0) % TWO_32, off + 76);
+    out.writeUInt32LE(s[StatIndex.blksize] ?? 4096, off + 80);
+    out.writeUInt32LE(0, off + 84);
+  }
+
+  /**
+   * True when the kernel must not cache the name `path`: a lower file with several names that is not in the
+   * upper layer yet. All its names share one node, and the requests that copy it up (open for write, link,
+   * setattr...) name only the node; kernel overlayfs copies up the name that was used. With the name
+   * uncached, every path walk through it asks LOOKUP first, which makes it the node's current name.
+   */
+  isAmbiguousName(path: string): boolean {
+    const entry = this.ufs.lookup(path);
+    return !entry.inUpper && (entry.lowerNlink ?? 1) > 1;
+  }
+
+  /** Writes fuse_entry_out at `off` (node 0 = a cached negative entry). */
+  writeEntry(off: number, node: KernelNode | undefined, s: Float64Array, uncachedName = false): void {
+    const out = this.out;
+    writeU64(out, off, node?.id ?? 0);
+    writeU64(out, off + 8, 0); // generation: node ids are never reused
+    writeU64(out, off + 16, uncachedName ? 0 : this.entrySec);
+    writeU64(out, off + 24, this.attrSec);
+    out.writeUInt32LE(uncachedName ? 0 : this.entryNsec, off + 32);
+    out.writeUInt32LE(this.attrNsec, off + 36);
+    if (node === undefined) out.fill(0, off + 40, off + ENTRY_OUT);
+    else this.writeAttr(off + 40, s, node.ino);
+  }
+
+  /**
+   * Answers with an entry for (parent, name), which resolved to the attributes in `s`: counts the kernel's
+   * new lookup, and takes it back if the kernel did not get the reply.
+   */
+  replyEntry(req: Request, parent: KernelNode, name: string, s: Float64Array, uncachedName = false): KernelNode {
+    const node = this.nodes.lookedUp(parent, name, s[StatIndex.ino] ?? 0, (s[StatIndex.mode] ?? 0) & S_IFMT);
+    this.writeEntry(OUT_HEADER, node, s, uncachedName);
+    if (!this.send(req, ENTRY_OUT)) this.nodes.forget(node.id, 1);
+    return node;
+  }
+
+  replyNegativeEntry(req: Request): void {
+    this.writeEntry(OUT_HEADER, undefined, this.statBuf);
+    this.send(req, ENTRY_OUT);
+  }
+
+  replyAttr(req: Request, s: Float64Array, ino: number): void {
+    const out = this.out;
+    writeU64(out, OUT_HEADER, this.attrSec);
+    out.writeUInt32LE(this.attrNsec, OUT_HEADER + 8);
+    out.writeUInt32LE(0, OUT_HEADER + 12);
+    this.writeAttr(OUT_HEADER + 16, s, ino);
+    this.send(req, ATTR_OUT);
+  }
+
+  // --- notifications -----------------------------------------------------------------------------------------
+
+  /**
+   * Tells the kernel that the attributes of the node at `path` changed behind its back (a copy-up turned a
+   * lower directory into a merged one, say). Only attributes: no page is touched, and no inode or directory
+   * lock is taken by the kernel, so this is safe while requests on that node are in flight.
+   */
+  invalidateAttrs(path: string): void {
+    if (this.fd < 0) return;
+    const node = this.nodes.byPath(path);
+    if (node === undefined) return;
+    const out = this.out;
+    const length = OUT_HEADER + 24;
+    out.writeUInt32LE(length, 0);
+    out.writeInt32LE(Notify.INVAL_INODE, 4);
+    writeU64(out, 8, 0);
+    writeU64(out, OUT_HEADER, node.id);
+    writeU64(out, OUT_HEADER + 8, -1);
+    writeU64(out, OUT_HEADER + 16, 0);
+    this.write(out.subarray(0, length));
+  }
+
+  /** The node a request is about; throws ESTALE for an id the kernel should not be using. */
+  node(req: Request): KernelNode {
+    const node = this.nodes.get(req.nodeid);
+    if (node === undefined) throw Object.assign(new Error(`unknown node ${req.nodeid}`), { code: 'ESTALE' });
+    return node;
+  }
+}
+
+function andFlags(a: number, b: number): number {
+  const lo = (a % TWO_32 & b % TWO_32) >>> 0;
+  const hi = (Math.floor(a / TWO_32) & Math.floor(b / TWO_32)) >>> 0;
+  return hi * TWO_32 + lo;
+}
+
+const OP_NAMES: Record<number, string> = {};
+for (const [name, value] of Object.entries({
+  LOOKUP: 1, GETATTR: 3, SETATTR: 4, READLINK: 5, SYMLINK: 6, MKNOD: 8, MKDIR: 9, UNLINK: 10, RMDIR: 11,
+  RENAME: 12, LINK: 13, OPEN: 14, READ: 15, WRITE: 16, STATFS: 17, RELEASE: 18, FSYNC: 20, SETXATTR: 21,
+  GETXATTR: 22, LISTXATTR: 23, REMOVEXATTR: 24, FLUSH: 25, OPENDIR: 27, READDIR: 28, RELEASEDIR: 29,
+  FSYNCDIR: 30, CREATE: 35, FALLOCATE: 43, READDIRPLUS: 44, RENAME2: 45,
+})) OP_NAMES[value] = name.toLowerCase();
+
+export function opName(opcode: number): string {
+  return OP_NAMES[opcode] ?? `op${opcode}`;
+}

@@ -1,0 +1,52 @@
+/** Extended attributes: getxattr, listxattr, setxattr, removexattr (the union hides trusted.overlay.*). */
+import { fsError } from '../../errors.js';
+import type { FuseSession, Request } from './session.js';
+import { readName } from './codec.js';
+import { OUT_HEADER, XATTR_OUT } from './protocol.js';
+
+function pathOf(s: FuseSession, req: Request): string {
+  const p = s.node(req).path();
+  if (p === '') throw fsError('ENOENT', `node ${req.nodeid}`);
+  return p;
+}
+
+/** The size-probing protocol of getxattr/listxattr: size 0 asks for the length only. */
+function replyValue(s: FuseSession, req: Request, size: number, value: Buffer): void {
+  if (size === 0) {
+    s.out.writeUInt32LE(value.length, OUT_HEADER);
+    s.out.writeUInt32LE(0, OUT_HEADER + 4);
+    s.send(req, XATTR_OUT);
+    return;
+  }
+  if (value.length > size) throw fsError('ERANGE', 'xattr buffer too small');
+  s.sendWith(req, value);
+}
+
+export function getxattr(s: FuseSession, req: Request): void {
+  const size = req.buf.readUInt32LE(req.body);
+  const [name] = readName(req.buf, req.body + 8, req.end);
+  replyValue(s, req, size, s.ufs.getxattr(pathOf(s, req), name));
+}
+
+export function listxattr(s: FuseSession, req: Request): void {
+  const size = req.buf.readUInt32LE(req.body);
+  const names = s.ufs.listxattr(pathOf(s, req));
+  const value = Buffer.from(names.map((n) => `${n}\0`).join(''));
+  replyValue(s, req, size, value);
+}
+
+export async function setxattr(s: FuseSession, req: Request): Promise<void> {
+  const { buf, body } = req;
+  const size = buf.readUInt32LE(body);
+  const flags = buf.readUInt32LE(body + 4);
+  const [name, valueAt] = readName(buf, body + 8, req.end);
+  const value = buf.subarray(valueAt, valueAt + size);
+  await s.ufs.setxattr(pathOf(s, req), name, value, flags);
+  s.replyOk(req);
+}
+
+export async function removexattr(s: FuseSession, req: Request): Promise<void> {
+  const [name] = readName(req.buf, req.body, req.end);
+  await s.ufs.removexattr(pathOf(s, req), name);
+  s.replyOk(req);
+}

@@ -1,0 +1,415 @@
+/*
+ * strata_fuse: the /dev/fuse side of Strata's own FUSE transport (lib/fuse/kernel/).
+ *
+ * The JS-facing contract lives in lib/fuse/kernel/device.ts; this file implements exactly that.
+ *
+ * Why it looks the way it does:
+ *  - One reader thread per session blocks in read(2) on /dev/fuse. Each request it reads is copied into a
+ *    queue, and the JS thread is woken with uv_async_send. libuv coalesces wake-ups, so one wake-up drains
+ *    EVERY request that arrived meanwhile: they reach JS as one Buffer holding the requests back to back
+ *    (each starts with its fuse_in_header, whose `len` gives its size). That is the batching: under load the
+ *    reader keeps reading while JS works, and JS pays one callback per batch instead of one hop per request.
+ *  - Replies are written by the JS thread itself with writev (reply()): a write to /dev/fuse never blocks,
+ *    so there is no second thread hop per request (fuse-native's libfuse 2 path makes two).
+ *  - mount(2) is done here, without libfuse or fusermount: we run as root (CAP_SYS_ADMIN), and the device fd
+ *    we opened is the connection.
+ *  - Errors are returned as negative errnos (never thrown) on the paths the session loop uses per request.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#ifndef NAPI_VERSION
+#define NAPI_VERSION 8
+#endif
+
+#include <node_api.h>
+#include <uv.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+/* Protocol 7.40 (Linux 6.9) names that Debian 12's linux/fuse.h (7.38) lacks; the values are kernel ABI. */
+struct strata_fuse_backing_map {
+  int32_t fd;
+  uint32_t flags;
+  uint64_t padding;
+};
+#define STRATA_FUSE_DEV_IOC_MAGIC 229
+#define STRATA_FUSE_DEV_IOC_BACKING_OPEN _IOW(STRATA_FUSE_DEV_IOC_MAGIC, 1, struct strata_fuse_backing_map)
+#define STRATA_FUSE_DEV_IOC_BACKING_CLOSE _IOW(STRATA_FUSE_DEV_IOC_MAGIC, 2, uint32_t)
+
+#define CHECK(call)                                                    \
+  do {                                                                 \
+    if ((call) != napi_ok) {                                           \
+      napi_throw_error(env, "ERR_NAPI", "N-API call failed: " #call); \
+      return NULL;                                                     \
+    }                                                                  \
+  } while (0)
+
+static napi_value make_int(napi_env env, int64_t v) {
+  napi_value out;
+  napi_create_int64(env, v, &out);
+  return out;
+}
+
+static int get_i32(napi_env env, napi_value v, int32_t *out) {
+  return napi_get_value_int32(env, v, out) == napi_ok ? 0 : -1;
+}
+
+/* A malloc'd copy of a JS string, or NULL with an exception pending. */
+static char *dup_string(napi_env env, napi_value v) {
+  size_t length = 0;
+  if (napi_get_value_string_utf8(env, v, NULL, 0, &length) != napi_ok) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "expected a string");
+    return NULL;
+  }
+  char *s = malloc(length + 1);
+  if (s == NULL) {
+    napi_throw_error(env, "ENOMEM", "out of memory");
+    return NULL;
+  }
+  napi_get_value_string_utf8(env, v, s, length + 1, &length);
+  return s;
+}
+
+/* ---------------------------------------------------------------------------------------------------------------
+ * Device and mount
+ * ------------------------------------------------------------------------------------------------------------- */
+
+/* openDevice(): the fd of a fresh /dev/fuse connection, or -errno. */
+static napi_value open_device(napi_env env, napi_callback_info info) {
+  int fd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
+  return make_int(env, fd < 0 ? -errno : fd);
+}
+
+/* mount(source, target, fstype, flags, data): 0 or -errno. */
+static napi_value do_mount(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 5) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "mount needs 5 arguments");
+    return NULL;
+  }
+  int32_t flags = 0;
+  if (get_i32(env, argv[3], &flags) < 0) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "flags must be a number");
+    return NULL;
+  }
+  char *source = dup_string(env, argv[0]);
+  char *target = source ? dup_string(env, argv[1]) : NULL;
+  char *fstype = target ? dup_string(env, argv[2]) : NULL;
+  char *data = fstype ? dup_string(env, argv[4]) : NULL;
+  int rc = -1;
+  if (data != NULL) rc = mount(source, target, fstype, (unsigned long)(uint32_t)flags, data) < 0 ? -errno : 0;
+  free(source);
+  free(target);
+  free(fstype);
+  free(data);
+  if (data == NULL) return NULL;
+  return make_int(env, rc);
+}
+
+/* umount(target, flags): 0 or -errno. */
+static napi_value do_umount(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int32_t flags = 0;
+  if (argc < 2 || get_i32(env, argv[1], &flags) < 0) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "umount(target, flags)");
+    return NULL;
+  }
+  char *target = dup_string(env, argv[0]);
+  if (target == NULL) return NULL;
+  int rc = umount2(target, flags) < 0 ? -errno : 0;
+  free(target);
+  return make_int(env, rc);
+}
+
+/* backingOpen(devFd, fd): the backing id for FOPEN_PASSTHROUGH, or -errno. */
+static napi_value backing_open(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int32_t dev = -1, fd = -1;
+  if (argc < 2 || get_i32(env, argv[0], &dev) < 0 || get_i32(env, argv[1], &fd) < 0) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "backingOpen(devFd, fd)");
+    return NULL;
+  }
+  struct strata_fuse_backing_map map = {.fd = fd, .flags = 0, .padding = 0};
+  int rc = ioctl(dev, STRATA_FUSE_DEV_IOC_BACKING_OPEN, &map);
+  return make_int(env, rc < 0 ? -errno : rc);
+}
+
+/* backingClose(devFd, id): 0 or -errno. */
+static napi_value backing_close(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int32_t dev = -1, id = -1;
+  if (argc < 2 || get_i32(env, argv[0], &dev) < 0 || get_i32(env, argv[1], &id) < 0) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "backingClose(devFd, id)");
+    return NULL;
+  }
+  uint32_t backing_id = (uint32_t)id;
+  int rc = ioctl(dev, STRATA_FUSE_DEV_IOC_BACKING_CLOSE, &backing_id);
+  return make_int(env, rc < 0 ? -errno : rc);
+}
+
+/*
+ * reply(fd, header, payload?, payload2?): one writev of the buffers to /dev/fuse; returns bytes written or
+ * -errno. ENOENT means the request was interrupted meanwhile: the caller ignores it.
+ */
+static napi_value reply(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int32_t fd = -1;
+  if (argc < 2 || get_i32(env, argv[0], &fd) < 0) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "reply(fd, header, ...)");
+    return NULL;
+  }
+  struct iovec iov[3];
+  int n = 0;
+  for (size_t i = 1; i < argc; i++) {
+    napi_valuetype type;
+    CHECK(napi_typeof(env, argv[i], &type));
+    if (type == napi_undefined || type == napi_null) continue;
+    void *data = NULL;
+    size_t length = 0;
+    if (napi_get_buffer_info(env, argv[i], &data, &length) != napi_ok) {
+      napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "reply buffers must be Buffers");
+      return NULL;
+    }
+    if (length == 0) continue;
+    iov[n].iov_base = data;
+    iov[n].iov_len = length;
+    n++;
+  }
+  ssize_t rc;
+  do {
+    rc = writev(fd, iov, n);
+  } while (rc < 0 && errno == EINTR);
+  return make_int(env, rc < 0 ? -errno : rc);
+}
+
+/* ---------------------------------------------------------------------------------------------------------------
+ * The reader thread and the batch hand-over
+ * ------------------------------------------------------------------------------------------------------------- */
+
+struct request {
+  struct request *next;
+  size_t length;
+  unsigned char data[];
+};
+
+struct session {
+  int fd;
+  size_t buffer_size;
+  pthread_t thread;
+  uv_async_t async;
+  napi_env env;
+  napi_ref callback;
+  pthread_mutex_t lock;
+  struct request *head, *tail; /* guarded by lock */
+  size_t queued_bytes;         /* guarded by lock */
+  int ended;                   /* guarded by lock: the reader saw the connection end (errno in end_error) */
+  int end_error;
+  int closed;                  /* JS side: the async handle is closed */
+  uint64_t batches, requests;  /* JS thread only: statistics */
+};
+
+static void *reader_main(void *arg) {
+  struct session *s = arg;
+  unsigned char *buffer = malloc(s->buffer_size);
+  int error = buffer == NULL ? ENOMEM : 0;
+  while (error == 0) {
+    ssize_t n = read(s->fd, buffer, s->buffer_size);
+    if (n < 0) {
+      /* ENOENT: the request was interrupted before we read it; EINTR/EAGAIN: retry. */
+      if (errno == EINTR || errno == EAGAIN || errno == ENOENT) continue;
+      error = errno; /* ENODEV: unmounted (or aborted) */
+      break;
+    }
+    if (n == 0) {
+      error = ENODEV;
+      break;
+    }
+    struct request *r = malloc(sizeof *r + (size_t)n);
+    if (r == NULL) {
+      error = ENOMEM;
+      break;
+    }
+    r->next = NULL;
+    r->length = (size_t)n;
+    memcpy(r->data, buffer, (size_t)n);
+    pthread_mutex_lock(&s->lock);
+    if (s->tail) s->tail->next = r;
+    else s->head = r;
+    s->tail = r;
+    s->queued_bytes += (size_t)n;
+    pthread_mutex_unlock(&s->lock);
+    uv_async_send(&s->async);
+  }
+  free(buffer);
+  pthread_mutex_lock(&s->lock);
+  s->ended = 1;
+  s->end_error = error;
+  pthread_mutex_unlock(&s->lock);
+  uv_async_send(&s->async);
+  return NULL;
+}
+
+static void on_async_closed(uv_handle_t *handle) {
+  struct session *s = handle->data;
+  /* The session object stays owned by its JS wrapper (finalizer); only mark the handle gone. */
+  s->closed = 2;
+}
+
+/* On the JS thread: hand every queued request over in one Buffer, then (once) report the end. */
+static void on_async(uv_async_t *handle) {
+  struct session *s = handle->data;
+  pthread_mutex_lock(&s->lock);
+  struct request *list = s->head;
+  size_t total = s->queued_bytes;
+  int ended = s->ended;
+  int end_error = s->end_error;
+  s->head = s->tail = NULL;
+  s->queued_bytes = 0;
+  pthread_mutex_unlock(&s->lock);
+
+  napi_env env = s->env;
+  napi_handle_scope scope;
+  napi_open_handle_scope(env, &scope);
+  napi_value callback, global;
+  napi_get_reference_value(env, s->callback, &callback);
+  napi_get_global(env, &global);
+
+  if (list != NULL) {
+    void *data = NULL;
+    napi_value buffer;
+    if (napi_create_buffer(env, total, &data, &buffer) == napi_ok) {
+      unsigned char *p = data;
+      uint64_t count = 0;
+      for (struct request *r = list; r != NULL;) {
+        struct request *next = r->next;
+        memcpy(p, r->data, r->length);
+        p += r->length;
+        free(r);
+        r = next;
+        count++;
+      }
+      s->batches++;
+      s->requests += count;
+      napi_value args[2] = {buffer, make_int(env, 0)};
+      napi_make_callback(env, NULL, global, callback, 2, args, NULL);
+    } else {
+      for (struct request *r = list; r != NULL;) {
+        struct request *next = r->next;
+        free(r);
+        r = next;
+      }
+    }
+  }
+  if (ended && !s->closed) {
+    s->closed = 1;
+    pthread_join(s->thread, NULL);
+    uv_close((uv_handle_t *)&s->async, on_async_closed);
+    napi_value null_value;
+    napi_get_null(env, &null_value);
+    napi_value args[2] = {null_value, make_int(env, -end_error)};
+    napi_make_callback(env, NULL, global, callback, 2, args, NULL);
+  }
+  napi_close_handle_scope(env, scope);
+}
+
+static void session_finalize(napi_env env, void *data, void *hint) {
+  struct session *s = data;
+  /* Only reached once the JS wrapper is unreachable, which the session loop keeps from happening while live. */
+  if (s->closed == 2) {
+    napi_delete_reference(env, s->callback);
+    pthread_mutex_destroy(&s->lock);
+    free(s);
+  }
+}
+
+/*
+ * startReader(fd, bufferSize, onBatch): starts the reader thread; onBatch(buffer, 0) gets every batch of
+ * requests, and onBatch(null, -errno) once when the connection ends (-ENODEV after an unmount). Returns an
+ * object whose stats() gives { batches, requests }.
+ */
+static napi_value stats(napi_env env, napi_callback_info info) {
+  void *data = NULL;
+  size_t argc = 0;
+  CHECK(napi_get_cb_info(env, info, &argc, NULL, NULL, &data));
+  struct session *s = data;
+  napi_value out;
+  CHECK(napi_create_object(env, &out));
+  napi_set_named_property(env, out, "batches", make_int(env, (int64_t)s->batches));
+  napi_set_named_property(env, out, "requests", make_int(env, (int64_t)s->requests));
+  return out;
+}
+
+static napi_value start_reader(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int32_t fd = -1, size = 0;
+  napi_valuetype type = napi_undefined;
+  if (argc >= 3) napi_typeof(env, argv[2], &type);
+  if (argc < 3 || get_i32(env, argv[0], &fd) < 0 || get_i32(env, argv[1], &size) < 0 || size < 8192 ||
+      type != napi_function) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "startReader(fd, bufferSize >= 8192, onBatch)");
+    return NULL;
+  }
+  struct session *s = calloc(1, sizeof *s);
+  if (s == NULL) {
+    napi_throw_error(env, "ENOMEM", "out of memory");
+    return NULL;
+  }
+  s->fd = fd;
+  s->buffer_size = (size_t)size;
+  s->env = env;
+  pthread_mutex_init(&s->lock, NULL);
+  CHECK(napi_create_reference(env, argv[2], 1, &s->callback));
+  uv_loop_t *loop = NULL;
+  CHECK(napi_get_uv_event_loop(env, &loop));
+  uv_async_init(loop, &s->async, on_async);
+  s->async.data = s;
+  int rc = pthread_create(&s->thread, NULL, reader_main, s);
+  if (rc != 0) {
+    s->closed = 1;
+    uv_close((uv_handle_t *)&s->async, on_async_closed);
+    napi_throw_error(env, "EAGAIN", "cannot start the /dev/fuse reader thread");
+    return NULL;
+  }
+  napi_value out, fn;
+  CHECK(napi_create_object(env, &out));
+  CHECK(napi_create_function(env, "stats", NAPI_AUTO_LENGTH, stats, s, &fn));
+  CHECK(napi_set_named_property(env, out, "stats", fn));
+  CHECK(napi_wrap(env, out, s, session_finalize, NULL, NULL));
+  return out;
+}
+
+NAPI_MODULE_INIT() {
+  napi_property_descriptor functions[] = {
+      {"openDevice", NULL, open_device, NULL, NULL, NULL, napi_default, NULL},
+      {"mount", NULL, do_mount, NULL, NULL, NULL, napi_default, NULL},
+      {"umount", NULL, do_umount, NULL, NULL, NULL, napi_default, NULL},
+      {"backingOpen", NULL, backing_open, NULL, NULL, NULL, napi_default, NULL},
+      {"backingClose", NULL, backing_close, NULL, NULL, NULL, napi_default, NULL},
+      {"reply", NULL, reply, NULL, NULL, NULL, napi_default, NULL},
+      {"startReader", NULL, start_reader, NULL, NULL, NULL, napi_default, NULL},
+  };
+  napi_define_properties(env, exports, sizeof functions / sizeof functions[0], functions);
+  return exports;
+}
