@@ -10,5 +10,5 @@ npx --no-install tsc -p tsconfig.test.json
 npx --no-install tap "$@"
 if [ "$#" -eq 0 ]; then
   STRATA_TEST_TRANSPORT=fuse-native npx --no-install tap test/union/differential.test.ts test/union/clients.test.ts \
-    test/union/failures.test.ts test/union/mount-forms.test.ts
+    test/union/failures.test.ts test/union/mount-forms.test.ts test/union/cache-coherence.test.ts
 fi

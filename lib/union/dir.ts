@@ -298,3 +298,37 @@ function renameLeavingWhiteout(ufs: UnionFs, from: string, to: string): void {
     whiteoutOver(ufs, from);
   }
 }
+
+/**
+ * renameat2(RENAME_EXCHANGE): both names stay, their objects swap (ovl_rename with RENAME_EXCHANGE). Both
+ * are copied up and swapped atomically in the upper layer. A directory that has lower layers below it gets
+ * the redirect its new place needs; one without, landing on a name a lower layer has, becomes opaque.
+ */
+export async function exchange(ufs: UnionFs, a: string, b: string): Promise<void> {
+  ufs.assertWritable(a);
+  const first = ufs.lookup(a);
+  const second = ufs.lookup(b);
+  if (a === b) return;
+  const { parent: aParent, name: aName } = splitPath(a);
+  const { parent: bParent, name: bName } = splitPath(b);
+  await copyUp(ufs, first);
+  await copyUp(ufs, second);
+  // Looked up again: each copy-up may have copied the other's parents.
+  const upA = ufs.lookup(a);
+  const upB = ufs.lookup(b);
+  const sameParent = aParent === bParent;
+  const prepare = (entry: UnionEntry, toParentPath: string, toName: string) => {
+    if (entry.type !== S_IFDIR) return;
+    const redirect = redirectFor(ufs, entry, sameParent);
+    if (redirect !== undefined && redirect !== entry.redirect) {
+      ufs.realfs.setxattr(entry.top.real, OVL_REDIRECT, Buffer.from(redirect));
+    } else if (redirect === undefined && !entry.opaque && lowerPositive(ufs, ufs.lookupDir(toParentPath), toName)) {
+      ufs.realfs.setxattr(entry.top.real, OVL_OPAQUE, Buffer.from('y'));
+    }
+  };
+  prepare(upA, bParent, bName);
+  prepare(upB, aParent, aName);
+  ufs.realfs.exchange(upA.top.real, upB.top.real);
+  ufs.invalidateTree(a);
+  ufs.invalidateTree(b);
+}

@@ -426,6 +426,11 @@ export class UnionFs implements LookupContext {
     return dirOps.rmdir(this, p);
   }
 
+  /** renameat2(RENAME_EXCHANGE) of two names of the merged view. */
+  exchange(a: string, b: string): Promise<void> {
+    return dirOps.exchange(this, a, b);
+  }
+
   rename(from: string, to: string): Promise<void> {
     return dirOps.rename(this, from, to);
   }

@@ -6,7 +6,6 @@
  * cached by the kernel (FOPEN_CACHE_DIR + KEEP_CACHE): every change to a directory's entries goes through
  * the kernel, which drops its cached listing whenever it changes the directory.
  */
-import fs from 'node:fs';
 import { StatIndex } from '../../native/index.js';
 import type { FuseSession, Request } from './session.js';
 import { readU64, writeU64 } from './codec.js';
@@ -127,18 +126,7 @@ export function releasedir(s: FuseSession, req: Request): void {
 }
 
 export function fsyncdir(s: FuseSession, req: Request): void {
-  const handle = handleOf(s, req);
-  const p = handle.node.path();
-  const entry = p === '' ? undefined : s.ufs.lookup(p);
-  // Only the upper directory holds anything this mount wrote.
-  if (entry !== undefined && entry.inUpper) {
-    const fd = fs.openSync(entry.top.real, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
-    try {
-      if ((req.buf.readUInt32LE(req.body + 8) & 1) !== 0) fs.fdatasyncSync(fd);
-      else fs.fsyncSync(fd);
-    } finally {
-      fs.closeSync(fd);
-    }
-  }
+  const p = handleOf(s, req).node.path();
+  if (p !== '') s.ufs.fsyncdir(p, (req.buf.readUInt32LE(req.body + 8) & 1) !== 0);
   s.replyOk(req);
 }

@@ -158,9 +158,7 @@ async function renameCommon(s: FuseSession, req: Request, newDirId: number, flag
   const to = childPath(newParent, newName);
   if ((flags & RENAME_EXCHANGE) !== 0) {
     if ((flags & RENAME_NOREPLACE) !== 0) throw fsError('EINVAL', name);
-    const exchange = (s.ufs as { exchange?: (a: string, b: string) => Promise<void> }).exchange;
-    if (exchange === undefined) throw fsError('EINVAL', name);
-    await exchange.call(s.ufs, from, to);
+    await s.ufs.exchange(from, to);
     s.nodes.exchanged(parent, name, newParent, newName);
     return s.replyOk(req);
   }
