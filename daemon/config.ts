@@ -22,6 +22,8 @@ export interface DaemonConfig {
   mountTimeoutMs: number;
   /** How long a helper may take to exit after an unmount before it is signalled. */
   helperExitGraceMs: number;
+  /** Registries (host or host:port) spoken to over plain HTTP; loopback always is (lib/registry/reference.ts). */
+  insecureRegistries: string[];
 }
 
 export const DEFAULT_CONFIG_FILE = '/etc/strata/stratad.json';
@@ -40,11 +42,12 @@ export function defaultConfig(): DaemonConfig {
     logLevel: 'info',
     mountTimeoutMs: 30_000,
     helperExitGraceMs: 3_000,
+    insecureRegistries: [],
   };
 }
 
 type Key = keyof DaemonConfig;
-const KINDS: Record<Key, 'path' | 'string' | 'level' | 'ms'> = {
+const KINDS: Record<Key, 'path' | 'string' | 'level' | 'ms' | 'hosts'> = {
   root: 'path',
   socket: 'path',
   socketGroup: 'string',
@@ -52,14 +55,21 @@ const KINDS: Record<Key, 'path' | 'string' | 'level' | 'ms'> = {
   logLevel: 'level',
   mountTimeoutMs: 'ms',
   helperExitGraceMs: 'ms',
+  insecureRegistries: 'hosts',
 };
 
 function bad(message: string): StrataError {
   return new StrataError('STRATA_BAD_OPTION', message);
 }
 
-function checkValue(key: Key, value: unknown, origin: string): string | number {
+function checkValue(key: Key, value: unknown, origin: string): string | number | string[] {
   const kind = KINDS[key];
+  if (kind === 'hosts') {
+    if (!Array.isArray(value) || !value.every((h) => typeof h === 'string' && /^[A-Za-z0-9.-]+(?::[0-9]{1,5})?$/.test(h))) {
+      throw bad(`${origin}: ${key} must be a list of registry hosts ("host" or "host:port"), got ${JSON.stringify(value)}`);
+    }
+    return value as string[];
+  }
   if (kind === 'ms') {
     if (typeof value !== 'number' || !Number.isInteger(value) || value <= 0 || value > 3_600_000) {
       throw bad(`${origin}: ${key} must be a whole number of milliseconds between 1 and 3600000, got ${JSON.stringify(value)}`);

@@ -110,7 +110,7 @@ async function run(argv: string[]): Promise<void> {
   let services;
   try {
     await notifier.status('recovering the layer store');
-    services = await openImageServices(store, config.root, logger);
+    services = await openImageServices(store, config.root, logger, { insecureRegistries: config.insecureRegistries });
     // References are derived from the image and mount records; a crash or a damaged log may have left them out
     // of step. Rebuilt before anything is mounted or can be removed.
     await services.layers.rebuildReferences();

@@ -31,6 +31,8 @@ export const STRATA_ERRORS = {
   STRATA_LOCKED: { status: 409, summary: 'another process holds the state dir lock' },
   STRATA_DAEMON_UNREACHABLE: { status: 503, summary: 'the daemon is not running or its socket is unreachable' },
   STRATA_BENCH_FAILED: { status: 500, summary: 'a benchmark workload failed or its result did not check out' },
+  STRATA_REGISTRY_AUTH: { status: 401, summary: 'the registry refused the credentials, or has none for this user and repository' },
+  STRATA_REGISTRY_FAILED: { status: 502, summary: 'the registry could not be reached or answered with an error' },
   STRATA_STORE_CORRUPT: { status: 500, summary: 'the metadata store is inconsistent with the disk' },
   STRATA_STORE_FAILED: { status: 503, summary: 'the metadata store cannot write (e.g. the state dir is full) and accepts no change until it reopens cleanly' },
   STRATA_STORE_ACCESS: { status: 403, summary: 'the state dir or its database cannot be read or written by this user' },

@@ -23,6 +23,7 @@ import { registerImageRoutes } from './images.js';
 import type { StoreMaintenance } from '../../lib/store/maintenance.js';
 import { registerSystemRoutes } from './system.js';
 import { registerVolumeRoutes } from './volumes.js';
+import { registerRegistryRoutes } from './registry.js';
 
 const execFileAsync = promisify(execFile);
 
@@ -182,7 +183,10 @@ export function buildApi(context: ApiContext, logger: Logger): FastifyInstance {
     return context.mounts.remove((request.params as { id: string }).id, { force: query.force, keepUpper: query.keepUpper });
   });
 
-  if (context.images !== undefined) registerImageRoutes(app, context.images);
+  if (context.images !== undefined) {
+    registerImageRoutes(app, context.images);
+    registerRegistryRoutes(app, context.images);
+  }
   if (context.maintenance !== undefined) registerSystemRoutes(app, context.maintenance);
   if (context.volumes !== undefined) registerVolumeRoutes(app, context.volumes);
 

@@ -12,6 +12,8 @@ import { ImageStore, type ImageRecord, type ImageSummary, type RemoveImageResult
 import type { Digest } from '../layers/digest.js';
 import type { LayerInfo, ProgressListener } from '../layers/types.js';
 import { DEFAULT_SOCKET, StrataClient } from '../api/client.js';
+import { RegistryService, type PullOptions, type PullResult, type PushOptions, type PushResult } from '../registry/service.js';
+import type { Credentials } from '../registry/credentials.js';
 
 export const DEFAULT_ROOT = '/var/lib/strata';
 
@@ -30,31 +32,46 @@ export interface ImageBackend {
   removeLayer(ref: string): Promise<{ removed: Digest }>;
   pruneLayers(): Promise<{ deletedLayers: Digest[] }>;
 
+  /** Registry transfers (lib/registry): pull REF into the store, push a stored image to DEST (default: its name). */
+  pullImage(ref: string, options: PullOptions): Promise<PullResult>;
+  pushImage(ref: string, dest: string | undefined, options: PushOptions): Promise<PushResult>;
+  /** Checks the credentials with the registry, then stores them (0600) in the state dir. */
+  login(registry: string, credentials: Credentials): Promise<{ registry: string }>;
+  logout(registry: string): Promise<{ registry: string; removed: boolean }>;
+
   close(): Promise<void>;
+}
+
+/** Settings for registry access, from the daemon config or the CLI's flags. */
+export interface RegistrySettings {
+  insecureRegistries?: readonly string[];
+  /** A credentials file to use instead of <root>/registry-auth.json. */
+  authFile?: string;
 }
 
 /** The stores of one state dir, opened and recovered; what a daemon hosts. */
 export interface ImageServices {
   layers: LayerStore;
   images: ImageStore;
+  registry: RegistryService;
 }
 
 /** Opens the layer and image store on an already-open metastore, running crash recovery first. */
-export async function openImageServices(metastore: Metastore, rootDir: string, logger: Logger): Promise<ImageServices> {
+export async function openImageServices(metastore: Metastore, rootDir: string, logger: Logger, registry: RegistrySettings = {}): Promise<ImageServices> {
   const layers = new LayerStore(metastore, rootDir, logger);
   await layers.open();
   const images = new ImageStore(metastore, rootDir, logger, layers);
   await images.open();
-  return { layers, images };
+  return { layers, images, registry: new RegistryService({ metastore, images, layers, rootDir, logger, ...registry }) };
 }
 
 /** An in-process backend on `rootDir` (its own LevelDB at <root>/db). */
-export async function openLocalImageBackend(rootDir: string, logger: Logger): Promise<ImageBackend> {
+export async function openLocalImageBackend(rootDir: string, logger: Logger, registry: RegistrySettings = {}): Promise<ImageBackend> {
   const root = path.resolve(rootDir);
   await mkdir(root, { recursive: true, mode: 0o711 });
   const metastore = await Metastore.open(path.join(root, 'db'), logger);
   try {
-    const services = await openImageServices(metastore, root, logger);
+    const services = await openImageServices(metastore, root, logger, registry);
     return new LocalImageBackend(metastore, services);
   } catch (err) {
     await metastore.close();
@@ -91,6 +108,11 @@ export class LocalImageBackend implements ImageBackend {
   }
   async pruneLayers() { return { deletedLayers: await this.services.layers.prune() }; }
 
+  pullImage(ref: string, options: PullOptions) { return this.services.registry.pull(ref, options); }
+  pushImage(ref: string, dest: string | undefined, options: PushOptions) { return this.services.registry.push(ref, dest, options); }
+  login(registry: string, credentials: Credentials) { return this.services.registry.login(registry, credentials); }
+  logout(registry: string) { return this.services.registry.logout(registry); }
+
   async close(): Promise<void> {
     await this.metastore.close();
   }
@@ -119,6 +141,18 @@ export class RemoteImageBackend implements ImageBackend {
   removeLayer(ref: string) { return this.client.request<{ removed: Digest }>('DELETE', `/layers/${encodeURIComponent(ref)}`); }
   pruneLayers() { return this.client.request<{ deletedLayers: Digest[] }>('POST', '/layers/prune'); }
 
+  pullImage(ref: string, options: PullOptions) {
+    return this.client.request<PullResult>('POST', '/images/pull', { Ref: ref, ...(options.platform === undefined ? {} : { Platform: options.platform }) });
+  }
+  pushImage(ref: string, dest: string | undefined, options: PushOptions) {
+    return this.client.request<PushResult>('POST', '/images/push', { Ref: ref, ...(dest === undefined ? {} : { Dest: dest }), ...(options.chunkSize === undefined ? {} : { ChunkSize: options.chunkSize }) });
+  }
+  // The password travels over the control socket (root only), never on a command line.
+  login(registry: string, credentials: Credentials) {
+    return this.client.request<{ registry: string }>('POST', '/auth', { ServerAddress: registry, Username: credentials.username, Password: credentials.password });
+  }
+  logout(registry: string) { return this.client.request<{ registry: string; removed: boolean }>('POST', '/auth/logout', { ServerAddress: registry }); }
+
   async close(): Promise<void> {}
 }
 
@@ -126,12 +160,12 @@ export class RemoteImageBackend implements ImageBackend {
  * The backend the CLI should use: the daemon's when its socket answers (it holds the store's lock), unless --root
  * names a different state dir than the daemon serves; otherwise the store in-process.
  */
-export async function openImageBackend(options: { root?: string; socket?: string }, logger: Logger): Promise<ImageBackend> {
+export async function openImageBackend(options: { root?: string; socket?: string; registry?: RegistrySettings }, logger: Logger): Promise<ImageBackend> {
   const client = new StrataClient(options.socket ?? process.env.STRATA_SOCKET ?? DEFAULT_SOCKET);
   const root = path.resolve(options.root ?? process.env.STRATA_ROOT ?? DEFAULT_ROOT);
   if (await client.isReachable()) {
     const info = await client.request<{ Root: string }>('GET', '/info');
     if (options.root === undefined || info.Root === root) return new RemoteImageBackend(client);
   }
-  return openLocalImageBackend(root, logger);
+  return openLocalImageBackend(root, logger, options.registry);
 }

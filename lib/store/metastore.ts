@@ -26,8 +26,10 @@ export const SCHEMA_VERSION = 1;
  * several chains can share one), `refs` (holders of layers, key `<chainID>|<holder>`), `images` (by image id,
  * the config digest) and `imageNames` (`name:tag` -> image id). Mounts: `mounts` (by id). Volumes: `volumes` (by
  * name) and `volumeRefs` (holders of volumes, key `<volume>|<mountId>`, written with the mount record).
+ * `registry`: where blobs are known to be in registries and which blob a stored layer was pushed as
+ * (lib/registry/blob-records.ts; a cache, never authoritative).
  */
-export type SublevelName = 'meta' | 'layers' | 'layerContents' | 'images' | 'imageNames' | 'mounts' | 'volumes' | 'volumeRefs' | 'refs';
+export type SublevelName = 'meta' | 'layers' | 'layerContents' | 'images' | 'imageNames' | 'mounts' | 'volumes' | 'volumeRefs' | 'refs' | 'registry';
 
 /** One operation of an atomic multi-sublevel batch (see Metastore.batch). */
 export type BatchOp =

@@ -2,12 +2,13 @@
 import type { Argv, CommandModule } from 'yargs';
 import { printJson, printTable } from '../output.js';
 import { formatBytes, progressFor, shortId, withBackend, type StoreArgs, type Sub } from './store-common.js';
+import { imagePullCommand, imagePushCommand } from './registry.js';
 
 const sub = (spec: object): Sub => spec as Sub;
 
 export const imageCommand: CommandModule<StoreArgs, StoreArgs> = {
   command: 'image <command>',
-  describe: 'import and manage images (OCI layouts, docker save archives)',
+  describe: 'import, pull, push and manage images (OCI layouts, docker save archives, registries)',
   builder: (yargs: Argv<StoreArgs>) => yargs
     .command(sub({
       command: 'import <path>',
@@ -74,6 +75,8 @@ export const imageCommand: CommandModule<StoreArgs, StoreArgs> = {
         for (const id of result.deletedLayers) process.stdout.write(`Deleted layer: ${id}\n`);
       },
     }))
+    .command(imagePullCommand)
+    .command(imagePushCommand)
     .demandCommand(1, 'name an image command'),
   handler: () => undefined,
 };

@@ -1,0 +1,427 @@
+/**
+ * Pull and push against a real registry (Debian's docker-registry on 127.0.0.1, started here), with skopeo and
+ * umoci as independent judges, plus a tiny in-test HTTP server for what a healthy registry never does (wrong
+ * digests, truncated blobs, error statuses, a huge manifest, the Bearer token handshake).
+ */
+import { spawn } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import http from 'node:http';
+import path from 'node:path';
+import t, { type Test } from 'tap';
+import { Scratch, buildBusyboxOci, listDir, run, runOk, strata, strataJs, tarDir, writeOciLayout } from './fixtures/store-fixtures.js';
+import { CountingProxy, RealRegistry, freePort } from './helpers/registry.js';
+import { diffTrees, snapshotTree } from './helpers/tree.js';
+
+interface PushJson { reference: string; manifestDigest: string; configDigest: string; layers: Array<{ digest: string; diffID: string; size: number; action: string }>; uploadedBytes: number }
+interface PullJson { reference: string; id: string; names: string[]; manifestDigest: string; layers: Array<{ digest: string; size: number; action: string }>; downloadedBytes: number }
+
+function json<T>(root: string, ...args: string[]): T {
+  const r = strata(root, '--json', ...args);
+  if (r.status !== 0) throw new Error(`strata ${args.join(' ')} exited ${r.status}: ${r.stderr}`);
+  return JSON.parse(r.stdout) as T;
+}
+
+/** The CLI without blocking this process: needed whenever the server it talks to runs in this process. */
+function strataAsync(root: string, ...args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [strataJs, '--root', root, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d; });
+    child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
+    child.on('error', reject);
+    child.on('close', (status) => resolve({ status, stdout, stderr }));
+  });
+}
+
+async function jsonAsync<T>(root: string, ...args: string[]): Promise<T> {
+  const r = await strataAsync(root, '--json', ...args);
+  if (r.status !== 0) throw new Error(`strata ${args.join(' ')} exited ${r.status}: ${r.stderr}`);
+  return JSON.parse(r.stdout) as T;
+}
+
+/** A plain directory counts its subdirs in nlink, an overlay mount does not; everything else must match. */
+function withoutDirLinks(tree: ReturnType<typeof snapshotTree>): ReturnType<typeof snapshotTree> {
+  return Object.fromEntries(Object.entries(tree).map(([k, e]) => [k, e.type === 'dir' ? { ...e, nlink: 0 } : e]));
+}
+
+async function lowerDirsOf(root: string, ref: string): Promise<string[]> {
+  const { Metastore } = await import('../dist/lib/store/metastore.js');
+  const { openImageServices } = await import('../dist/lib/cli/backend.js');
+  const { createLogger } = await import('../dist/lib/log.js');
+  const logger = createLogger({ level: 'silent' });
+  const metastore = await Metastore.open(path.join(root, 'db'), logger);
+  try {
+    const services = await openImageServices(metastore, root, logger);
+    return await services.images.lowerDirs(ref);
+  } finally {
+    await metastore.close();
+  }
+}
+
+/** The merged tree of a stored image, through a read-only kernel overlay mount. */
+async function mergedTree(s: Scratch, root: string, ref: string, label: string) {
+  const mnt = s.path(`mnt-${label}`);
+  s.mountOverlay('kernel', '/', (await lowerDirsOf(root, ref)).join(':'), mnt);
+  try {
+    return snapshotTree(mnt);
+  } finally {
+    s.unmount(mnt);
+  }
+}
+
+/** Nothing of a failed pull is visible: no image, no layer, nothing staged (`records`: also ask the CLI). */
+function assertNothingLanded(t: Test, root: string, what: string, records = true): void {
+  if (records) {
+    t.same(json<unknown[]>(root, 'image', 'ls'), [], `${what}: no image`);
+    t.same(json<unknown[]>(root, 'layer', 'ls'), [], `${what}: no layer`);
+  }
+  t.same(listDir(path.join(root, 'layers')), [], `${what}: no layer dir`);
+  t.same(listDir(path.join(root, 'layer-tmp')), [], `${what}: nothing staged`);
+  t.same(listDir(path.join(root, 'registry-cache')).filter((n) => n !== 'blobs'), [], `${what}: no pull work dir left`);
+}
+
+t.test('push an imported image, pull it into an empty state dir: the same tree; second transfers move nothing', async (t) => {
+  const s = new Scratch(t, 'registry-roundtrip');
+  const registry = new RealRegistry(t, s.mkdir('registry'));
+  await registry.start();
+  const layout = buildBusyboxOci(s);
+  const host1 = s.path('host1');
+  const host2 = s.path('host2');
+  runOk(process.execPath, [strataJs, '--root', host1, 'image', 'import', layout, '--name', 'busybox:1.0']);
+
+  // Chunked upload (PATCH + PUT) for the big layer, a single PUT for the small one and the config.
+  const pushed = json<PushJson>(host1, 'image', 'push', 'busybox:1.0', `${registry.host}/bb:1`, '--chunk-size', String(256 * 1024));
+  t.same(pushed.layers.map((l) => l.action), ['uploaded', 'uploaded'], 'both layers uploaded the first time');
+  const log = registry.accessLog();
+  t.ok(log.filter((l) => /"PATCH \/v2\/bb\/blobs\/uploads\//.test(l)).length >= 4, 'the big layer went up in PATCH chunks');
+  t.ok(log.some((l) => /"HEAD \/v2\/bb\/blobs\/sha256:/.test(l)), 'blobs were checked with HEAD before the upload');
+  t.ok(log.some((l) => /"PUT \/v2\/bb\/manifests\/1 HTTP\/1\.1" 201/.test(l)), 'the manifest was stored');
+
+  const again = json<PushJson>(host1, 'image', 'push', 'busybox:1.0', `${registry.host}/bb:1`);
+  t.same(again.layers.map((l) => l.action), ['present', 'present'], 'a second push finds every layer with HEAD');
+  t.equal(again.uploadedBytes, 0, 'and uploads nothing');
+  t.equal(again.manifestDigest, pushed.manifestDigest, 'the re-made tars are byte for byte the same (deterministic)');
+
+  const pulled = json<PullJson>(host2, 'image', 'pull', `${registry.host}/bb:1`);
+  t.equal(pulled.id, pushed.configDigest, 'the pulled image is the pushed config');
+  t.equal(pulled.manifestDigest, pushed.manifestDigest, 'under the pushed manifest');
+  t.same(pulled.names, [`${registry.host}/bb:1`], 'named by its reference');
+  t.same(listDir(path.join(host2, 'registry-cache', 'blobs')), [], 'downloaded blobs are gone once imported');
+
+  const before = await mergedTree(s, host1, 'busybox:1.0', 'host1');
+  const after = await mergedTree(s, host2, `${registry.host}/bb:1`, 'host2');
+  t.same(diffTrees(before, after), [], 'the merged trees are equal: types, modes, owners, content, links, xattrs, whiteouts, opaque dir');
+  t.ok(Object.keys(after).includes('bin/suidtool') && !Object.keys(after).includes('bin/ls'), 'the whiteout and the new file made it');
+
+  const repull = json<PullJson>(host2, 'image', 'pull', `${registry.host}/bb:1`);
+  t.same(repull.layers.map((l) => l.action), ['present', 'present'], 'pulling again downloads no layer');
+  t.equal(repull.downloadedBytes, 0);
+
+  // host2 knows where the blobs live: pushing to another repository mounts them instead of uploading.
+  const mounted = json<PushJson>(host2, 'image', 'push', `${registry.host}/bb:1`, `${registry.host}/copy:1`);
+  t.same(mounted.layers.map((l) => l.action), ['mounted', 'mounted'], 'cross-repository mount');
+  t.equal(mounted.uploadedBytes, 0, 'no bytes uploaded (the config was mounted too)');
+  t.equal(mounted.manifestDigest, pushed.manifestDigest, 'the same manifest');
+  t.ok(registry.accessLog().some((l) => /"POST \/v2\/copy\/blobs\/uploads\/\?mount=sha256:[0-9a-f]{64}&from=bb HTTP\/1\.1" 201/.test(l)), 'the registry answered the mount with 201');
+});
+
+t.test('skopeo and umoci agree both ways; Docker schema 2 manifests and an index with platforms', async (t) => {
+  const s = new Scratch(t, 'registry-skopeo');
+  const registry = new RealRegistry(t, s.mkdir('registry'));
+  await registry.start();
+  const layout = buildBusyboxOci(s);
+  const reference = s.path('reference');
+  runOk('umoci', ['unpack', '--image', `${layout}:bb`, reference]);
+  const expected = snapshotTree(path.join(reference, 'rootfs'));
+
+  // skopeo pushes (OCI, then Docker v2 schema 2), strata pulls.
+  runOk('skopeo', ['copy', '--quiet', '--dest-tls-verify=false', `oci:${layout}:bb`, `docker://${registry.host}/sk:oci`]);
+  runOk('skopeo', ['copy', '--quiet', '--dest-tls-verify=false', '--format', 'v2s2', `oci:${layout}:bb`, `docker://${registry.host}/sk:v2s2`]);
+  const root = s.path('root');
+  const oci = json<PullJson>(root, 'image', 'pull', `${registry.host}/sk:oci`);
+  const index = JSON.parse(fs.readFileSync(path.join(layout, 'index.json'), 'utf8')) as { manifests: Array<{ digest: string }> };
+  const manifest = JSON.parse(fs.readFileSync(path.join(layout, 'blobs/sha256', index.manifests[0]!.digest.slice(7)), 'utf8')) as { config: { digest: string } };
+  t.equal(oci.id, manifest.config.digest, 'the image skopeo pushed is the image umoci built');
+  t.same(diffTrees(withoutDirLinks(expected), withoutDirLinks(await mergedTree(s, root, `${registry.host}/sk:oci`, 'oci'))), [], 'its tree is what umoci unpacks');
+  const v2s2 = json<PullJson>(root, 'image', 'pull', `${registry.host}/sk:v2s2`);
+  t.equal(v2s2.id, oci.id, 'the Docker schema 2 copy is the same image');
+  t.same(v2s2.layers.map((l) => l.action), ['present', 'present'], 'whose layers are already stored (by diffID)');
+
+  // An index: amd64 is the OCI manifest, arm64 the Docker one.
+  const head = (tag: string) => run('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${registry.host}/sk:${tag}`]).stdout;
+  const ociManifest = Buffer.from(head('oci'));
+  const dockerManifest = Buffer.from(head('v2s2'));
+  const digest = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
+  const indexBody = JSON.stringify({
+    schemaVersion: 2, mediaType: 'application/vnd.oci.image.index.v1+json',
+    manifests: [
+      { mediaType: 'application/vnd.docker.distribution.manifest.v2+json', digest: digest(dockerManifest), size: dockerManifest.length, platform: { os: 'linux', architecture: 'arm64', variant: 'v8' } },
+      { mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: digest(ociManifest), size: ociManifest.length, platform: { os: 'linux', architecture: 'amd64' } },
+    ],
+  });
+  const put = await httpRequest(registry.port, 'PUT', '/v2/sk/manifests/multi', { 'content-type': 'application/vnd.oci.image.index.v1+json' }, Buffer.from(indexBody));
+  t.equal(put.status, 201, 'the registry took the index');
+  const viaIndex = json<PullJson>(root, 'image', 'pull', `${registry.host}/sk:multi`, '--platform', 'linux/amd64');
+  t.equal(viaIndex.manifestDigest, digest(ociManifest), 'linux/amd64 picks the amd64 entry');
+  const arm = json<PullJson>(root, 'image', 'pull', `${registry.host}/sk:multi`, '--platform', 'linux/arm64');
+  t.equal(arm.manifestDigest, digest(dockerManifest), 'linux/arm64 picks the arm64 entry');
+  const none = strata(root, 'image', 'pull', `${registry.host}/sk:multi`, '--platform', 'linux/s390x');
+  t.equal(none.status, 1);
+  t.match(none.stderr, /STRATA_NOT_FOUND: pull 127\.0\.0\.1:\d+\/sk:multi: the index has no image for linux\/s390x \(it has linux\/arm64\/v8, linux\/amd64\)/, 'a missing platform is named with the ones offered');
+
+  // strata pushes, skopeo copies it out, umoci unpacks it.
+  const host = s.path('host');
+  runOk(process.execPath, [strataJs, '--root', host, 'image', 'import', layout, '--name', 'busybox:1.0']);
+  json<PushJson>(host, 'image', 'push', 'busybox:1.0', `${registry.host}/fromstrata:1`);
+  const out = s.path('out');
+  runOk('skopeo', ['copy', '--quiet', '--src-tls-verify=false', `docker://${registry.host}/fromstrata:1`, `oci:${out}:x`]);
+  const unpacked = s.path('unpacked');
+  runOk('umoci', ['unpack', '--image', `${out}:x`, unpacked]);
+  t.same(diffTrees(expected, snapshotTree(path.join(unpacked, 'rootfs'))), [], 'umoci unpacks what strata pushed to the tree it built');
+});
+
+t.test('resume: the registry killed mid-pull, restarted, and only the missing bytes move', async (t) => {
+  const s = new Scratch(t, 'registry-resume');
+  const registry = new RealRegistry(t, s.mkdir('registry'));
+  await registry.start();
+  const proxy = new CountingProxy(t, () => registry.port);
+  await proxy.start();
+  // Two layers of random data (incompressible: the gzip blobs are as big as the files).
+  const tars: Buffer[] = [];
+  for (const [name, size] of [['big', 6 << 20], ['second', 3 << 20]] as const) {
+    const dir = s.mkdir(`layer-${name}`);
+    fs.writeFileSync(path.join(dir, `${name}.bin`), randomBytes(size));
+    tars.push(fs.readFileSync(tarDir(dir, s.path(`${name}.tar`))));
+  }
+  const layout = s.path('layout');
+  writeOciLayout(layout, tars, 'r');
+  const host1 = s.path('host1');
+  runOk(process.execPath, [strataJs, '--root', host1, 'image', 'import', layout, '--name', 'big:1']);
+  const pushed = json<PushJson>(host1, 'image', 'push', 'big:1', `${registry.host}/big:1`);
+  const configHead = await httpRequest(registry.port, 'HEAD', `/v2/big/blobs/${pushed.configDigest}`, {});
+  const configSize = Number(configHead.headers['content-length']);
+  const total = pushed.layers.reduce((n, l) => n + l.size, 0) + configSize;
+
+  const host2 = s.path('host2');
+  const cut = proxy.cutAfter(4 << 20);
+  const first = spawn(process.execPath, [strataJs, '--root', host2, 'image', 'pull', `${proxy.host}/big:1`], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  first.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
+  const exited = new Promise<number | null>((resolve) => first.on('exit', (code) => resolve(code)));
+  await cut;
+  await registry.kill();
+  proxy.dropConnections();
+  t.equal(await exited, 1, 'the pull fails once the registry is gone');
+  t.match(stderr, /strata: STRATA_REGISTRY_FAILED: pull 127\.0\.0\.1:\d+\/big:1: fetching blob sha256:[0-9a-f]{64}: .*kept for the next attempt/, `the error names the ref, the step and what was kept: ${stderr}`);
+  assertNothingLanded(t, host2, 'after the interrupted pull');
+  const cacheDir = path.join(host2, 'registry-cache', 'blobs');
+  const kept = listDir(cacheDir).reduce((n, f) => n + fs.statSync(path.join(cacheDir, f)).size, 0);
+  t.ok(kept > 0 && kept <= 4 << 20, `part of the blobs stayed for the next attempt (${kept} bytes)`);
+
+  await registry.start();
+  proxy.reset();
+  const second = await jsonAsync<PullJson>(host2, 'image', 'pull', `${proxy.host}/big:1`);
+  t.equal(second.id, pushed.configDigest, 'the resumed pull lands the image');
+  t.equal(proxy.blobBytes, total - kept, `only the missing bytes moved: ${proxy.blobBytes} = ${total} - ${kept}`);
+  t.ok(proxy.ranges.some((r) => /^bytes=[1-9]\d*-$/.test(r)), `the download resumed with Range (${proxy.ranges.join(', ')})`);
+  t.same(listDir(cacheDir), [], 'and the cache is empty afterwards');
+});
+
+t.test('htpasswd auth: login checks and stores credentials 0600; the password never shows in ps or logs', async (t) => {
+  const s = new Scratch(t, 'registry-auth');
+  const password = `pw-${randomBytes(9).toString('hex')}`;
+  const registry = new RealRegistry(t, s.mkdir('registry'), { user: 'alice', password });
+  await registry.start();
+  const layerDir = s.mkdir('small');
+  fs.writeFileSync(path.join(layerDir, 'secret-plans'), 'nothing here\n');
+  const layout = s.path('layout');
+  writeOciLayout(layout, [fs.readFileSync(tarDir(layerDir, s.path('small.tar')))], 'x');
+  const root = s.path('root');
+  const env = { ...process.env, STRATA_LOG_LEVEL: 'trace' };
+  const outputs: string[] = [];
+  const cli = (args: string[], input?: string) => {
+    const r = run(process.execPath, [strataJs, '--root', root, ...args], { env, input });
+    outputs.push(r.stdout, r.stderr);
+    return r;
+  };
+  cli(['image', 'import', layout, '--name', 'busybox:1.0']);
+
+  const denied = cli(['image', 'push', 'busybox:1.0', `${registry.host}/private:1`]);
+  t.equal(denied.status, 1);
+  t.match(denied.stderr, /STRATA_REGISTRY_AUTH: push 127\.0\.0\.1:\d+\/private:1: checking blob sha256:[0-9a-f]{64}: 127\.0\.0\.1:\d+ wants a user name and password; run "strata login/, 'without credentials: a clear auth error');
+
+  const wrong = cli(['login', registry.host, '-u', 'alice', '--password-stdin'], 'not-the-password\n');
+  t.equal(wrong.status, 1);
+  t.match(wrong.stderr, /STRATA_REGISTRY_AUTH: login 127\.0\.0\.1:\d+: checking the API \(\/v2\/\): the registry answered 401/, 'a wrong password is refused by the registry');
+  t.notOk(fs.existsSync(path.join(root, 'registry-auth.json')), 'and nothing is stored');
+
+  // The password goes in on stdin while the command runs: it is never in its argv.
+  const login = spawn(process.execPath, [strataJs, '--root', root, 'login', registry.host, '-u', 'alice', '--password-stdin'], { env, stdio: ['pipe', 'pipe', 'pipe'] });
+  let loginOut = '';
+  login.stdout.setEncoding('utf8').on('data', (d: string) => { loginOut += d; });
+  login.stderr.setEncoding('utf8').on('data', (d: string) => { loginOut += d; });
+  const cmdline = fs.readFileSync(`/proc/${login.pid}/cmdline`, 'utf8');
+  const ps = run('ps', ['-eo', 'args']).stdout;
+  login.stdin.end(`${password}\n`);
+  const code = await new Promise<number | null>((resolve) => login.on('exit', resolve));
+  outputs.push(loginOut);
+  t.equal(code, 0, `login succeeds: ${loginOut}`);
+  t.match(loginOut, /Login Succeeded/);
+  t.notMatch(cmdline, password, 'the password is not in the command line');
+  t.notMatch(ps, password, 'nor anywhere in ps output');
+  const authFile = path.join(root, 'registry-auth.json');
+  t.equal(fs.statSync(authFile).mode & 0o777, 0o600, 'credentials are stored 0600');
+  const stored = JSON.parse(fs.readFileSync(authFile, 'utf8')) as { auths: Record<string, { auth: string }> };
+  t.equal(Buffer.from(stored.auths[registry.host]!.auth, 'base64').toString(), `alice:${password}`, 'in docker config.json format');
+
+  const pushed = cli(['--json', 'image', 'push', 'busybox:1.0', `${registry.host}/private:1`]);
+  t.equal(pushed.status, 0, `push with credentials: ${pushed.stderr}`);
+  const root2 = s.path('root2');
+  fs.mkdirSync(root2);
+  fs.copyFileSync(authFile, path.join(root2, 'registry-auth.json'));
+  const pulled = run(process.execPath, [strataJs, '--root', root2, 'image', 'pull', `${registry.host}/private:1`], { env });
+  outputs.push(pulled.stdout, pulled.stderr);
+  t.equal(pulled.status, 0, `pull with credentials: ${pulled.stderr}`);
+  t.ok(pulled.stderr.includes('"level":') || pulled.stderr === '', 'trace logging was on');
+
+  // skopeo reads the same file.
+  runOk('skopeo', ['inspect', '--tls-verify=false', '--authfile', authFile, `docker://${registry.host}/private:1`]);
+
+  const logout = cli(['logout', registry.host]);
+  t.match(logout.stdout, /Removed login credentials/);
+  const after = cli(['image', 'pull', `${registry.host}/private:1`]);
+  t.match(after.stderr, /STRATA_REGISTRY_AUTH/, 'after logout the registry refuses again');
+
+  const all = outputs.join('\n') + fs.readFileSync(registry.logFile, 'utf8');
+  t.notOk(all.includes(password), 'the password appears in no output or log');
+  t.notOk(all.includes(Buffer.from(`alice:${password}`).toString('base64')), 'nor its base64');
+});
+
+// ------------------------------------------------------------------ a registry that misbehaves
+
+interface FakeImage { manifest: Buffer; config: Buffer; layer: Buffer; configDigest: string; layerDigest: string }
+
+function sha(b: Buffer): string {
+  return `sha256:${createHash('sha256').update(b).digest('hex')}`;
+}
+
+function fakeImage(s: Scratch): FakeImage {
+  const dir = s.mkdir('fake-layer');
+  fs.writeFileSync(path.join(dir, 'hello'), 'hello from a fake registry\n');
+  const layer = fs.readFileSync(tarDir(dir, s.path('fake.tar')));
+  const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [sha(layer)] } }));
+  const manifest = Buffer.from(JSON.stringify({
+    schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json',
+    config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: sha(config), size: config.length },
+    layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: sha(layer), size: layer.length }],
+  }));
+  return { manifest, config, layer, configDigest: sha(config), layerDigest: sha(layer) };
+}
+
+type Mode = 'ok' | 'wrong-digest' | 'truncated' | 'status-401' | 'status-403' | 'status-404' | 'status-429' | 'status-500' | 'huge-manifest' | 'bearer';
+
+async function fakeRegistry(t: Test, image: FakeImage) {
+  const state = { mode: 'ok' as Mode, tokenRequests: [] as Array<{ auth?: string; query: string }> };
+  const port = await freePort();
+  const server = http.createServer((req, res) => {
+    const url = new URL(req.url ?? '/', `http://127.0.0.1:${port}`);
+    if (url.pathname === '/token') {
+      state.tokenRequests.push({ auth: req.headers.authorization, query: url.search });
+      if (req.headers.authorization !== `Basic ${Buffer.from('bob:secret').toString('base64')}`) return void res.writeHead(401).end();
+      return void res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ token: 'good-token' }));
+    }
+    if (state.mode === 'bearer' && req.headers.authorization !== 'Bearer good-token') {
+      return void res.writeHead(401, { 'www-authenticate': `Bearer realm="http://127.0.0.1:${port}/token",service="fake",scope="repository:app:pull"`, 'content-type': 'application/json' })
+        .end(JSON.stringify({ errors: [{ code: 'UNAUTHORIZED', message: 'authentication required' }] }));
+    }
+    const status = /^status-(\d+)$/.exec(state.mode);
+    if (status !== null && url.pathname.includes('/manifests/')) {
+      return void res.writeHead(Number(status[1]), { 'content-type': 'application/json' }).end(JSON.stringify({ errors: [{ code: 'TEST', message: `injected ${status[1]}` }] }));
+    }
+    if (url.pathname === '/v2/app/manifests/1') {
+      const body = state.mode === 'huge-manifest' ? Buffer.alloc(5 << 20, 0x20) : image.manifest;
+      return void res.writeHead(200, { 'content-type': 'application/vnd.oci.image.manifest.v1+json', 'content-length': body.length }).end(body);
+    }
+    if (url.pathname === `/v2/app/blobs/${image.configDigest}`) return void res.writeHead(200, { 'content-length': image.config.length }).end(image.config);
+    if (url.pathname === `/v2/app/blobs/${image.layerDigest}`) {
+      if (state.mode === 'wrong-digest') {
+        const bad = Buffer.from(image.layer);
+        bad[600] = bad[600]! ^ 0xff;
+        return void res.writeHead(200, { 'content-length': bad.length }).end(bad);
+      }
+      if (state.mode === 'truncated') {
+        res.writeHead(200, { 'content-length': image.layer.length });
+        res.write(image.layer.subarray(0, 1024));
+        return void setTimeout(() => res.destroy(), 20);
+      }
+      return void res.writeHead(200, { 'content-length': image.layer.length }).end(image.layer);
+    }
+    res.writeHead(404, { 'content-type': 'application/json' }).end(JSON.stringify({ errors: [{ code: 'NOT_FOUND', message: 'no such thing' }] }));
+  });
+  await new Promise<void>((resolve) => server.listen(port, '127.0.0.1', resolve));
+  t.teardown(() => new Promise<void>((resolve) => { server.closeAllConnections(); server.close(() => resolve()); }));
+  return { host: `127.0.0.1:${port}`, state };
+}
+
+t.test('bad input: each failure names the ref and the step, and nothing half-pulled is visible', async (t) => {
+  const s = new Scratch(t, 'registry-bad');
+  const image = fakeImage(s);
+  const fake = await fakeRegistry(t, image);
+  const ref = `${fake.host}/app:1`;
+  const root = s.path('root');
+  const cases: Array<[Mode, RegExp]> = [
+    ['wrong-digest', /STRATA_DIGEST_MISMATCH: pull 127\.0\.0\.1:\d+\/app:1: fetching blob sha256:[0-9a-f]{64}: the registry served \d+ bytes with digest sha256:/],
+    ['truncated', /STRATA_REGISTRY_FAILED: pull 127\.0\.0\.1:\d+\/app:1: fetching blob sha256:[0-9a-f]{64}: the connection broke off after 1024 bytes/],
+    ['status-401', /STRATA_REGISTRY_AUTH: pull 127\.0\.0\.1:\d+\/app:1: fetching manifest app:1: the registry answered 401/],
+    ['status-403', /STRATA_REGISTRY_AUTH: pull 127\.0\.0\.1:\d+\/app:1: fetching manifest app:1: the registry answered 403 Forbidden \(TEST: injected 403\): this user may not do that/],
+    ['status-404', /STRATA_NOT_FOUND: pull 127\.0\.0\.1:\d+\/app:1: fetching manifest app:1: the registry answered 404/],
+    ['status-429', /STRATA_REGISTRY_FAILED: pull 127\.0\.0\.1:\d+\/app:1: fetching manifest app:1: the registry answered 429 Too Many Requests \(TEST: injected 429\): too many requests/],
+    ['status-500', /STRATA_REGISTRY_FAILED: pull 127\.0\.0\.1:\d+\/app:1: fetching manifest app:1: the registry answered 500 Internal Server Error \(TEST: injected 500\)/],
+    ['huge-manifest', /STRATA_BAD_ARCHIVE: pull 127\.0\.0\.1:\d+\/app:1: fetching manifest app:1: the manifest is larger than the 4194304-byte limit/],
+  ];
+  for (const [mode, message] of cases) {
+    fake.state.mode = mode;
+    const r = await strataAsync(root, 'image', 'pull', ref);
+    t.equal(r.status, 1, `${mode}: the pull fails`);
+    t.match(r.stderr, message, `${mode}: ${r.stderr.trim()}`);
+    assertNothingLanded(t, root, mode, false);
+  }
+  assertNothingLanded(t, root, 'after every failure');
+  const cache = path.join(root, 'registry-cache', 'blobs');
+  t.same(listDir(cache).filter((f) => !f.endsWith('.partial')), [], 'no unverified blob is kept under a final name');
+  t.notOk(fs.existsSync(path.join(cache, `sha256-${image.layerDigest.slice(7)}.partial`)) && fs.statSync(path.join(cache, `sha256-${image.layerDigest.slice(7)}.partial`)).size > 1024, 'a wrong blob is not kept for resuming');
+
+  const bad = strata(root, 'image', 'pull', 'UPPER/case');
+  t.match(bad.stderr, /STRATA_BAD_OPTION: "UPPER\/case" is not an image reference/, 'a malformed reference is refused before any request');
+  // Plain HTTP only for loopback and configured registries (checked without touching any other address).
+  const { usesPlainHttp } = await import('../dist/lib/registry/reference.js');
+  t.ok(usesPlainHttp('127.0.0.5:5000', []) && usesPlainHttp('localhost:5000', []) && usesPlainHttp('[::1]:5000', []), 'loopback is plain HTTP');
+  t.notOk(usesPlainHttp('registry.example.com:5000', []), 'any other registry is HTTPS');
+  t.ok(usesPlainHttp('registry.example.com:5000', ['registry.example.com:5000']), 'unless insecureRegistries lists it');
+
+  // The Bearer handshake: 401 with a challenge, a token fetched with Basic credentials, then the real request.
+  fake.state.mode = 'bearer';
+  const anonymous = await strataAsync(root, 'image', 'pull', ref);
+  t.match(anonymous.stderr, /STRATA_REGISTRY_AUTH: pull 127\.0\.0\.1:\d+\/app:1: fetching manifest app:1 \(getting a token from 127\.0\.0\.1:\d+\): the registry answered 401/, 'no credentials: the token service refuses');
+  fs.writeFileSync(path.join(root, 'registry-auth.json'), JSON.stringify({ auths: { [fake.host]: { auth: Buffer.from('bob:secret').toString('base64') } } }), { mode: 0o600 });
+  const withToken = await jsonAsync<PullJson>(root, 'image', 'pull', ref);
+  t.equal(withToken.id, image.configDigest, 'with credentials the token handshake succeeds and the image lands');
+  const last = fake.state.tokenRequests.at(-1)!;
+  t.match(last.query, /service=fake/, 'the token request names the service');
+  t.match(decodeURIComponent(last.query), /scope=repository:app:pull/, 'and the scope');
+  fs.chmodSync(path.join(root, 'registry-auth.json'), 0o644);
+  t.match((await strataAsync(root, 'image', 'pull', ref)).stderr, /STRATA_BAD_OPTION: credentials file .* has mode 644; it must not be readable by group or others/, 'a credentials file others can read is refused');
+});
+
+function httpRequest(port: number, method: string, urlPath: string, headers: Record<string, string>, body?: Buffer): Promise<{ status: number; headers: http.IncomingHttpHeaders; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: '127.0.0.1', port, method, path: urlPath, headers: { ...headers, ...(body ? { 'content-length': body.length } : {}) } }, (res) => {
+      let text = '';
+      res.setEncoding('utf8').on('data', (d: string) => { text += d; }).on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: text }));
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+}
