@@ -28,7 +28,8 @@ export const CANDIDATE_ALIASES: Readonly<Record<string, string>> = {
   'strata-volatile': 'volatile',
 };
 
-export const DEFAULT_CANDIDATES = ['kernel', 'fuse-overlayfs', 'strata'] as const;
+/** Issue 13's comparison: both references and both of strata's transports, interleaved. */
+export const DEFAULT_CANDIDATES = ['kernel', 'fuse-overlayfs', 'strata', 'strata-fuse-native'] as const;
 
 /**
  * `kernel`, `fuse-overlayfs`, `strata`, an alias of CANDIDATE_ALIASES, or `strata+OPT[,OPT...]` (strata with
