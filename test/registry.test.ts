@@ -11,6 +11,7 @@ import path from 'node:path';
 import t, { type Test } from 'tap';
 import { Scratch, buildBusyboxOci, listDir, run, runOk, strata, strataJs, tarDir, writeOciLayout } from './fixtures/store-fixtures.js';
 import { CountingProxy, RealRegistry, freePort } from './helpers/registry.js';
+import { repoRoot, startDaemon } from './helpers/daemon-harness.js';
 import { diffTrees, snapshotTree } from './helpers/tree.js';
 
 interface PushJson { reference: string; manifestDigest: string; configDigest: string; layers: Array<{ digest: string; diffID: string; size: number; action: string }>; uploadedBytes: number }
@@ -293,6 +294,25 @@ t.test('htpasswd auth: login checks and stores credentials 0600; the password ne
   t.match(logout.stdout, /Removed login credentials/);
   const after = cli(['image', 'pull', `${registry.host}/private:1`]);
   t.match(after.stderr, /STRATA_REGISTRY_AUTH/, 'after logout the registry refuses again');
+
+  // The same through a daemon: login, pull and push go over the control API; its debug log stays clean too.
+  const daemon = await startDaemon(t, { root: s.path('daemon-root'), socket: s.path('strata.sock'), execStart: [process.execPath, path.join(repoRoot, 'dist/daemon/stratad.js')] });
+  const viaDaemon = (args: string[], input?: string) => {
+    const r = run(process.execPath, [strataJs, '--socket', daemon.socket, ...args], { env, input });
+    outputs.push(r.stdout, r.stderr);
+    return r;
+  };
+  t.equal(viaDaemon(['login', registry.host, '-u', 'alice', '--password-stdin'], `${password}\n`).status, 0, 'login through the daemon');
+  t.equal(fs.statSync(path.join(daemon.root, 'registry-auth.json')).mode & 0o777, 0o600, 'stored 0600 in the daemon\'s state dir');
+  const daemonPull = viaDaemon(['--json', 'image', 'pull', `${registry.host}/private:1`]);
+  t.equal(daemonPull.status, 0, `pull through the daemon: ${daemonPull.stderr}`);
+  t.equal((JSON.parse(daemonPull.stdout) as PullJson).id, (JSON.parse(pushed.stdout) as PushJson).configDigest, 'the daemon pulled the pushed image');
+  const daemonPush = viaDaemon(['--json', 'image', 'push', `${registry.host}/private:1`, `${registry.host}/again:1`]);
+  t.equal(daemonPush.status, 0, `push through the daemon: ${daemonPush.stderr}`);
+  t.same((JSON.parse(daemonPush.stdout) as PushJson).layers.map((l) => l.action), ['mounted'], 'which mounts the blob into the other repository');
+  await daemon.kill('SIGTERM');
+  outputs.push(daemon.stderr);
+  t.ok(daemon.stderr.includes('"level":20'), 'the daemon logged at debug level');
 
   const all = outputs.join('\n') + fs.readFileSync(registry.logFile, 'utf8');
   t.notOk(all.includes(password), 'the password appears in no output or log');
