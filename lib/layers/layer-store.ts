@@ -330,10 +330,14 @@ export class LayerStore {
     }
     await fsyncDir(this.layersDir);
     await fsyncDir(this.tmpDir);
+    // The import is committed and in place: a stale stagingName only means recover() (or fsck --repair) clears it
+    // later, so a store that cannot take this write must not turn a committed import into a reported failure.
     await this.metastore.batch(contents.map((c) => {
       const { stagingName: _done, ...placed } = c;
       return { type: 'put' as const, sublevel: 'layerContents' as const, key: c.diffID, value: placed };
-    }));
+    })).catch((err: unknown) => {
+      this.log.warn({ err, diffIDs: contents.map((c) => c.diffID) }, 'could not clear stagingName after moving layers into place; start-up will');
+    });
   }
 
   // ---------------------------------------------------------------- queries
