@@ -77,6 +77,8 @@ export class FuseSession {
   /** Open files by FUSE handle (= real fd). */
   readonly openFiles = new Map<number, OpenFile>();
   nextDirHandle = 1;
+  /** Requests per opcode, for the end-of-connection log line (how many requests a workload costs). */
+  readonly opCounts = new Uint32Array(64);
   private reader: ReaderHandle | undefined;
   private initDone: ((err?: Error) => void) | undefined;
   private ended: (() => void) | undefined;
@@ -148,7 +150,11 @@ export class FuseSession {
 
   private onBatch(batch: Buffer | null, error: number): void {
     if (batch === null) {
-      this.logger.info({ errno: -error, ...this.stats() }, 'FUSE connection ended');
+      const ops: Record<string, number> = {};
+      this.opCounts.forEach((n, op) => {
+        if (n > 0) ops[opName(op)] = n;
+      });
+      this.logger.info({ errno: -error, ...this.stats(), ops }, 'FUSE connection ended');
       this.initDone?.(this.mountError(`the connection ended before INIT (errno ${-error})`));
       this.initDone = undefined;
       this.ended?.();
@@ -175,6 +181,7 @@ export class FuseSession {
   }
 
   private dispatch(req: Request): void {
+    this.opCounts[req.opcode & 63] += 1;
     if (req.opcode === Op.INIT) return this.init(req);
     const handler = handlers[req.opcode];
     if (handler === undefined) {
@@ -231,7 +238,7 @@ export class FuseSession {
     // max_stack_depth: the backing files live on a plain filesystem (depth 0), so our mount is depth 1.
     if (this.passthroughEnabled) out.writeUInt32LE(1, o + 36);
     this.send(req, INIT_OUT);
-    this.logger.debug({ minor: this.minor, offered, agreed, passthrough: this.passthroughEnabled }, 'FUSE INIT');
+    this.logger.info({ minor: this.minor, offered, agreed, passthrough: this.passthroughEnabled }, 'FUSE INIT');
     this.initDone?.();
     this.initDone = undefined;
   }
@@ -393,7 +400,9 @@ for (const [name, value] of Object.entries({
   LOOKUP: 1, GETATTR: 3, SETATTR: 4, READLINK: 5, SYMLINK: 6, MKNOD: 8, MKDIR: 9, UNLINK: 10, RMDIR: 11,
   RENAME: 12, LINK: 13, OPEN: 14, READ: 15, WRITE: 16, STATFS: 17, RELEASE: 18, FSYNC: 20, SETXATTR: 21,
   GETXATTR: 22, LISTXATTR: 23, REMOVEXATTR: 24, FLUSH: 25, OPENDIR: 27, READDIR: 28, RELEASEDIR: 29,
-  FSYNCDIR: 30, CREATE: 35, FALLOCATE: 43, READDIRPLUS: 44, RENAME2: 45,
+  FSYNCDIR: 30, CREATE: 35, FALLOCATE: 43, READDIRPLUS: 44, RENAME2: 45, FORGET: 2, INIT: 26, ACCESS: 34,
+  INTERRUPT: 36, DESTROY: 38, IOCTL: 39, POLL: 40, BATCH_FORGET: 42, LSEEK: 46, COPY_FILE_RANGE: 47, SYNCFS: 50,
+  TMPFILE: 51, STATX: 52, GETLK: 31, SETLK: 32, SETLKW: 33,
 })) OP_NAMES[value] = name.toLowerCase();
 
 export function opName(opcode: number): string {
