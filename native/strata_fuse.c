@@ -166,34 +166,42 @@ static napi_value backing_close(napi_env env, napi_callback_info info) {
 }
 
 /*
- * reply(fd, header, payload?, payload2?): one writev of the buffers to /dev/fuse; returns bytes written or
- * -errno. ENOENT means the request was interrupted meanwhile: the caller ignores it.
+ * reply(fd, head, headLength, payload?): one writev of the first headLength bytes of head (the reply header,
+ * often with its body, built in a scratch buffer) and the optional payload to /dev/fuse. Returns bytes
+ * written or -errno; ENOENT means the request was interrupted meanwhile, and the caller ignores it.
  */
 static napi_value reply(napi_env env, napi_callback_info info) {
   size_t argc = 4;
   napi_value argv[4];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  int32_t fd = -1;
-  if (argc < 2 || get_i32(env, argv[0], &fd) < 0) {
-    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "reply(fd, header, ...)");
+  int32_t fd = -1, head_length = 0;
+  void *head = NULL;
+  size_t head_capacity = 0;
+  if (argc < 3 || get_i32(env, argv[0], &fd) < 0 || napi_get_buffer_info(env, argv[1], &head, &head_capacity) != napi_ok ||
+      get_i32(env, argv[2], &head_length) < 0 || head_length < 0 || (size_t)head_length > head_capacity) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "reply(fd, head, headLength <= head.length, payload?)");
     return NULL;
   }
-  struct iovec iov[3];
-  int n = 0;
-  for (size_t i = 1; i < argc; i++) {
+  struct iovec iov[2];
+  int n = 1;
+  iov[0].iov_base = head;
+  iov[0].iov_len = (size_t)head_length;
+  if (argc >= 4) {
     napi_valuetype type;
-    CHECK(napi_typeof(env, argv[i], &type));
-    if (type == napi_undefined || type == napi_null) continue;
-    void *data = NULL;
-    size_t length = 0;
-    if (napi_get_buffer_info(env, argv[i], &data, &length) != napi_ok) {
-      napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "reply buffers must be Buffers");
-      return NULL;
+    CHECK(napi_typeof(env, argv[3], &type));
+    if (type != napi_undefined && type != napi_null) {
+      void *data = NULL;
+      size_t length = 0;
+      if (napi_get_buffer_info(env, argv[3], &data, &length) != napi_ok) {
+        napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "payload must be a Buffer");
+        return NULL;
+      }
+      if (length > 0) {
+        iov[1].iov_base = data;
+        iov[1].iov_len = length;
+        n = 2;
+      }
     }
-    if (length == 0) continue;
-    iov[n].iov_base = data;
-    iov[n].iov_len = length;
-    n++;
   }
   ssize_t rc;
   do {

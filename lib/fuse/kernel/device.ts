@@ -6,7 +6,8 @@
  *  - startReader's callback runs on the JS thread, once per batch: `batch` holds every request that arrived
  *    since the last call, back to back (each begins with its fuse_in_header, whose first u32 is its length).
  *    It is called one last time with (null, -errno) when the connection ends (-ENODEV after an unmount).
- *  - reply() is one writev(2) of its buffers; writes to /dev/fuse never block.
+ *  - reply() is one writev(2) of its buffers; writes to /dev/fuse never block (nor does a notification that
+ *    only invalidates attributes).
  */
 import { createRequire } from 'node:module';
 import path from 'node:path';
@@ -23,7 +24,8 @@ export interface FuseDevice {
   umount(target: string, flags: number): number;
   backingOpen(devFd: number, fd: number): number;
   backingClose(devFd: number, backingId: number): number;
-  reply(fd: number, a: Buffer, b?: Buffer, c?: Buffer): number;
+  /** One writev of head[0, headLength) and payload. */
+  reply(fd: number, head: Buffer, headLength: number, payload?: Buffer): number;
   startReader(fd: number, bufferSize: number, onBatch: (batch: Buffer | null, error: number) => void): ReaderHandle;
 }
 

@@ -253,7 +253,7 @@ export class FuseSession {
     out.writeUInt32LE(total, 0);
     out.writeInt32LE(0, 4);
     writeU64(out, 8, req.unique);
-    return this.write(out.subarray(0, total));
+    return this.write(total);
   }
 
   /** Sends a reply with a header from the scratch buffer and a payload from elsewhere (read data). */
@@ -262,7 +262,7 @@ export class FuseSession {
     out.writeUInt32LE(OUT_HEADER + payload.length, 0);
     out.writeInt32LE(0, 4);
     writeU64(out, 8, req.unique);
-    const rc = this.dev.reply(this.fd, out.subarray(0, OUT_HEADER), payload);
+    const rc = this.dev.reply(this.fd, out, OUT_HEADER, payload);
     return this.checkWrite(rc);
   }
 
@@ -271,15 +271,16 @@ export class FuseSession {
     out.writeUInt32LE(OUT_HEADER, 0);
     out.writeInt32LE(negErrno, 4);
     writeU64(out, 8, req.unique);
-    this.write(out.subarray(0, OUT_HEADER));
+    this.write(OUT_HEADER);
   }
 
   replyOk(req: Request): void {
     this.send(req, 0);
   }
 
-  private write(buf: Buffer): boolean {
-    return this.checkWrite(this.dev.reply(this.fd, buf));
+  /** Writes the first `length` bytes of the scratch buffer (one reply or notification). */
+  private write(length: number): boolean {
+    return this.checkWrite(this.dev.reply(this.fd, this.out, length));
   }
 
   private checkWrite(rc: number): boolean {
@@ -378,7 +379,7 @@ export class FuseSession {
     writeU64(out, OUT_HEADER, node.id);
     writeU64(out, OUT_HEADER + 8, -1);
     writeU64(out, OUT_HEADER + 16, 0);
-    this.write(out.subarray(0, length));
+    this.write(length);
   }
 
   /** The node a request is about; throws ESTALE for an id the kernel should not be using. */
