@@ -13,6 +13,10 @@ import { Scratch, buildBusyboxOci, listDir, run, runOk, strata, strataJs, tarDir
 import { CountingProxy, RealRegistry, freePort } from './helpers/registry.js';
 import { repoRoot, startDaemon } from './helpers/daemon-harness.js';
 import { diffTrees, snapshotTree } from './helpers/tree.js';
+import { openImageServices } from '../lib/cli/backend.js';
+import { createLogger } from '../lib/log.js';
+import { usesPlainHttp } from '../lib/registry/reference.js';
+import { Metastore } from '../lib/store/metastore.js';
 
 interface PushJson { reference: string; manifestDigest: string; configDigest: string; layers: Array<{ digest: string; diffID: string; size: number; action: string }>; uploadedBytes: number }
 interface PullJson { reference: string; id: string; names: string[]; manifestDigest: string; layers: Array<{ digest: string; size: number; action: string }>; downloadedBytes: number }
@@ -48,9 +52,6 @@ function withoutDirLinks(tree: ReturnType<typeof snapshotTree>): ReturnType<type
 }
 
 async function lowerDirsOf(root: string, ref: string): Promise<string[]> {
-  const { Metastore } = await import('../dist/lib/store/metastore.js');
-  const { openImageServices } = await import('../dist/lib/cli/backend.js');
-  const { createLogger } = await import('../dist/lib/log.js');
   const logger = createLogger({ level: 'silent' });
   const metastore = await Metastore.open(path.join(root, 'db'), logger);
   try {
@@ -416,7 +417,6 @@ t.test('bad input: each failure names the ref and the step, and nothing half-pul
   const bad = strata(root, 'image', 'pull', 'UPPER/case');
   t.match(bad.stderr, /STRATA_BAD_OPTION: "UPPER\/case" is not an image reference/, 'a malformed reference is refused before any request');
   // Plain HTTP only for loopback and configured registries (checked without touching any other address).
-  const { usesPlainHttp } = await import('../dist/lib/registry/reference.js');
   t.ok(usesPlainHttp('127.0.0.5:5000', []) && usesPlainHttp('localhost:5000', []) && usesPlainHttp('[::1]:5000', []), 'loopback is plain HTTP');
   t.notOk(usesPlainHttp('registry.example.com:5000', []), 'any other registry is HTTPS');
   t.ok(usesPlainHttp('registry.example.com:5000', ['registry.example.com:5000']), 'unless insecureRegistries lists it');

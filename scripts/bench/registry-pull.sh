@@ -65,9 +65,9 @@ const diffIds = [];
 for (const [i, group] of groups.slice(0, 5).entries()) {
   const list = path.join(work, `list-${i}`);
   fs.writeFileSync(list, group.join('\n') + '\n');
-  const tar = execFileSync('tar', ['--create', '--format=posix', '--numeric-owner', '-C', '/', '-T', list, '-f', '-'], { maxBuffer: 1 << 31 });
+  const tar = execFileSync('tar', ['--create', '--format=posix', '--numeric-owner', '-C', '/', '-T', list, '-f', '-'], { maxBuffer: 2 ** 31 });
   diffIds.push(`sha256:${crypto.createHash('sha256').update(tar).digest('hex')}`);
-  layers.push(blob(execFileSync('gzip', ['-1', '-c'], { input: tar, maxBuffer: 1 << 31 }), 'application/vnd.oci.image.layer.v1.tar+gzip'));
+  layers.push(blob(execFileSync('gzip', ['-1', '-c'], { input: tar, maxBuffer: 2 ** 31 }), 'application/vnd.oci.image.layer.v1.tar+gzip'));
 }
 const config = blob(Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: diffIds } })), 'application/vnd.oci.image.config.v1+json');
 const manifest = blob(Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json', config, layers })), 'application/vnd.oci.image.manifest.v1+json');
