@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
 import { makeLayer, startDaemon, strataCli, tempDir } from './helpers/daemon-harness.js';
-import { editStore, info, ociImage, ok, setUp, target, type ImageJson, type MountJson } from './helpers/safety.js';
+import { api, editStore, info, ociImage, ok, setUp, target, type ImageJson, type MountJson } from './helpers/safety.js';
 
 t.test('start-up moves unrecorded mount and layer dirs to lost+found; only system prune --lost deletes them', async (t) => {
   const { dir, daemon, daemonOptions } = await setUp(t, 'safety-lost');
@@ -17,7 +17,7 @@ t.test('start-up moves unrecorded mount and layer dirs to lost+found; only syste
   const mnt = target(dir, 'mnt');
   ok(t, daemon, ['mount', 'create', lower, '--target', mnt, '--name', 'm'], 'create');
   fs.writeFileSync(path.join(mnt, 'precious'), 'precious\n');
-  const id = daemon.json<MountJson[]>(['mount', 'inspect', 'm'])[0]!.Id;
+  const id = (await api<MountJson>(daemon, 'GET', '/mounts/m/json')).Id;
   t.same(await daemon.kill('SIGTERM'), { code: 0, signal: null });
 
   // The record is lost (a damaged log), and a layer dir has no record either.
@@ -44,7 +44,7 @@ t.test('start-up moves unrecorded mount and layer dirs to lost+found; only syste
 t.test('retained uppers are listed by info and removed by system prune --retained; a moved tag shows the image id', async (t) => {
   const { dir, daemon } = await setUp(t, 'safety-retained');
   ok(t, daemon, ['image', 'import', ociImage(dir, 'v1', { version: '1\n' }), '--name', 'tagged:latest'], 'import v1');
-  const v1 = daemon.json<ImageJson[]>(['image', 'inspect', 'tagged:latest'])[0]!.id;
+  const v1 = (await api<ImageJson>(daemon, 'GET', '/images/tagged:latest/json')).id;
   const mnt = target(dir, 'mnt');
   ok(t, daemon, ['mount', 'create', 'tagged:latest', '--target', mnt, '--name', 'old'], 'mount v1');
   t.match(ok(t, daemon, ['mount', 'ls'], 'ls'), /old .* tagged:latest\n/, 'before the re-tag the tag is shown');

@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
 import { isMounted, makeLayer, startDaemon, tempDir } from './helpers/daemon-harness.js';
-import { editStore, holders, info, ociImage, ok, setUp, target, type FsckJson, type ImageJson, type LayerJson, type MountJson } from './helpers/safety.js';
+import { api, editStore, holders, info, ociImage, ok, setUp, target, type FsckJson, type ImageJson, type LayerJson, type MountJson } from './helpers/safety.js';
 
 t.test('disk full on the state dir: the failing change is refused, later acknowledged changes survive a restart', async (t) => {
   const { dir, stateFs, daemon, daemonOptions } = await setUp(t, 'safety-full', { tmpfsMiB: 24 });
@@ -22,7 +22,7 @@ t.test('disk full on the state dir: the failing change is refused, later acknowl
   t.match(full.stderr, /STRATA_STORE_FAILED: .*No space left on device/, 'with a stable code naming the cause');
   t.notOk(isMounted(path.join(dir, 't1')), 'and mounts nothing');
   t.match((await info(daemon)).StoreError, /No space left on device/, 'info says why the store refuses changes');
-  t.equal(daemon.json<ImageJson[]>(['image', 'ls']).length, 1, 'reads still work');
+  t.equal((await api<ImageJson[]>(daemon, 'GET', '/images/json')).length, 1, 'reads still work');
   const refused = daemon.cli(['image', 'import', ociImage(dir, 'refused', { 'etc/r': 'r\n' }), '--name', 'refused:1']);
   t.equal(refused.status, 1, 'while the disk is full every change is refused');
 
@@ -32,15 +32,15 @@ t.test('disk full on the state dir: the failing change is refused, later acknowl
   fs.writeFileSync(path.join(t2, 'p'), 'precious\n');
   ok(t, daemon, ['image', 'import', ociImage(dir, 'two', { 'etc/two': 'two\n' }), '--name', 'ok:2'], 'and an import');
   t.equal((await info(daemon)).StoreError, null, 'the store reopened cleanly');
-  const ok2Layer = daemon.json<ImageJson[]>(['image', 'inspect', 'ok:2'])[0]!.chainIDs[0]!;
-  const ok2Path = daemon.json<LayerJson[]>(['layer', 'inspect', ok2Layer])[0]!.path;
+  const ok2Layer = (await api<ImageJson>(daemon, 'GET', '/images/ok:2/json')).chainIDs[0]!;
+  const ok2Path = (await api<LayerJson>(daemon, 'GET', `/layers/${encodeURIComponent(ok2Layer)}/json`)).path;
   t.same(await daemon.kill('SIGTERM'), { code: 0, signal: null });
 
   const restarted = await startDaemon(t, daemonOptions);
-  const mounts = restarted.json<MountJson[]>(['mount', 'ls']);
+  const mounts = (await api<MountJson[]>(restarted, 'GET', '/mounts/json'));
   t.same(mounts.map((m) => [m.Name, m.State.Status]), [['sm2', 'mounted']], 'the acknowledged mount is back, the refused one never existed');
   t.equal(fs.readFileSync(path.join(t2, 'p'), 'utf8'), 'precious\n', 'with the user\'s file');
-  t.same(restarted.json<ImageJson[]>(['image', 'ls']).flatMap((i) => i.names).sort(), ['ok:1', 'ok:2'], 'the acknowledged import is back');
+  t.same((await api<ImageJson[]>(restarted, 'GET', '/images/json')).flatMap((i) => i.names).sort(), ['ok:1', 'ok:2'], 'the acknowledged import is back');
   t.ok(fs.existsSync(path.join(ok2Path, 'etc/two')), 'with its layer dir');
   t.same((await info(restarted)).LostAndFound, [], 'nothing needed quarantine');
   t.same(await restarted.kill('SIGTERM'), { code: 0, signal: null });
@@ -50,7 +50,7 @@ t.test('a write failing between a mount record and its references leaves neither
   const faults = path.join(tempDir(t, 'safety-faults'), 'faults');
   const { dir, daemon, daemonOptions } = await setUp(t, 'safety-refs', { env: { STRATA_TEST_FAULTS: faults } });
   ok(t, daemon, ['image', 'import', ociImage(dir, 'img', { 'etc/img': 'img\n' }), '--name', 'img:1'], 'import');
-  const image = daemon.json<ImageJson[]>(['image', 'inspect', 'img:1'])[0]!;
+  const image = (await api<ImageJson>(daemon, 'GET', '/images/img:1/json'));
   const layer = image.chainIDs[0]!;
 
   // The next metadata write fails, as the second of two separate writes would after a crash or a full disk.
@@ -60,7 +60,7 @@ t.test('a write failing between a mount record and its references leaves neither
   t.match(failed.stderr, /STRATA_STORE_FAILED: .*injected write failure/);
   fs.rmSync(faults);
   t.same((await holders(daemon, layer)), [`image:${image.id}`], 'no reference was left for the failed mount');
-  t.same(daemon.json<MountJson[]>(['mount', 'ls']), [], 'and no record');
+  t.same((await api<MountJson[]>(daemon, 'GET', '/mounts/json')), [], 'and no record');
   t.same(fs.readdirSync(path.join(daemonOptions.root, 'mounts')), [], 'and no dir');
 
   ok(t, daemon, ['mount', 'create', 'img:1', '--target', target(dir, 'tb'), '--name', 'real'], 'a create after the fault');
@@ -86,7 +86,7 @@ t.test('prune never removes a layer a mount record names; fsck reports and repai
   const { dir, daemon, daemonOptions } = await setUp(t, 'safety-prune');
   const layout = ociImage(dir, 'app', { 'app/main': 'v1\n' });
   ok(t, daemon, ['image', 'import', layout, '--name', 'app:1'], 'import');
-  const layer = daemon.json<LayerJson[]>(['layer', 'ls'])[0]!;
+  const layer = (await api<LayerJson[]>(daemon, 'GET', '/layers/json'))[0]!;
   const mnt = target(dir, 'mnt');
   ok(t, daemon, ['mount', 'create', 'app:1', '--target', mnt, '--name', 'app'], 'mount');
   fs.writeFileSync(path.join(mnt, 'mine'), 'mine\n');
@@ -95,10 +95,10 @@ t.test('prune never removes a layer a mount record names; fsck reports and repai
   // The layer's content vanishes while the daemon is down: recovery drops its records and references...
   fs.rmSync(layer.path, { recursive: true });
   const restarted = await startDaemon(t, daemonOptions);
-  t.same(restarted.json<LayerJson[]>(['layer', 'ls']), [], 'the layer records were dropped');
+  t.same((await api<LayerJson[]>(restarted, 'GET', '/layers/json')), [], 'the layer records were dropped');
   // ...and a re-import brings the layer back, without the mount's reference.
   ok(t, restarted, ['image', 'import', layout, '--name', 'app:1'], 're-import');
-  t.same((await holders(restarted, layer.chainID)), [restarted.json<ImageJson[]>(['image', 'inspect', 'app:1'])[0]!.id].map((id) => `image:${id}`), 'only the image holds a reference now');
+  t.same((await holders(restarted, layer.chainID)), [(await api<ImageJson>(restarted, 'GET', '/images/app:1/json')).id].map((id) => `image:${id}`), 'only the image holds a reference now');
 
   ok(t, restarted, ['image', 'rm', 'app:1'], 'image rm');
   t.same(restarted.json<{ deletedLayers: string[] }>(['layer', 'prune']).deletedLayers, [], 'prune keeps the layer the mount record names');
