@@ -15,7 +15,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createLogger, type Logger } from '../log.js';
 import { StrataError } from '../errors.js';
-import { parseOptions, validateParams, type UnionParams } from '../union/params.js';
+import { effectiveOptions, parseOptions, validateParams, type UnionParams } from '../union/params.js';
 import { UnionFs } from '../union/super.js';
 import { FuseMount, KernelFuseMount, isMountPoint, type Mount } from '../fuse/mount.js';
 import { sys } from '../native/index.js';
@@ -97,6 +97,9 @@ function checkMountpoint(mountpoint: string): string {
 function prepare(line: CommandLine): { params: UnionParams; mountpoint: string } {
   const parsed = parseOptions(line.optionStrings);
   if (line.source !== undefined && !parsed.fsnameGiven) parsed.fsname = line.source;
+  // Without a name from the user, the mount source says which overlay options are in effect: FUSE has no
+  // other place in /proc/mounts for them (kernel overlayfs lists them among the mount options).
+  else if (!parsed.fsnameGiven) parsed.fsname = `${PROGRAM}:${effectiveOptions(parsed).join(',')}`;
   const params = validateParams(parsed);
   const mountpoint = checkMountpoint(line.mountpoint);
   for (const dir of [...params.lowerDirs, params.upperDir, params.workDir]) {
@@ -178,7 +181,7 @@ async function serve(line: CommandLine): Promise<number> {
   ufs.prepareWorkDir();
   const fuse = createMount(ufs, mountpoint, params, logger);
   await fuse.mount();
-  logger.info({ lowers: params.lowerDirs, upper: params.upperDir, readOnly: params.readOnly }, 'mounted');
+  logger.info({ lowers: params.lowerDirs, upper: params.upperDir, readOnly: params.readOnly, options: effectiveOptions(params) }, 'mounted');
   reportReady('READY');
 
   let stopping = false;

@@ -9,10 +9,10 @@ import fs from 'node:fs';
 import { sys, StatIndex } from '../native/index.js';
 import { fsError } from '../errors.js';
 import { S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, type UnionEntry } from './layer.js';
-import { layerPath } from './lookup.js';
+import { layerIno, layerPath } from './lookup.js';
 import { encodeOrigin } from './origin.js';
 import { indexPathFor, storeUnionNlink, unionNlinkOf } from './index.js';
-import { isCopiedXattr, OVL_ORIGIN } from './xattrs.js';
+import { isCopiedXattr } from './xattrs.js';
 import type { UnionFs } from './super.js';
 
 export interface CopyUpOptions {
@@ -105,8 +105,15 @@ async function copyUpOne(ufs: UnionFs, entry: UnionEntry, options: CopyUpOptions
     throw err;
   }
   if (madeIndexEntry) ufs.invalidateHardLinkAliases();
+  // A separate copy of one name of a lower hard link (index=off) is a new inode: it must not keep reporting
+  // the number the other names still report (the kernel uses the origin's only for indexed or single links).
+  let ino = entry.ino;
+  if (type !== S_IFDIR && (entry.lowerNlink ?? 1) > 1 && !indexed && sys.lstatRaw(target, stat) === 0) {
+    ino = layerIno(ufs, upper, stat[StatIndex.ino] ?? 0);
+  }
   const copied: UnionEntry = {
     ...entry,
+    ino,
     opaque: false,
     top: layerPath(upper, entry.path),
     inUpper: true,
@@ -149,7 +156,7 @@ function copyXattrs(ufs: UnionFs, from: string, to: string): void {
     throw err;
   }
   for (const name of names) {
-    if (!isCopiedXattr(name)) continue;
+    if (!isCopiedXattr(ufs.xattrs, name)) continue;
     const value = sys.lgetxattr(from, name);
     if (value === null) continue;
     try {
@@ -174,5 +181,5 @@ function setOrigin(ufs: UnionFs, entry: UnionEntry, temp: string): void {
     ufs.logger.debug({ path: entry.path, err: (err as { code?: string }).code }, 'no origin file handle');
     return;
   }
-  ufs.realfs.setxattr(temp, OVL_ORIGIN, fb);
+  ufs.realfs.setxattr(temp, ufs.xattrs.origin, fb);
 }

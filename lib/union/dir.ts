@@ -7,7 +7,7 @@
  *  - New objects that need more than one step (owner, opaque flag, replacing a whiteout) are built in the
  *    work dir and renamed into place; single-step creations by root are made in place, as the kernel does.
  *  - A lower or merged directory that is renamed keeps finding its lower contents through
- *    trusted.overlay.redirect (redirect_dir=on), never EXDEV.
+ *    trusted.overlay.redirect with redirect_dir=on (the default); with any other redirect_dir it is EXDEV.
  */
 import fs from 'node:fs';
 import { sys, StatIndex } from '../native/index.js';
@@ -17,7 +17,6 @@ import { isWhiteoutStat, lowerPositive } from './lookup.js';
 import { isMergedEmpty } from './readdir.js';
 import { copyUp } from './copy-up.js';
 import { adjustUnionNlink, indexEntryOf, unionNlinkAt } from './index.js';
-import { OVL_OPAQUE, OVL_REDIRECT } from './xattrs.js';
 import type { UnionFs, Caller } from './super.js';
 
 const S_ISGID = 0o2000;
@@ -72,7 +71,7 @@ async function createObject(
       chownToCaller(ufs, temp, parent.top.real, caller);
       if (state === 'whiteout' && isDir) {
         // A directory cannot replace the whiteout by rename(2): swap the two, then drop the whiteout.
-        ufs.realfs.setxattr(temp, OVL_OPAQUE, Buffer.from('y'));
+        ufs.realfs.setxattr(temp, ufs.xattrs.opaque, Buffer.from('y'));
         ufs.realfs.exchange(temp, target);
         ufs.realfs.unlink(temp);
       } else if (state === 'whiteout') {
@@ -249,8 +248,12 @@ export async function rename(ufs: UnionFs, from: string, to: string): Promise<vo
     if (sourceIsDir && !destIsDir) throw fsError('ENOTDIR', to);
     if (!sourceIsDir && destIsDir) throw fsError('EISDIR', to);
     if (!sourceIsDir && dest.ino === source.ino) return; // two names of one inode: POSIX says do nothing
-    if (destIsDir && !destPureUpper && !isMergedEmpty(ufs, dest)) throw fsError('ENOTEMPTY', to);
   }
+  // The VFS refuses moving a dir into itself before the filesystem is asked (so before any EXDEV below).
+  if (sourceIsDir && to.startsWith(`${from}/`)) throw fsError('EINVAL', to);
+  // Without redirect_dir=on a merged or lower dir cannot be moved (ovl_can_move): mv then copies and deletes.
+  if (sourceIsDir && ufs.redirectMode !== 'on' && (!source.inUpper || source.lowers.length > 0)) throw fsError('EXDEV', from);
+  if (dest && dest.type === S_IFDIR && !destPureUpper && !isMergedEmpty(ufs, dest)) throw fsError('ENOTEMPTY', to);
 
   const movedDir = await copyUp(ufs, source);
   // Looked up again: copying the source up may have copied this parent up too.
@@ -264,10 +267,10 @@ export async function rename(ufs: UnionFs, from: string, to: string): Promise<vo
     const sameParent = fromParentPath === toParentPath;
     const redirect = redirectFor(ufs, movedDir, sameParent);
     if (redirect !== undefined && redirect !== movedDir.redirect) {
-      ufs.realfs.setxattr(sourceReal, OVL_REDIRECT, Buffer.from(redirect));
+      ufs.realfs.setxattr(sourceReal, ufs.xattrs.redirect, Buffer.from(redirect));
     } else if (redirect === undefined && !movedDir.opaque && lowerPositive(ufs, toParentUpper, toName)) {
       // A directory with nothing below it, moved over a name a lower layer has, must not merge with it.
-      ufs.realfs.setxattr(sourceReal, OVL_OPAQUE, Buffer.from('y'));
+      ufs.realfs.setxattr(sourceReal, ufs.xattrs.opaque, Buffer.from('y'));
     }
   }
   if (dest && dest.type === S_IFDIR && dest.inUpper && !destPureUpper) {
@@ -309,6 +312,10 @@ export async function exchange(ufs: UnionFs, a: string, b: string): Promise<void
   const first = ufs.lookup(a);
   const second = ufs.lookup(b);
   if (a === b) return;
+  // Without redirect_dir=on neither side may be a lower or merged dir (ovl_can_move), as in rename.
+  for (const [p, entry] of [[a, first], [b, second]] as const) {
+    if (entry.type === S_IFDIR && ufs.redirectMode !== 'on' && (!entry.inUpper || entry.lowers.length > 0)) throw fsError('EXDEV', p);
+  }
   const { parent: aParent, name: aName } = splitPath(a);
   const { parent: bParent, name: bName } = splitPath(b);
   await copyUp(ufs, first);
@@ -321,9 +328,9 @@ export async function exchange(ufs: UnionFs, a: string, b: string): Promise<void
     if (entry.type !== S_IFDIR) return;
     const redirect = redirectFor(ufs, entry, sameParent);
     if (redirect !== undefined && redirect !== entry.redirect) {
-      ufs.realfs.setxattr(entry.top.real, OVL_REDIRECT, Buffer.from(redirect));
+      ufs.realfs.setxattr(entry.top.real, ufs.xattrs.redirect, Buffer.from(redirect));
     } else if (redirect === undefined && !entry.opaque && lowerPositive(ufs, ufs.lookupDir(toParentPath), toName)) {
-      ufs.realfs.setxattr(entry.top.real, OVL_OPAQUE, Buffer.from('y'));
+      ufs.realfs.setxattr(entry.top.real, ufs.xattrs.opaque, Buffer.from('y'));
     }
   };
   prepare(upA, bParent, bName);

@@ -10,10 +10,7 @@
 import { sys, StatIndex } from '../native/index.js';
 import type { LayerPath, UnionEntry } from './layer.js';
 import { encodeOrigin } from './origin.js';
-import { OVL_ORIGIN } from './xattrs.js';
 import type { UnionFs } from './super.js';
-
-export const OVL_NLINK = 'trusted.overlay.nlink';
 
 /** Where the index entry for a lower object would be, or undefined when it has no file handle. */
 export function indexPathFor(ufs: UnionFs, lower: LayerPath): string | undefined {
@@ -33,8 +30,8 @@ export function findIndexEntry(ufs: UnionFs, lower: LayerPath): string | undefin
 }
 
 /** The union link count stored on `real`, or undefined when it carries none. */
-export function storedUnionNlink(real: string, realNlink: number, lowerNlink?: number): number | undefined {
-  const value = sys.lgetxattr(real, OVL_NLINK)?.toString('latin1');
+export function storedUnionNlink(ufs: UnionFs, real: string, realNlink: number, lowerNlink?: number): number | undefined {
+  const value = sys.lgetxattr(real, ufs.xattrs.nlink)?.toString('latin1');
   if (!value) return undefined;
   const match = /^([UL])([+-]\d+)$/.exec(value);
   if (!match) return undefined;
@@ -52,13 +49,13 @@ export function storeUnionNlink(ufs: UnionFs, real: string, unionNlink: number):
   const nlink = realNlink(ufs, real);
   if (nlink === undefined) return;
   const delta = unionNlink - nlink;
-  ufs.realfs.setxattr(real, OVL_NLINK, Buffer.from(`U${delta >= 0 ? '+' : ''}${delta}`));
+  ufs.realfs.setxattr(real, ufs.xattrs.nlink, Buffer.from(`U${delta >= 0 ? '+' : ''}${delta}`));
 }
 
 /** The union link count stored on the inode at `real`, or undefined if it carries none. */
 export function unionNlinkAt(ufs: UnionFs, real: string): number | undefined {
   const nlink = realNlink(ufs, real);
-  return nlink === undefined ? undefined : storedUnionNlink(real, nlink);
+  return nlink === undefined ? undefined : storedUnionNlink(ufs, real, nlink);
 }
 
 /** The union link count of an indexed inode as the kernel would report it, or undefined if not indexed. */
@@ -70,7 +67,7 @@ export function unionNlinkOf(ufs: UnionFs, entry: UnionEntry): number | undefine
 export function indexEntryOf(ufs: UnionFs, entry: UnionEntry): string | undefined {
   if (entry.indexReal !== undefined) return entry.indexReal;
   if (!entry.inUpper || !ufs.indexDir) return undefined;
-  const fb = sys.lgetxattr(entry.top.real, OVL_ORIGIN);
+  const fb = sys.lgetxattr(entry.top.real, ufs.xattrs.origin);
   if (fb === null) return undefined;
   const candidate = `${ufs.indexDir}/${fb.toString('hex')}`;
   if (sys.lstatRaw(entry.top.real, ufs.statBuf) < 0) return undefined;

@@ -24,7 +24,7 @@ export function getattr(ufs: UnionFs, path: string, out: Float64Array): void {
   // An inode shared with the hard link index reports the union's link count, not the real one.
   // As on the kernel, only an inode the index still knows (the workdir was kept) uses the stored count.
   if (entry.type !== S_IFDIR && (entry.indexReal !== undefined || (entry.inUpper && (out[StatIndex.nlink] ?? 1) > 1 && isIndexed(ufs, entry)))) {
-    const nlink = storedUnionNlink(ufs.dataReal(entry), out[StatIndex.nlink] ?? 1, entry.lowerNlink);
+    const nlink = storedUnionNlink(ufs, ufs.dataReal(entry), out[StatIndex.nlink] ?? 1, entry.lowerNlink);
     if (nlink !== undefined) out[StatIndex.nlink] = nlink;
   }
 }

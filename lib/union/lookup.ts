@@ -9,7 +9,7 @@ import path from 'node:path';
 import { sys, StatIndex } from '../native/index.js';
 import { fsError } from '../errors.js';
 import { S_IFCHR, S_IFDIR, S_IFMT, type Layer, type LayerPath, type UnionEntry } from './layer.js';
-import { OVL_OPAQUE, OVL_ORIGIN, OVL_REDIRECT } from './xattrs.js';
+import type { OverlayXattrs } from './xattrs.js';
 
 export interface LookupContext {
   readonly layers: readonly Layer[];
@@ -18,6 +18,8 @@ export interface LookupContext {
   /** Finds the index entry of a lower hard link, when the hard link index is in use. */
   findIndexEntry?(lower: LayerPath): string | undefined;
   readonly samefs: boolean;
+  /** The names of the private xattrs (trusted.overlay.* or, with userxattr, user.overlay.*). */
+  readonly xattrs: OverlayXattrs;
   /** False for redirect_dir=nofollow: a redirect found on the way down is refused instead of followed. */
   readonly followRedirects?: boolean;
   /** Scratch buffer for lstat results; lookups are synchronous so one buffer is enough. */
@@ -48,7 +50,7 @@ function readXattrString(real: string, name: string): string | undefined {
 
 /** The inode number of an upper object: its origin's when it was copied up, else its own. */
 function upperIno(ctx: LookupContext, upper: LayerPath, realIno: number, isDir: boolean): number {
-  const fb = ctx.originIno ? sys.lgetxattr(upper.real, OVL_ORIGIN) : null;
+  const fb = ctx.originIno ? sys.lgetxattr(upper.real, ctx.xattrs.origin) : null;
   const ino = fb === null ? undefined : ctx.originIno?.(upper.real, fb, isDir);
   return ino ?? layerIno(ctx, upper.layer, realIno);
 }
@@ -107,12 +109,12 @@ function lookupSingle(ctx: LookupContext, layer: Layer, baseRel: string, element
   // Nothing is below the bottom layer, so its xattrs are never read (they cannot steer anything).
   const bottom = ctx.layers[ctx.layers.length - 1];
   if (!layer.isUpper && layer === bottom) return candidate;
-  if (readXattrString(candidate.real, OVL_OPAQUE) === 'y') {
+  if (readXattrString(candidate.real, ctx.xattrs.opaque) === 'y') {
     d.stop = true;
     if (lastElement) d.opaque = true;
     return candidate;
   }
-  const target = readXattrString(candidate.real, OVL_REDIRECT);
+  const target = readXattrString(candidate.real, ctx.xattrs.redirect);
   if (lastElement) d.rawRedirect = target;
   if (target !== undefined && validRedirect(target)) {
     if (target.startsWith('/')) {

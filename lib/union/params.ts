@@ -35,6 +35,18 @@ export interface UnionParams {
   transportGiven?: boolean;
   /** FUSE passthrough where the kernel offers it and it is safe (kernel transport only); off forces it off. */
   passthrough: boolean;
+  /**
+   * redirect_dir: 'on' (Strata's default) creates and follows trusted.overlay.redirect, so merged and lower
+   * dirs can be renamed; 'follow' (also what "off" means, with the kernel's redirect_always_follow=Y) follows
+   * redirects already there but renaming such a dir gives EXDEV; 'nofollow' neither follows nor creates them.
+   */
+  redirectDir: RedirectMode;
+  /** index=on (Strata's default): a lower hard link is copied up once and all its names stay one inode. */
+  index: boolean;
+  /** userxattr: overlay xattrs live in user.overlay.* instead of trusted.overlay.* (unprivileged use). */
+  userxattr: boolean;
+  /** uuid=null or uuid=off: origins are recorded with a null filesystem uuid. */
+  nullUuid: boolean;
   /** The CPU the server's threads are kept on ('any' to let the scheduler choose), see strata-overlay.ts. */
   cpu?: number | 'any';
   /** Generic or kernel-overlayfs options that were accepted and have no effect here. */
@@ -43,6 +55,7 @@ export interface UnionParams {
 
 export type Transport = 'kernel' | 'fuse-native';
 export const TRANSPORTS: readonly Transport[] = ['kernel', 'fuse-native'];
+export type RedirectMode = 'on' | 'follow' | 'nofollow';
 
 /** Options mount(8) and mount.fuse3 pass along that do not concern the filesystem itself. */
 const GENERIC_OPTIONS = new Set([
@@ -52,17 +65,25 @@ const GENERIC_OPTIONS = new Set([
   'silent', 'loud', 'iversion', 'noiversion',
 ]);
 
-/** kernel overlayfs options with fixed behaviour in Strata: accepted when they ask for what Strata does. */
-const KERNEL_OPTIONS: Record<string, (value: string | undefined) => boolean> = {
-  redirect_dir: (v) => v === 'on' || v === 'follow' || v === 'nofollow' || v === 'off',
-  index: (v) => v === 'on' || v === 'off',
-  xino: (v) => v === 'on' || v === 'off' || v === 'auto',
-  metacopy: (v) => v === 'off' || v === 'on',
-  nfs_export: (v) => v === 'off' || v === 'on',
-  userxattr: (v) => v === undefined,
-  uuid: (v) => v === 'on' || v === 'off' || v === 'null' || v === 'auto',
-  verity: (v) => v === 'off',
+/**
+ * Kernel overlayfs options Strata does not implement: accepted only with the value that asks for what
+ * Strata does anyway, refused otherwise with the reason. Never accepted and ignored.
+ */
+const FIXED_KERNEL_OPTIONS: Record<string, { accepts: (value: string | undefined) => boolean; refusal: string }> = {
+  // Strata always keeps the layers' inode numbers apart in the high bits of st_ino under one st_dev.
+  xino: { accepts: (v) => v === 'on' || v === 'auto', refusal: 'strata-overlay always maps the inode numbers of all layers into one st_dev (as xino=on does); use xino=on or xino=auto' },
+  metacopy: { accepts: (v) => v === 'off', refusal: 'metadata-only copy-up (metacopy=on) is not supported by strata-overlay; use metacopy=off' },
+  nfs_export: { accepts: (v) => v === 'off', refusal: 'exporting the mount (nfs_export=on, file handles of merged objects) is not supported by strata-overlay; use nfs_export=off' },
+  verity: { accepts: (v) => v === 'off', refusal: 'fs-verity of metacopy files (verity=) is not supported by strata-overlay; use verity=off' },
 };
+
+/** The overlay options in effect, spelled as kernel overlayfs shows them in /proc/mounts. */
+export function effectiveOptions(params: UnionParams): string[] {
+  const options = [`redirect_dir=${params.redirectDir}`, `index=${params.index ? 'on' : 'off'}`, 'xino=on', `uuid=${params.nullUuid ? 'null' : 'on'}`];
+  if (params.userxattr) options.push('userxattr');
+  if (params.volatile) options.push('volatile');
+  return options;
+}
 
 function badOption(message: string): StrataError {
   return new StrataError('STRATA_BAD_OPTION', message);
@@ -102,8 +123,9 @@ function splitLowerDirs(value: string): string[] {
 export function parseOptions(optionStrings: string[]): UnionParams {
   const params: UnionParams = {
     lowerDirs: [], readOnly: false, fsname: 'strata-overlay', fsnameGiven: false, volatile: false, ignored: [],
-    transport: 'kernel', passthrough: true,
+    transport: 'kernel', passthrough: true, redirectDir: 'on', index: true, userxattr: false, nullUuid: false,
   };
+  let redirectGiven: string | undefined;
   let sawLower = false;
   let forceReadOnly = false;
   for (const option of optionStrings.flatMap(splitOptions)) {
@@ -138,6 +160,26 @@ export function parseOptions(optionStrings: string[]): UnionParams {
       case 'volatile':
         if (value !== undefined) throw badOption(`volatile takes no value, got "${option}"`);
         params.volatile = true;
+        break;
+      case 'redirect_dir':
+        if (value === 'on' || value === 'follow' || value === 'nofollow') params.redirectDir = value;
+        // "off": not created; followed, since the kernel's redirect_always_follow defaults to Y.
+        else if (value === 'off') params.redirectDir = 'follow';
+        else throw badOption(`redirect_dir= must be on, follow, off or nofollow, got "${option}"`);
+        redirectGiven = value;
+        break;
+      case 'index':
+        if (value !== 'on' && value !== 'off') throw badOption(`index= must be on or off, got "${option}"`);
+        params.index = value === 'on';
+        break;
+      case 'userxattr':
+        if (value !== undefined) throw badOption(`userxattr takes no value, got "${option}"`);
+        params.userxattr = true;
+        break;
+      case 'uuid':
+        if (value === 'on' || value === 'auto') params.nullUuid = false;
+        else if (value === 'null' || value === 'off') params.nullUuid = true;
+        else throw badOption(`uuid= must be on, auto, null or off, got "${option}"`);
         break;
       case 'cpu': {
         if (value === 'any') params.cpu = 'any';
@@ -175,10 +217,9 @@ export function parseOptions(optionStrings: string[]): UnionParams {
         params.ignored.push(option);
         break;
       default: {
-        const kernelCheck = KERNEL_OPTIONS[key];
-        if (kernelCheck) {
-          if (!kernelCheck(value)) throw badOption(`unsupported value in "${option}"`);
-          params.ignored.push(option);
+        const fixed = FIXED_KERNEL_OPTIONS[key];
+        if (fixed) {
+          if (!fixed.accepts(value)) throw badOption(`"${option}": ${fixed.refusal}`);
         } else if (GENERIC_OPTIONS.has(key) || key.startsWith('x-') || key.startsWith('comment=')) {
           params.ignored.push(option);
         } else {
@@ -191,6 +232,11 @@ export function parseOptions(optionStrings: string[]): UnionParams {
   if (params.upperDir !== undefined && params.workDir === undefined) throw badOption('upperdir= needs workdir= as well');
   if (params.workDir !== undefined && params.upperDir === undefined) throw badOption('workdir= needs upperdir= as well');
   params.readOnly = forceReadOnly || params.upperDir === undefined;
+  if (params.userxattr) {
+    // As the kernel: redirects in user.* xattrs would let an unprivileged upper point lookups anywhere below.
+    if (redirectGiven !== undefined && params.redirectDir !== 'nofollow') throw badOption(`conflicting options: userxattr,redirect_dir=${redirectGiven} (userxattr needs redirect_dir=nofollow)`);
+    params.redirectDir = 'nofollow';
+  }
   // As the kernel: "volatile" is meaningless without an upper to write (it ignores it there too).
   if (params.readOnly) params.volatile = false;
   return params;

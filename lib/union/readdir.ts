@@ -60,7 +60,14 @@ export function listMerged(
       const type = TYPE_BY_DT[dt] ?? 0;
       let ino: number;
       if (layerDir.layer.isUpper) {
-        const child = resolveChild(dir, name);
+        let child: UnionEntry | undefined;
+        try {
+          child = resolveChild(dir, name);
+        } catch {
+          // As the kernel (ovl_cache_update): a name that cannot be looked up (a refused redirect, say) is
+          // left out of the listing rather than failing it.
+          child = undefined;
+        }
         if (!child) continue;
         ino = child.ino;
       } else {

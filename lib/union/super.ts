@@ -25,7 +25,8 @@ const INO_IN_CLEAR_FS = new Set([0xef53, 0x58465342]);
 import { layerIno, lookupChild, lookupRoot, type LookupContext } from './lookup.js';
 import { listMerged, type MergedEntry } from './readdir.js';
 import { RealFs } from './realfs.js';
-import type { UnionParams } from './params.js';
+import type { RedirectMode, UnionParams } from './params.js';
+import { overlayXattrs, type OverlayXattrs } from './xattrs.js';
 import * as dirOps from './dir.js';
 import * as inodeOps from './inode.js';
 import * as fileOps from './file.js';
@@ -62,6 +63,11 @@ export class UnionFs implements LookupContext {
   readonly upper: Layer | undefined;
   readonly samefs: boolean;
   readonly readOnly: boolean;
+  /** The private xattr names in use (userxattr picks user.overlay.*). */
+  readonly xattrs: OverlayXattrs;
+  /** redirect_dir: whether renaming a merged or lower dir may write a redirect, and whether lookup follows them. */
+  readonly redirectMode: RedirectMode;
+  readonly followRedirects: boolean;
   /** Mounted with `volatile`: nothing is fsynced (see prepareWorkDir and docs/union.md). */
   readonly volatile: boolean;
   readonly statBuf = new Float64Array(StatIndex.length);
@@ -83,6 +89,7 @@ export class UnionFs implements LookupContext {
   private readonly rootFds = new Map<number, number>();
   private readonly originLayers = new Map<string, Layer | undefined>();
   private readonly fsTypes = new Map<number, number>();
+  private readonly nullUuid: boolean;
   private tempCounter = 0;
 
   constructor(params: UnionParams, logger: Logger) {
@@ -102,7 +109,12 @@ export class UnionFs implements LookupContext {
     this.readOnly = params.readOnly || this.upper === undefined;
     this.volatile = params.volatile && !this.readOnly;
     this.workDir = params.workDir === undefined ? undefined : path.join(params.workDir, 'work');
-    this.indexDir = params.workDir === undefined ? undefined : path.join(params.workDir, 'index');
+    // index=off: lower hard links are copied up per name and an existing index is left alone, as the kernel does.
+    this.indexDir = params.workDir === undefined || !params.index ? undefined : path.join(params.workDir, 'index');
+    this.xattrs = overlayXattrs(params.userxattr);
+    this.redirectMode = params.redirectDir;
+    this.followRedirects = params.redirectDir !== 'nofollow';
+    this.nullUuid = params.nullUuid;
   }
 
   /**
@@ -316,7 +328,9 @@ export class UnionFs implements LookupContext {
     return `${this.workDir}/#${this.tempCounter.toString(16)}`;
   }
 
+  /** The uuid recorded in origins of objects from `layer`: its filesystem's, or none with uuid=null/off. */
   fsUuidOf(layer: Layer): Buffer | null {
+    if (this.nullUuid) return null;
     if (!this.fsUuids.has(layer.dev)) {
       let uuid: Buffer | null = null;
       try {

@@ -1,5 +1,5 @@
 /**
- * Extended attributes: the kernel's private trusted.overlay.* names and the escaping that lets users store
+ * Extended attributes: the kernel's private trusted.overlay.* (or, with userxattr, user.overlay.*) names and the escaping that lets users store
  * their own trusted.overlay.* attributes (as kernel overlayfs does since 6.7: the user's "trusted.overlay.X"
  * is stored as "trusted.overlay.overlay.X" on the real file). The private ones are never shown or changeable.
  */
@@ -9,27 +9,43 @@ import { fsError } from '../errors.js';
 import { copyUp } from './copy-up.js';
 import type { UnionFs } from './super.js';
 
-export const OVL_PREFIX = 'trusted.overlay.';
-const OVL_ESCAPED_PREFIX = 'trusted.overlay.overlay.';
-export const OVL_OPAQUE = 'trusted.overlay.opaque';
-export const OVL_REDIRECT = 'trusted.overlay.redirect';
-export const OVL_ORIGIN = 'trusted.overlay.origin';
-
-/** The real name under which a user-visible attribute name is stored. */
-export function realXattrName(name: string): string {
-  return name.startsWith(OVL_PREFIX) ? OVL_ESCAPED_PREFIX + name.slice(OVL_PREFIX.length) : name;
+/**
+ * The names of the overlay's private xattrs: trusted.overlay.* normally, user.overlay.* with `userxattr`
+ * (as the kernel does for unprivileged mounts). One instance per mount, on UnionFs.xattrs.
+ */
+export interface OverlayXattrs {
+  readonly prefix: string;
+  /** Where a user's own attribute named <prefix>X is stored: <prefix>overlay.X. */
+  readonly escapedPrefix: string;
+  readonly opaque: string;
+  readonly redirect: string;
+  readonly origin: string;
+  readonly nlink: string;
 }
 
-/** The user-visible name of a real attribute, or undefined for the kernel's private ones. */
-export function visibleXattrName(realName: string): string | undefined {
-  if (realName.startsWith(OVL_ESCAPED_PREFIX)) return OVL_PREFIX + realName.slice(OVL_ESCAPED_PREFIX.length);
-  if (realName.startsWith(OVL_PREFIX)) return undefined;
+export function overlayXattrs(userxattr: boolean): OverlayXattrs {
+  const prefix = userxattr ? 'user.overlay.' : 'trusted.overlay.';
+  return { prefix, escapedPrefix: `${prefix}overlay.`, opaque: `${prefix}opaque`, redirect: `${prefix}redirect`, origin: `${prefix}origin`, nlink: `${prefix}nlink` };
+}
+
+/** The default (trusted.*) names, for code that reads or writes kernel-format layers outside a mount. */
+export const TRUSTED_XATTRS = overlayXattrs(false);
+
+/** The real name under which a user-visible attribute name is stored. */
+export function realXattrName(x: OverlayXattrs, name: string): string {
+  return name.startsWith(x.prefix) ? x.escapedPrefix + name.slice(x.prefix.length) : name;
+}
+
+/** The user-visible name of a real attribute, or undefined for the overlay's private ones. */
+export function visibleXattrName(x: OverlayXattrs, realName: string): string | undefined {
+  if (realName.startsWith(x.escapedPrefix)) return x.prefix + realName.slice(x.escapedPrefix.length);
+  if (realName.startsWith(x.prefix)) return undefined;
   return realName;
 }
 
-/** True for attributes copy-up must carry over (everything but the kernel's private ones). */
-export function isCopiedXattr(realName: string): boolean {
-  return realName.startsWith(OVL_ESCAPED_PREFIX) || !realName.startsWith(OVL_PREFIX);
+/** True for attributes copy-up must carry over (everything but the overlay's private ones). */
+export function isCopiedXattr(x: OverlayXattrs, realName: string): boolean {
+  return realName.startsWith(x.escapedPrefix) || !realName.startsWith(x.prefix);
 }
 
 // --- xattr operations on the merged view -------------------------------------------------------------
@@ -45,7 +61,7 @@ function checkXattrName(name: string): void {
 
 export function getXattr(ufs: UnionFs, path: string, name: string): Buffer {
   checkXattrName(name);
-  const value = sys.lgetxattr(ufs.dataReal(ufs.lookup(path)), realXattrName(name));
+  const value = sys.lgetxattr(ufs.dataReal(ufs.lookup(path)), realXattrName(ufs.xattrs, name));
   if (value === null) throw fsError('ENODATA', name);
   return value;
 }
@@ -53,7 +69,7 @@ export function getXattr(ufs: UnionFs, path: string, name: string): Buffer {
 export function listXattrs(ufs: UnionFs, path: string): string[] {
   const names: string[] = [];
   for (const realName of sys.llistxattr(ufs.dataReal(ufs.lookup(path)))) {
-    const visible = visibleXattrName(realName);
+    const visible = visibleXattrName(ufs.xattrs, realName);
     if (visible !== undefined) names.push(visible);
   }
   return names;
@@ -64,14 +80,14 @@ export async function setXattr(ufs: UnionFs, path: string, name: string, value: 
   if (value.length > XATTR_SIZE_MAX) throw fsError('E2BIG', name);
   ufs.assertWritable(path);
   const entry = await copyUp(ufs, ufs.lookup(path));
-  ufs.realfs.setxattr(entry.top.real, realXattrName(name), value, flags);
+  ufs.realfs.setxattr(entry.top.real, realXattrName(ufs.xattrs, name), value, flags);
 }
 
 export async function removeXattr(ufs: UnionFs, path: string, name: string): Promise<void> {
   checkXattrName(name);
   ufs.assertWritable(path);
   let entry = ufs.lookup(path);
-  const realName = realXattrName(name);
+  const realName = realXattrName(ufs.xattrs, name);
   // Removing an attribute the object does not have must not copy it up (the kernel answers ENODATA).
   if (!entry.inUpper && sys.lgetxattr(ufs.dataReal(entry), realName) === null) throw fsError('ENODATA', name);
   entry = await copyUp(ufs, entry);

@@ -29,6 +29,7 @@ export type Op =
   | ['rmdir', string]
   | ['mkdir', string, number?]
   | ['rename', string, string]
+  | ['mv', string, string]
   | ['link', string, string]
   | ['symlink', string, string]
   | ['readlink', string]
@@ -205,6 +206,10 @@ async function perform(ctx: OpContext, op: Op, p: (rel: string) => string): Prom
       return undefined;
     case 'rename':
       fs.renameSync(p(op[1]), p(op[2]));
+      return undefined;
+    case 'mv':
+      // coreutils mv: on EXDEV it copies the tree and deletes the source.
+      tool('mv', ['-T', '--', op[1], op[2]], cwd);
       return undefined;
     case 'link':
       fs.linkSync(p(op[1]), p(op[2]));

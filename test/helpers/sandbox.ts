@@ -161,8 +161,15 @@ export function overlayOptions(dirs: OverlayDirs, extra: string[] = []): string 
 /** The argv that mounts `kind` over `dirs` (program first). */
 export function mountCommand(kind: OverlayKind, dirs: OverlayDirs, extraOptions: string[] = []): [string, string[]] {
   switch (kind) {
-    case 'kernel':
-      return ['mount', ['-t', 'overlay', 'overlay', '-o', overlayOptions(dirs, ['redirect_dir=on', 'index=on', ...extraOptions]), dirs.mnt]];
+    case 'kernel': {
+      // The oracle's defaults give way to the same options given explicitly (userxattr conflicts with redirect_dir=on).
+      const given = new Set(extraOptions.map((o) => o.split('=')[0]));
+      const defaults = ['redirect_dir=on', 'index=on'].filter((o) => {
+        const key = o.split('=')[0];
+        return !given.has(key) && !(key === 'redirect_dir' && given.has('userxattr'));
+      });
+      return ['mount', ['-t', 'overlay', 'overlay', '-o', overlayOptions(dirs, [...defaults, ...extraOptions]), dirs.mnt]];
+    }
     case 'fuse-overlayfs':
       return ['fuse-overlayfs', ['-o', overlayOptions(dirs, extraOptions), dirs.mnt]];
     case 'strata': {

@@ -16,7 +16,7 @@ import path from 'node:path';
 import { runOp, type Op, type OpContext } from '../helpers/ops.js';
 import { randomRecycling, seedFromEnv } from '../helpers/random.js';
 import { candidateKind, candidateMissing, runOk, Sandbox, type OverlayDirs, type OverlayKind } from '../helpers/sandbox.js';
-import { buildLayer, diffTrees, snapshotTree, type LayerSpec } from '../helpers/tree.js';
+import { buildLayer, diffTrees, snapshotTree, type LayerSpec, type TreeSnapshot } from '../helpers/tree.js';
 
 const candidate = candidateKind();
 const seed = seedFromEnv();
@@ -24,6 +24,10 @@ const MAX_DIVERGENCES_SHOWN = 12;
 
 export interface Round {
   ops: Op[];
+  /** -o options of this round (default: the shape's). */
+  options?: string[];
+  /** Mount the previous round's upper and workdir again (over the same lowers) instead of stacking a fresh upper. */
+  reuseUpper?: boolean;
   /** Ops after both sides were unmounted and mounted again on the same dirs. */
   afterRemount?: Op[];
 }
@@ -32,7 +36,7 @@ export interface StackShape {
   name: string;
   /** Base lower layers, top first. */
   lowers: LayerSpec[];
-  /** Round r mounts the uppers of rounds r-1 .. 0 (newest on top) over the base lowers, with a fresh upper. */
+  /** Round r mounts the uppers of earlier rounds (newest on top) over the base lowers, with a fresh upper. */
   rounds: Round[];
   /** Which dirs live on a tmpfs of their own (the rest is on the sandbox's filesystem). */
   tmpfs?: { lowers?: boolean; upper?: boolean };
@@ -52,6 +56,22 @@ function mountTmpfs(box: Sandbox, dir: string): string {
   box.track(dir);
   runOk('mount', ['-t', 'tmpfs', '-o', 'size=64m', 'tmpfs', dir]);
   return dir;
+}
+
+/**
+ * Private xattrs are only visible when a round mounts an upper written with other xattr names (userxattr)
+ * without that option. Origins are file handles of each side's own lower inodes, so their bytes differ
+ * legitimately: only their presence is compared. Bookkeeping Strata does not write is left out: `impure`
+ * (a readdir hint), `uuid` and the origin of the upper root (both recorded by the kernel at mount time).
+ */
+function maskOrigins(snapshot: TreeSnapshot): TreeSnapshot {
+  for (const [rel, entry] of Object.entries(snapshot)) {
+    for (const name of Object.keys(entry.xattrs)) {
+      if (/overlay\.(impure|uuid)$/.test(name) || (rel === '' && name.endsWith('overlay.origin'))) delete entry.xattrs[name];
+      else if (name.endsWith('overlay.origin')) entry.xattrs[name] = 'present';
+    }
+  }
+  return snapshot;
 }
 
 async function runOps(kernel: Side, cand: Side, ops: Op[]): Promise<string[]> {
@@ -78,21 +98,31 @@ export async function runShape(t: Test, shape: StackShape): Promise<void> {
   };
   const kernel = makeSide('kernel', 'k');
   const cand = makeSide(candidate, 'c');
+  // Upper number of each round: a round that reuses the previous upper mounts it over the same lowers.
+  const upperOf: number[] = [];
+  for (const [r, round] of shape.rounds.entries()) upperOf.push(round.reuseUpper && r > 0 ? upperOf[r - 1]! : r);
   const dirsFor = (side: Side, round: number): OverlayDirs => {
-    const uppers = Array.from({ length: round }, (_, r) => path.join(side.upperBase, `u${r}`)).reverse();
-    const lowers = [...uppers, ...shape.lowers.map((_, i) => path.join(side.lowerBase, `l${i}`))];
-    return { lowers, upper: box.dir(path.relative(box.root, path.join(side.upperBase, `u${round}`))), work: box.dir(path.relative(box.root, path.join(side.upperBase, `w${round}`))), mnt: box.dir(`${path.basename(side.base)}/mnt${round}`) };
+    const u = upperOf[round]!;
+    const below = [...new Set(upperOf.slice(0, round).filter((x) => x !== u))].reverse();
+    const lowers = [...below.map((x) => path.join(side.upperBase, `u${x}`)), ...shape.lowers.map((_, i) => path.join(side.lowerBase, `l${i}`))];
+    return {
+      lowers,
+      upper: box.dir(path.relative(box.root, path.join(side.upperBase, `u${u}`))),
+      work: box.dir(path.relative(box.root, path.join(side.upperBase, `w${u}`))),
+      mnt: box.dir(`${path.basename(side.base)}/mnt${round}`),
+    };
   };
   const compareTrees = (tt: Test, label: string, kd: OverlayDirs, cd: OverlayDirs) => {
-    tt.same(diffTrees(snapshotTree(kd.mnt), snapshotTree(cd.mnt)), [], `${label}: merged tree matches the kernel`);
+    tt.same(diffTrees(maskOrigins(snapshotTree(kd.mnt)), maskOrigins(snapshotTree(cd.mnt))), [], `${label}: merged tree matches the kernel`);
   };
 
   for (const [r, round] of shape.rounds.entries()) {
     await t.test(`round ${r}`, async (tt) => {
       const kd = dirsFor(kernel, r);
       const cd = dirsFor(cand, r);
-      box.mount('kernel', kd, shape.options);
-      box.mount(candidate, cd, shape.options);
+      const options = round.options ?? shape.options;
+      box.mount('kernel', kd, options);
+      box.mount(candidate, cd, options);
       kernel.ctx.root = kd.mnt;
       cand.ctx.root = cd.mnt;
       try {
@@ -101,8 +131,8 @@ export async function runShape(t: Test, shape: StackShape): Promise<void> {
         if (round.afterRemount) {
           box.unmount(kd.mnt);
           box.unmount(cd.mnt);
-          box.mount('kernel', kd, shape.options);
-          box.mount(candidate, cd, shape.options);
+          box.mount('kernel', kd, options);
+          box.mount(candidate, cd, options);
           tt.same(await runOps(kernel, cand, round.afterRemount), [], `round ${r}: every op after a remount gives the kernel's result`);
           compareTrees(tt, `round ${r} remounted`, kd, cd);
         }
@@ -188,6 +218,89 @@ export const stackShapes: StackShape[] = [
   },
 ];
 
+/** Kernel overlayfs mount options, each with the same options on both sides (and on and off where both exist). */
+export const optionShapes: StackShape[] = [
+  {
+    // Renaming a merged or lower dir is EXDEV unless redirect_dir=on (mv then copies); redirects already in an
+    // upper are still followed (follow, and off with the kernel's redirect_always_follow=Y).
+    name: 'redirect-dir-follow-and-off',
+    lowers: [
+      { 'md/top': { type: 'file', content: 'top' } },
+      { 'ld/x': { type: 'file', content: 'x' }, 'ld/sub/y': { type: 'file', content: 'y' }, 'md/bottom': { type: 'file', content: 'b' }, 'moved/z': { type: 'file', content: 'z' } },
+    ],
+    rounds: [
+      { options: ['redirect_dir=on'], ops: [['rename', 'moved', 'moved2'], ['readdir', 'moved2']] },
+      {
+        options: ['redirect_dir=follow'], reuseUpper: true,
+        ops: [
+          ['readdir', 'moved2'], ['read', 'moved2/z'], ['rename', 'moved2', 'moved3'], ['rename', 'ld', 'ld2'], ['rename', 'md', 'md2'], ['rename', 'ld/sub', 'sub2'],
+          ['mkdir', 'fresh'], ['create', 'fresh/f', 'f'], ['rename', 'fresh', 'fresh2'], ['readdir', 'fresh2'], ['mv', 'ld', 'ld-mv'], ['readdir', 'ld-mv'], ['stat', 'ld'],
+          ['read', 'ld-mv/sub/y'], ['rename', 'ld/x', 'x2'], ['rename', 'md', 'md/inside'], ['readdir', '.'],
+        ],
+      },
+      { options: ['redirect_dir=off'], reuseUpper: true, ops: [['readdir', 'moved2'], ['rename', 'md', 'md3'], ['mv', 'md', 'md-mv'], ['readdir', 'md-mv'], ['rename', 'fresh2', 'fresh3']] },
+    ],
+  },
+  {
+    // nofollow: redirects are neither created nor followed.
+    name: 'redirect-dir-nofollow',
+    lowers: [{ 'ld/x': { type: 'file', content: 'x' }, 'moved/z': { type: 'file', content: 'z' } }],
+    rounds: [
+      { ops: [['rename', 'moved', 'moved2'], ['readdir', 'moved2']] },
+      { options: ['redirect_dir=nofollow'], reuseUpper: true, ops: [['readdir', '.'], ['stat', 'moved2'], ['readdir', 'moved2'], ['read', 'moved2/z'], ['rename', 'ld', 'ld2'], ['stat', 'moved']] },
+    ],
+  },
+  {
+    // index=off: each name of a lower hard link is copied up on its own; index=on keeps them one inode.
+    name: 'index-off-and-on',
+    lowers: [{ h1: { type: 'file', content: 'shared' }, h2: { type: 'hardlink', target: 'h1' }, 'sub/h3': { type: 'hardlink', target: 'h1' }, g1: { type: 'file', content: 'g' }, g2: { type: 'hardlink', target: 'g1' } }],
+    rounds: [
+      {
+        options: ['index=off'],
+        ops: [
+          ['stat', 'h1'], ['sameIno', 'h1', 'h2'], ['writeViaOtherLink', 'h1', 'h2', 'changed'], ['read', 'sub/h3'], ['stat', 'h1'], ['stat', 'h2'],
+          ['sameIno', 'h1', 'h2'], ['append', 'h2', '+'], ['read', 'h1'], ['read', 'h2'], ['link', 'h1', 'h4'], ['stat', 'h4'], ['sameIno', 'h1', 'h4'], ['unlink', 'sub/h3'], ['stat', 'h2'],
+        ],
+      },
+      { options: ['index=on'], ops: [['read', 'h1'], ['read', 'h2'], ['writeViaOtherLink', 'g1', 'g2', 'G!'], ['stat', 'g2'], ['sameIno', 'g1', 'g2']] },
+    ],
+  },
+  {
+    // userxattr: the overlay's xattrs are user.overlay.*; the next round mounts that upper without the option,
+    // where they are ordinary attributes, so their names and values are compared too.
+    name: 'userxattr',
+    lowers: [
+      { 'md/top': { type: 'file', content: 't' } },
+      { f: { type: 'file', content: 'f', xattrs: { 'user.a': '1' } }, 'd/x': { type: 'file', content: 'x' }, 'md/b': { type: 'file', content: 'b' }, 'ld/y': { type: 'file', content: 'y' } },
+    ],
+    rounds: [
+      {
+        options: ['userxattr'],
+        ops: [
+          ['unlink', 'f'], ['stat', 'f'], ['unlink', 'd/x'], ['rmdir', 'd'], ['mkdir', 'd'], ['readdir', 'd'], ['create', 'f', 'new'], ['listxattr', 'f'],
+          ['rename', 'ld', 'ld2'], ['unlink', 'md/b'], ['readdir', 'md'], ['setxattr', 'md', 'user.overlay.mine', 'v'], ['getxattr', 'md', 'user.overlay.mine'],
+          ['listxattr', 'md'], ['setxattr', 'md/top', 'trusted.overlay.t', 'tv'], ['listxattr', 'md/top'], ['chmod', 'ld/y', 0o600],
+        ],
+        afterRemount: [['readdir', 'd'], ['readdir', 'md'], ['listxattr', 'md'], ['stat', 'f'], ['read', 'f']],
+      },
+      {
+        options: [], reuseUpper: true,
+        ops: [['getxattr', 'd', 'user.overlay.opaque'], ['getxattr', 'md', 'user.overlay.overlay.mine'], ['getxattr', 'md/top', 'trusted.overlay.t'], ['readdir', 'd'], ['readdir', '.']],
+      },
+    ],
+  },
+  {
+    // uuid=null: origins carry a null uuid; inode numbers still survive copy-up and remount on one filesystem.
+    name: 'uuid-null',
+    options: ['uuid=null'],
+    lowers: [{ f: { type: 'file', content: 'x' }, 'd/g': { type: 'file', content: 'g' } }],
+    rounds: [{
+      ops: [['rememberIno', 'f', 'f0'], ['rememberIno', 'd', 'd0'], ['writeAt', 'f', 0, 'y'], ['sameIno', 'f0', 'f'], ['create', 'd/n', 'n'], ['sameIno', 'd0', 'd']],
+      afterRemount: [['sameIno', 'f0', 'f'], ['sameIno', 'd0', 'd'], ['read', 'f']],
+    }],
+  },
+];
+
 t.test(`differential stacks: kernel overlayfs vs ${candidate}`, async (t) => {
   const missing = candidateMissing();
   if (missing) {
@@ -195,7 +308,7 @@ t.test(`differential stacks: kernel overlayfs vs ${candidate}`, async (t) => {
     return;
   }
   t.comment(`random recycling seed ${seed} (replay with STRATA_TEST_SEED=${seed})`);
-  for (const shape of [...stackShapes, { name: `random-recycling-seed-${seed}`, ...randomRecycling(seed, 3, 150) }]) {
+  for (const shape of [...stackShapes, ...optionShapes, { name: `random-recycling-seed-${seed}`, ...randomRecycling(seed, 3, 150) }]) {
     await t.test(shape.name, async (tt) => runShape(tt, shape));
   }
 });

@@ -63,6 +63,13 @@ t.test('bad command lines and dirs fail cleanly', async (t) => {
     { name: 'workdir on another filesystem than upperdir', args: ['-o', `lowerdir=${lower},upperdir=${upper},workdir=${otherFs}`, mnt], mentions: /workdir/ },
     { name: 'mountpoint that does not exist', args: ['-o', `lowerdir=${lower}`, path.join(box.root, 'no-such-mnt')], mentions: /no-such-mnt/, target: path.join(box.root, 'no-such-mnt') },
     { name: 'missing mountpoint', args: ['-o', `lowerdir=${lower}`], mentions: /mount ?point/i },
+    // Kernel overlayfs options Strata does not implement are refused, never accepted and ignored.
+    { name: 'metacopy=on', args: ['-o', `lowerdir=${lower},upperdir=${upper},workdir=${work},metacopy=on`, mnt], mentions: /metacopy=on/ },
+    { name: 'nfs_export=on', args: ['-o', `lowerdir=${lower},upperdir=${upper},workdir=${work},nfs_export=on`, mnt], mentions: /nfs_export=on/ },
+    { name: 'xino=off', args: ['-o', `lowerdir=${lower},upperdir=${upper},workdir=${work},xino=off`, mnt], mentions: /xino=off/ },
+    { name: 'verity=on', args: ['-o', `lowerdir=${lower},upperdir=${upper},workdir=${work},verity=on`, mnt], mentions: /verity=on/ },
+    { name: 'userxattr with redirect_dir=on', args: ['-o', `lowerdir=${lower},upperdir=${upper},workdir=${work},userxattr,redirect_dir=on`, mnt], mentions: /userxattr,redirect_dir=on/ },
+    { name: 'bad redirect_dir value', args: ['-o', `lowerdir=${lower},redirect_dir=sometimes`, mnt], mentions: /redirect_dir=sometimes/ },
     { name: 'busy mountpoint', args: ['-o', `lowerdir=${lower}`, busy], mentions: new RegExp(busy.replace(/[/.]/g, '\\$&')), target: busy },
   ];
   for (const c of cases) {

@@ -47,6 +47,21 @@ t.test('the -o form prints nothing, honours fsname and ignores generic options',
   useAndUnmount(t, d);
 });
 
+t.test('without fsname, the mount source shows the overlay options in effect', async (t) => {
+  const d = await layers(t, 'form-effective');
+  d.box.track(d.mnt);
+  const r = run(process.execPath, [strataOverlayJs, '-o', `lowerdir=${d.lower},upperdir=${d.upper},workdir=${d.work},index=off,redirect_dir=off,xino=auto`, d.mnt]);
+  t.equal(r.status, 0, `exits 0 ${r.stderr}`);
+  t.match(mountLine(d.mnt) ?? '', /^strata-overlay:redirect_dir=follow,index=off,xino=on,uuid=on /, 'redirect_dir=off is follow, index is off');
+  useAndUnmount(t, d);
+  const u = await layers(t, 'form-effective-user');
+  u.box.track(u.mnt);
+  const ru = run(process.execPath, [strataOverlayJs, '-o', `lowerdir=${u.lower},upperdir=${u.upper},workdir=${u.work},userxattr`, u.mnt]);
+  t.equal(ru.status, 0, `exits 0 ${ru.stderr}`);
+  t.match(mountLine(u.mnt) ?? '', /^strata-overlay:redirect_dir=nofollow,index=on,xino=on,uuid=on,userxattr /, 'userxattr implies redirect_dir=nofollow');
+  useAndUnmount(t, u);
+});
+
 t.test('the mount.fuse form: SOURCE MOUNTPOINT -o options', async (t) => {
   const d = await layers(t, 'form-fuse');
   d.box.track(d.mnt);
