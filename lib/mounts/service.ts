@@ -377,6 +377,7 @@ export class MountService {
     } catch (err) {
       // Nothing was written into the new upper yet, so rolling the whole creation back loses nothing. If the
       // store cannot take the rollback, the record stays (a failed mount the user can see and remove).
+      await this.attachments.release(record).catch((releaseErr: unknown) => this.mountLogger(record).error({ err: releaseErr }, 'could not remove the tmpfs mounts of the failed create'));
       try {
         await this.attachments.releaseWithRefs(record, [{ type: 'del', sublevel: 'mounts', key: id }],
           (ops) => this.layers.writeWithReferences(record.LayerIds, user, 'del', ops));
