@@ -347,6 +347,7 @@ export class MountService {
     const finalDir = path.join(this.mountsDir, id);
     await mkdir(path.join(staging, 'upper'), { recursive: true });
     await mkdir(path.join(staging, 'work'), { recursive: true });
+    await fsyncDir(staging);
     await rename(staging, finalDir);
     await fsyncDir(this.mountsDir);
     const record: MountRecord = {

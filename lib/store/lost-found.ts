@@ -37,7 +37,7 @@ export class LostAndFound {
    * `reason` goes to the log, at warn level, since a user may need to look at it.
    */
   async quarantine(source: string, kind: 'mount' | 'layer' | 'volume', id: string, reason: string): Promise<string> {
-    await mkdir(this.dir, { recursive: true, mode: 0o700 });
+    if ((await mkdir(this.dir, { recursive: true, mode: 0o700 })) !== undefined) await fsyncDir(this.rootDir);
     const stamp = new Date().toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
     let dest = path.join(this.dir, `${stamp}-${kind}-${id}`);
     for (let n = 1; await exists(dest); n++) dest = path.join(this.dir, `${stamp}-${kind}-${id}.${n}`);
