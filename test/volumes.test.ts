@@ -203,8 +203,16 @@ t.test('volumes, binds and tmpfs through a union mount', async (t) => {
   });
 
   t.test('a daemon restart re-attaches everything and keeps the refs', async (t) => {
-    t.same(await daemon.kill('SIGTERM'), { code: 0, signal: null });
-    t.same(submounts(target).filter((m) => !m.startsWith(daemon.root)), [], 'shutdown left nothing under the target');
+    const attached = submounts(target).sort();
+    // kill -9 leaves the helper serving with every attachment on top; the next daemon detaches that whole tree.
+    t.same(await daemon.kill('SIGKILL'), { code: null, signal: 'SIGKILL' });
+    const afterCrash = await startDaemon(t, options);
+    t.same(submounts(target).sort(), attached, 'after kill -9 and restart, each attachment is mounted once, as before');
+    t.equal(fs.readFileSync(path.join(target, 'scratch/keep'), 'utf8'), 'tmpfs survives helper restarts\n', 'the tmpfs kept its contents across kill -9');
+    t.equal(fs.readFileSync(path.join(target, 'data/seed'), 'utf8'), 'from the image\nappended\n');
+
+    t.same(await afterCrash.kill('SIGTERM'), { code: 0, signal: null });
+    t.same(submounts(target), [], 'shutdown left nothing under the target');
     const again = await startDaemon(t, options);
     t.equal(fs.readFileSync(path.join(target, 'data/seed'), 'utf8'), 'from the image\nappended\n');
     t.equal(fs.readFileSync(path.join(target, 'scratch/keep'), 'utf8'), 'tmpfs survives helper restarts\n', 'the tmpfs kept its contents across a daemon restart');
