@@ -120,3 +120,29 @@ export function loadConfig(flags: Partial<Record<Key, unknown>>, configFile: str
   }
   return config;
 }
+
+/**
+ * Settings a reload (SIGHUP) applies to the running daemon. Everything else (state dir, socket, helper program,
+ * timeouts) is bound to live objects at start and only takes effect at the next start.
+ */
+export const RELOADABLE_SETTINGS: readonly string[] = ['logLevel', 'allowedTargets', 'insecureRegistries'];
+
+/**
+ * Copies the reloadable settings of `next` into the live `config` (services read them from that object), and
+ * names the other settings that differ. `next` must come from loadConfig, so it is already validated.
+ */
+export function applyReloadableSettings(config: DaemonConfig, next: DaemonConfig): { applied: string[]; needRestart: string[] } {
+  const applied: string[] = [];
+  const needRestart: string[] = [];
+  const live = config as unknown as Record<string, unknown>;
+  for (const [key, value] of Object.entries(next)) {
+    if (JSON.stringify(live[key]) === JSON.stringify(value)) continue;
+    if (RELOADABLE_SETTINGS.includes(key)) {
+      live[key] = value;
+      applied.push(key);
+    } else {
+      needRestart.push(key);
+    }
+  }
+  return { applied, needRestart };
+}

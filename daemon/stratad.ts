@@ -21,8 +21,11 @@ import { StoreMaintenance } from '../lib/store/maintenance.js';
 import { Metastore, type WriteFaultHook } from '../lib/store/metastore.js';
 import { VolumeService } from '../lib/volumes/service.js';
 import { buildApi, listenOnSocket } from './api/server.js';
-import { loadConfig, type DaemonConfig } from './config.js';
+import { takeListenFds } from './activation.js';
+import { JournalDestination, stderrIsJournal } from './journal.js';
+import { applyReloadableSettings, loadConfig, type DaemonConfig } from './config.js';
 import { SystemdNotifier } from './notify.js';
+import { ServiceManagerLink } from './service-manager.js';
 
 const VERSION = '0.1.0';
 
@@ -98,8 +101,17 @@ async function openStore(config: DaemonConfig, logger: Logger): Promise<Metastor
 async function run(argv: string[]): Promise<void> {
   const { flags, configFile } = await parseFlags(argv);
   const config = loadConfig(flags, configFile);
-  const logger = createLogger({ level: config.logLevel, name: 'stratad' });
+  const logger = createLogger({
+    level: config.logLevel,
+    name: 'stratad',
+    destination: stderrIsJournal(process.env) ? new JournalDestination('stratad') : undefined,
+  });
   const notifier = new SystemdNotifier(process.env.NOTIFY_SOCKET, logger);
+  // Read (and removed from the environment) before any helper is spawned, so none inherits them.
+  const activation = takeListenFds(process.env);
+  if (activation !== undefined && activation.fds.length !== 1) {
+    throw new StrataError('STRATA_BAD_OPTION', `socket activation passed ${activation.fds.length} sockets; stratad serves exactly one (ListenStream= in stratad.socket)`);
+  }
   await notifier.status('opening state dir');
 
   await mkdir(config.root, { recursive: true, mode: 0o700 });
@@ -133,16 +145,24 @@ async function run(argv: string[]): Promise<void> {
   });
   const maintenance = new StoreMaintenance(store, services.layers, mounts, lostAndFound);
   const api = buildApi({ config, mounts, images, maintenance, volumes, version: VERSION, startedAt: new Date().toISOString() }, logger.child({ component: 'api' }));
+  const serviceManager = new ServiceManagerLink(notifier, mounts, config.socket, logger);
+  // Every request that may have changed a mount refreshes the status line at once; the periodic refresh catches
+  // what changes without a request (a helper that dies and is restarted).
+  api.addHook('onResponse', async (request) => {
+    if (request.method !== 'GET' && request.url.startsWith('/mounts')) await serviceManager.refreshStatus();
+  });
 
   let stopping: Promise<void> | undefined;
   const stop = (signal: string): Promise<void> => {
     stopping ??= (async () => {
       logger.info({ signal }, 'shutting down');
+      serviceManager.stop();
       await notifier.stopping('unmounting');
       await api.close();
       await mounts.shutdown();
       await store.close();
-      await unlink(config.socket).catch(() => undefined);
+      // A socket unit owns its socket and keeps it across our restarts.
+      if (activation === undefined) await unlink(config.socket).catch(() => undefined);
       await rm(pidFile, { force: true });
       logger.info('stopped');
     })();
@@ -162,7 +182,7 @@ async function run(argv: string[]): Promise<void> {
     await volumes.init();
     await notifier.status('reconciling mounts');
     await mounts.reconcile();
-    await listenOnSocket(api, config, logger);
+    await listenOnSocket(api, config, logger, activation?.fds[0]);
   } catch (err) {
     await mounts.shutdown().catch(() => undefined);
     await store.close().catch(() => undefined);
@@ -175,7 +195,28 @@ async function run(argv: string[]): Promise<void> {
   }
   const running = mounts.list().filter((m) => m.State.Running).length;
   logger.info({ root: config.root, socket: config.socket, mountProgram: config.mountProgram, mounts: running }, 'stratad ready');
-  await notifier.ready(`serving ${config.socket}; ${running} mount(s) live`);
+  await notifier.ready(serviceManager.statusText());
+  serviceManager.start(process.env);
+
+  // SIGHUP (systemctl reload): re-read the config file and apply what can change without touching live mounts.
+  // A bad file is refused whole and the running settings stay.
+  let reloading = Promise.resolve();
+  process.on('SIGHUP', () => {
+    reloading = reloading.then(async () => {
+      if (stopping !== undefined) return;
+      await notifier.reloading('reloading configuration');
+      try {
+        const next = loadConfig(flags, configFile);
+        const { applied, needRestart } = applyReloadableSettings(config, next);
+        if (applied.includes('logLevel')) logger.level = config.logLevel;
+        logger.info({ applied, needRestart, configFile: configFile ?? 'default' }, 'configuration reloaded');
+        if (needRestart.length > 0) logger.warn({ settings: needRestart }, 'these settings changed but take effect only at the next start');
+      } catch (err) {
+        logger.error({ err }, 'reload refused: the configuration is invalid; keeping the running one');
+      }
+      await notifier.reloaded(serviceManager.statusText());
+    });
+  });
 }
 
 run(hideBin(process.argv)).catch((err: unknown) => {

@@ -13,9 +13,9 @@ export function isLogLevel(value: string): value is LevelWithSilent {
 }
 
 /** A JSON logger on stderr (fd 2), so stdout stays free for command output. */
-export function createLogger(options: { level?: string; name?: string; destinationFd?: number } = {}): Logger {
+export function createLogger(options: { level?: string; name?: string; destinationFd?: number; destination?: { write(line: string): void } } = {}): Logger {
   const level = options.level ?? process.env.STRATA_LOG_LEVEL ?? 'warn';
   if (!isLogLevel(level)) throw new Error(`unknown log level "${level}" (use one of ${LEVELS.join(', ')})`);
-  const destination = pino.destination({ fd: options.destinationFd ?? 2, sync: true });
+  const destination = options.destination ?? pino.destination({ fd: options.destinationFd ?? 2, sync: true });
   return pino({ level, name: options.name, base: { pid: process.pid } }, destination);
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs stratad as a systemd service from this checkout (run `npm run setup` or `npm run build` first):
 #   /usr/local/bin/stratad, /usr/local/bin/strata     wrappers that run dist/ with this machine's node
-#   /etc/systemd/system/stratad.service               the unit from daemon/systemd/
+#   /etc/systemd/system/stratad.{service,socket}      the units from daemon/systemd/
 #   /etc/strata/                                      for the optional stratad.json config file
 #   /var/lib/strata (0700), /run/strata (0755)        state dir and socket dir
 #   group "strata"                                    members may use the control socket
@@ -27,7 +27,9 @@ write_wrapper() { # name, script
 write_wrapper stratad dist/daemon/stratad.js
 write_wrapper strata dist/lib/cli/strata.js
 
-install -m 0644 "$repo/daemon/systemd/stratad.service" "$dest/etc/systemd/system/stratad.service"
+for unit in stratad.service stratad.socket; do
+  install -m 0644 "$repo/daemon/systemd/$unit" "$dest/etc/systemd/system/$unit"
+done
 for doc in api.md operations.md; do
   if [ -f "$repo/docs/$doc" ]; then install -m 0644 "$repo/docs/$doc" "$dest/usr/local/share/doc/strata/$doc"; fi
 done
@@ -36,7 +38,7 @@ if [ -z "$dest" ]; then
   getent group strata >/dev/null || groupadd --system strata
   if [ -d /run/systemd/system ]; then
     systemctl daemon-reload
-    echo "install: done; start with: systemctl enable --now stratad" >&2
+    echo "install: done; start with: systemctl enable --now stratad.socket stratad.service" >&2
   else
     echo "install: done (systemd is not running here; start stratad by hand: /usr/local/bin/stratad)" >&2
   fi

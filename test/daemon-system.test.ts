@@ -26,7 +26,13 @@ t.test('the unit file passes systemd-analyze verify and install.sh stages the se
   // verify needs ExecStart's program to exist: point it at the staged wrapper, change nothing else.
   const staged = path.join(dir, 'stratad.service');
   fs.writeFileSync(staged, unit.replace(/^ExecStart=\/usr\/local\/bin\/stratad/m, `ExecStart=${execStart[0]}`));
-  const verify = spawnSync('systemd-analyze', ['verify', staged], { encoding: 'utf8' });
+  // The service requires its socket unit: verify both together, as they are installed.
+  const socketUnit = fs.readFileSync(path.join(repoRoot, 'daemon/systemd/stratad.socket'), 'utf8');
+  t.match(socketUnit, /^ListenStream=\/run\/strata\/strata\.sock$/m);
+  t.match(socketUnit, /^SocketMode=0660$/m);
+  fs.writeFileSync(path.join(dir, 'stratad.socket'), socketUnit);
+  t.ok(fs.existsSync(path.join(dest, 'etc/systemd/system/stratad.socket')), 'install.sh installs the socket unit');
+  const verify = spawnSync('systemd-analyze', ['verify', staged, path.join(dir, 'stratad.socket')], { encoding: 'utf8' });
   t.equal(verify.status, 0, 'systemd-analyze verify passes');
   t.equal(verify.stderr.trim(), '', 'without a single warning');
   fs.writeFileSync(path.join(dir, 'broken.service'), unit.replace('Type=notify', 'Type=notifyy').replace(/^ExecStart=\/usr\/local\/bin\/stratad/m, `ExecStart=${execStart[0]}`));

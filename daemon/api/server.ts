@@ -217,7 +217,23 @@ async function groupId(name: string): Promise<number | undefined> {
  * (without that group, the socket's group stays root's).
  * A socket file left by a dead daemon is replaced; one that still answers belongs to a live daemon and is an error.
  */
-export async function listenOnSocket(app: FastifyInstance, config: DaemonConfig, logger: Logger): Promise<void> {
+/**
+ * Serves the API on `config.socket`. With `activatedFd` (socket activation) the socket unit owns the socket, its
+ * mode and group: the API only accepts on the listening fd systemd passed.
+ */
+export async function listenOnSocket(app: FastifyInstance, config: DaemonConfig, logger: Logger, activatedFd?: number): Promise<void> {
+  if (activatedFd !== undefined) {
+    await app.ready();
+    await new Promise<void>((resolve, reject) => {
+      app.server.once('error', reject);
+      app.server.listen({ fd: activatedFd }, () => {
+        app.server.off('error', reject);
+        resolve();
+      });
+    });
+    logger.info({ socket: config.socket, fd: activatedFd }, 'control API listening on the socket systemd passed');
+    return;
+  }
   await mkdir(path.dirname(config.socket), { recursive: true, mode: 0o755 });
   const existing = await lstat(config.socket).catch(() => undefined);
   if (existing !== undefined) {
