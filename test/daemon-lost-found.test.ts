@@ -22,6 +22,11 @@ t.test('start-up moves unrecorded mount and layer dirs to lost+found; only syste
 
   // The record is lost (a damaged log), and a layer dir has no record either.
   await editStore(daemonOptions.root, (store) => store.batch([{ type: 'del', sublevel: 'mounts', key: id }]));
+  // With no daemon running, fsck works on the state dir itself, and without --repair changes nothing.
+  const offline = spawnSync(process.execPath, [strataCli, '--root', daemonOptions.root, '--socket', daemonOptions.socket, '--json', 'fsck'], { encoding: 'utf8' });
+  t.equal(offline.status, 1, `fsck without a daemon exits 1 on a problem: ${offline.stderr}`);
+  t.match(JSON.parse(offline.stdout), { Problems: [{ subject: path.join(daemonOptions.root, 'mounts', id), problem: 'no mount record names this dir', repaired: false }] }, 'and names the unrecorded mount dir');
+  t.ok(fs.existsSync(path.join(daemonOptions.root, 'mounts', id, 'upper/precious')), 'which it left in place');
   makeLayer(path.join(daemonOptions.root, 'layers', '0123456789ab'), { f: 'f\n' });
   const restarted = await startDaemon(t, daemonOptions);
   await restarted.waitForLog(/moved a mount dir without a record to lost\+found/);

@@ -279,44 +279,15 @@ export class MountService {
    * upper or work dir is gone (reported only). Serialised with creates, which make a dir before its record.
    */
   async fsck(repair: boolean): Promise<FsckProblem[]> {
-    const run = this.createQueue.then(async () => {
-      const records = (await this.store.entries<MountRecord>('mounts')).map(([, record]) => record);
-      const problems = await this.sweepMountDirs(records, repair);
-      for (const record of records) {
-        for (const [what, dir] of [['upper', record.UpperDir], ['work', record.WorkDir]] as const) {
-          try {
-            await checkUsableDir(dir, `${what} dir`);
-          } catch (err) {
-            problems.push({ subject: `mount ${record.Name}`, problem: (err as Error).message, repair: null, repaired: false });
-          }
-        }
-      }
-      return problems;
-    });
+    const run = this.createQueue.then(() => fsckMounts(this.store, this.options.rootDir, this.lostAndFound, this.logger, repair, this.removing));
     this.createQueue = run.catch(() => undefined);
     return run;
   }
 
   // ---- internals -------------------------------------------------------------------------------------------------
 
-  /** Deletes .staging-/.trash- dirs and moves (with `act`) mount dirs without a record to lost+found. */
   private async sweepMountDirs(records: readonly MountRecord[], act: boolean): Promise<FsckProblem[]> {
-    const known = new Set(records.map((r) => r.Id));
-    const problems: FsckProblem[] = [];
-    for (const entry of (await readdir(this.mountsDir)).sort()) {
-      const dir = path.join(this.mountsDir, entry);
-      if (entry.startsWith('.staging-') || entry.startsWith('.trash-')) {
-        problems.push({ subject: dir, problem: 'an interrupted mount create or remove left it', repair: 'delete it (it holds no user data)', repaired: act });
-        if (act) {
-          this.logger.warn({ dir }, 'deleting the dir of an interrupted mount create or remove');
-          await rm(dir, { recursive: true, force: true });
-        }
-      } else if (!known.has(entry) && !this.removing.has(entry)) {
-        problems.push({ subject: dir, problem: 'no mount record names this dir', repair: 'move it to lost+found', repaired: act });
-        if (act) await this.lostAndFound.quarantine(dir, 'mount', entry.slice(0, 12), 'no mount record names this dir');
-      }
-    }
-    return problems;
+    return sweepMountDirs(this.mountsDir, records, act, this.removing, this.lostAndFound, this.logger);
   }
 
   private async createNow(request: CreateMountRequest): Promise<MountView> {
@@ -594,4 +565,45 @@ async function isLeftoverHelper(pid: number, target: string): Promise<boolean> {
   } catch {
     return false;
   }
+}
+
+/**
+ * The mount part of fsck on the records as stored: the daemon calls it inside its create queue (MountService.fsck);
+ * `strata fsck` calls it directly on a state dir no daemon serves. `busy` names mounts whose dir may briefly outlive
+ * their record (being removed).
+ */
+export async function fsckMounts(store: Metastore, rootDir: string, lostAndFound: LostAndFound, logger: Logger, repair: boolean, busy: ReadonlySet<string> = new Set()): Promise<FsckProblem[]> {
+  const records = (await store.entries<MountRecord>('mounts')).map(([, record]) => record);
+  await mkdir(path.join(rootDir, 'mounts'), { recursive: true });
+  const problems = await sweepMountDirs(path.join(rootDir, 'mounts'), records, repair, busy, lostAndFound, logger);
+  for (const record of records) {
+    for (const [what, dir] of [['upper', record.UpperDir], ['work', record.WorkDir]] as const) {
+      try {
+        await checkUsableDir(dir, `${what} dir`);
+      } catch (err) {
+        problems.push({ subject: `mount ${record.Name}`, problem: (err as Error).message, repair: null, repaired: false });
+      }
+    }
+  }
+  return problems;
+}
+
+/** Deletes .staging-/.trash- dirs and moves (with `act`) mount dirs without a record to lost+found. */
+async function sweepMountDirs(mountsDir: string, records: readonly MountRecord[], act: boolean, busy: ReadonlySet<string>, lostAndFound: LostAndFound, logger: Logger): Promise<FsckProblem[]> {
+  const known = new Set(records.map((r) => r.Id));
+  const problems: FsckProblem[] = [];
+  for (const entry of (await readdir(mountsDir)).sort()) {
+    const dir = path.join(mountsDir, entry);
+    if (entry.startsWith('.staging-') || entry.startsWith('.trash-')) {
+      problems.push({ subject: dir, problem: 'an interrupted mount create or remove left it', repair: 'delete it (it holds no user data)', repaired: act });
+      if (act) {
+        logger.warn({ dir }, 'deleting the dir of an interrupted mount create or remove');
+        await rm(dir, { recursive: true, force: true });
+      }
+    } else if (!known.has(entry) && !busy.has(entry)) {
+      problems.push({ subject: dir, problem: 'no mount record names this dir', repair: 'move it to lost+found', repaired: act });
+      if (act) await lostAndFound.quarantine(dir, 'mount', entry.slice(0, 12), 'no mount record names this dir');
+    }
+  }
+  return problems;
 }

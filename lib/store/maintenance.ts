@@ -31,13 +31,7 @@ export class StoreMaintenance {
   ) {}
 
   async fsck(repair: boolean): Promise<FsckReport> {
-    const problems = [...(await this.mounts.fsck(repair)), ...(await this.layers.fsck(repair))];
-    return {
-      Repair: repair,
-      Problems: problems,
-      Remaining: problems.filter((p) => !p.repaired).length,
-      StoreError: this.storeError(),
-    };
+    return fsckReport(repair, [...(await this.mounts.fsck(repair)), ...(await this.layers.fsck(repair))], this.storeError());
   }
 
   storeError(): string | null {
@@ -54,4 +48,8 @@ export class StoreMaintenance {
       DeletedRetained: what.retained ? await this.lostAndFound.pruneRetained(what.only) : [],
     };
   }
+}
+
+export function fsckReport(repair: boolean, problems: FsckProblem[], storeError: string | null): FsckReport {
+  return { Repair: repair, Problems: problems, Remaining: problems.filter((p) => !p.repaired).length, StoreError: storeError };
 }

@@ -2,15 +2,41 @@
  * `strata system prune --lost|--retained` and `strata fsck [--repair]`: store maintenance through the daemon,
  * which holds the store's lock. Nothing under lost+found or retained/ is deleted except by `system prune`.
  */
+import { stat } from 'node:fs/promises';
+import path from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
-import type { FsckReport } from '../../store/maintenance.js';
 import { StrataError } from '../../errors.js';
+import { createLogger } from '../../log.js';
+import { fsckMounts } from '../../mounts/service.js';
+import { LostAndFound } from '../../store/lost-found.js';
+import { fsckReport, type FsckReport } from '../../store/maintenance.js';
+import { Metastore } from '../../store/metastore.js';
+import { DEFAULT_ROOT, openImageServices } from '../backend.js';
 import { printJson, printTable } from '../output.js';
 import { clientFor } from './mount.js';
 
 interface GlobalArgs {
   json: boolean;
+  root?: string;
   socket?: string;
+}
+
+/**
+ * fsck of a state dir no daemon serves (the daemon holds LevelDB's lock, so with one running it goes through its
+ * API). Opening the stores first runs the same crash recovery as any local command or a daemon start.
+ */
+async function fsckLocally(rootDir: string, repair: boolean): Promise<FsckReport> {
+  const exists = await stat(path.join(rootDir, 'db')).then((s) => s.isDirectory(), () => false);
+  if (!exists) throw new StrataError('STRATA_NOT_FOUND', `no state dir with a metadata store at ${rootDir} (give --root, or start stratad)`);
+  const logger = createLogger({ name: 'strata' });
+  const metastore = await Metastore.open(path.join(rootDir, 'db'), logger);
+  try {
+    const services = await openImageServices(metastore, rootDir, logger);
+    const mounts = await fsckMounts(metastore, rootDir, new LostAndFound(rootDir, logger), logger, repair);
+    return fsckReport(repair, [...mounts, ...(await services.layers.fsck(repair))], metastore.failed?.message ?? null);
+  } finally {
+    await metastore.close();
+  }
 }
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
@@ -43,10 +69,15 @@ export const systemCommand: CommandModule<GlobalArgs, GlobalArgs> = {
 
 export const fsckCommand: CommandModule<GlobalArgs, GlobalArgs & { repair: boolean }> = {
   command: 'fsck',
-  describe: 'check the metadata against the state dir; --repair fixes what it can without losing data (exit 1 while problems remain)',
+  describe: 'check the metadata against the state dir (through the daemon, or on --root when none runs); --repair fixes what it can without losing data (exit 1 while problems remain)',
   builder: (y: Argv<GlobalArgs>) => y.option('repair', { type: 'boolean', default: false, describe: 'fix what needs no data to be given up' }),
   handler: async (argv: GlobalArgs & { repair: boolean }) => {
-    const report = await clientFor(argv).request<FsckReport>('POST', `/system/fsck?repair=${argv.repair}`);
+    const client = clientFor(argv);
+    const root = path.resolve(argv.root ?? process.env.STRATA_ROOT ?? DEFAULT_ROOT);
+    const daemonRoot = (await client.isReachable()) ? (await client.request<{ Root: string }>('GET', '/info')).Root : undefined;
+    const report = daemonRoot !== undefined && (argv.root === undefined || daemonRoot === root)
+      ? await client.request<FsckReport>('POST', `/system/fsck?repair=${argv.repair}`)
+      : await fsckLocally(root, argv.repair);
     if (argv.json) printJson(report);
     else {
       if (report.StoreError !== null) process.stdout.write(`The metadata store refuses changes: ${report.StoreError}\n`);
