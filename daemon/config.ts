@@ -128,8 +128,8 @@ export function loadConfig(flags: Partial<Record<Key, unknown>>, configFile: str
 export const RELOADABLE_SETTINGS: readonly string[] = ['logLevel', 'allowedTargets', 'insecureRegistries'];
 
 /**
- * Copies the reloadable settings of `next` into the live `config` (services read them from that object), and
- * names the other settings that differ. `next` must come from loadConfig, so it is already validated.
+ * Copies the reloadable settings of `next` into the live `config` (services read them from that object or hold
+ * its lists, which are updated in place), and names the other settings that differ. `next` must come from loadConfig, so it is already validated.
  */
 export function applyReloadableSettings(config: DaemonConfig, next: DaemonConfig): { applied: string[]; needRestart: string[] } {
   const applied: string[] = [];
@@ -138,7 +138,10 @@ export function applyReloadableSettings(config: DaemonConfig, next: DaemonConfig
   for (const [key, value] of Object.entries(next)) {
     if (JSON.stringify(live[key]) === JSON.stringify(value)) continue;
     if (RELOADABLE_SETTINGS.includes(key)) {
-      live[key] = value;
+      // Lists are changed in place: services hold the array they were given at start, not the config object.
+      const current = live[key];
+      if (Array.isArray(current) && Array.isArray(value)) current.splice(0, current.length, ...(value as unknown[]));
+      else live[key] = value;
       applied.push(key);
     } else {
       needRestart.push(key);
