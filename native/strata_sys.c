@@ -561,6 +561,19 @@ static napi_value js_futimens(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* fallocate(fd, mode, offset, length): every mode the filesystem supports (EOPNOTSUPP where it does not). */
+static napi_value js_fallocate(napi_env env, napi_callback_info info) {
+  GET_ARGS(4);
+  int32_t fd;
+  int64_t mode, offset, length;
+  if (!get_int32(env, argv[0], &fd, "fd") || !get_int64(env, argv[1], &mode, "mode") ||
+      !get_int64(env, argv[2], &offset, "offset") || !get_int64(env, argv[3], &length, "length")) {
+    return NULL;
+  }
+  if (fallocate(fd, (int)mode, (off_t)offset, (off_t)length) != 0) throw_errno(env, errno, "fallocate", NULL, NULL);
+  return NULL;
+}
+
 /* ---------------------------------------------------------------------------------------------------------------
  * copyData: sparse-preserving data copy on the threadpool
  * ------------------------------------------------------------------------------------------------------------- */
@@ -949,6 +962,7 @@ NAPI_MODULE_INIT() {
     {"renameat2", NULL, js_renameat2, NULL, NULL, NULL, napi_enumerable, NULL},
     {"utimensat", NULL, js_utimensat, NULL, NULL, NULL, napi_enumerable, NULL},
     {"futimens", NULL, js_futimens, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"fallocate", NULL, js_fallocate, NULL, NULL, NULL, napi_enumerable, NULL},
     {"copyData", NULL, js_copy_data, NULL, NULL, NULL, napi_enumerable, NULL},
     {"nameToHandle", NULL, js_name_to_handle, NULL, NULL, NULL, napi_enumerable, NULL},
     {"openByHandle", NULL, js_open_by_handle, NULL, NULL, NULL, napi_enumerable, NULL},

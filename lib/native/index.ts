@@ -69,6 +69,8 @@ export interface StrataSys {
   utimensat(file: string, atimeSec: number, atimeNsec: number, mtimeSec: number, mtimeNsec: number, noFollow: boolean): void;
   /** futimens(3), same time encoding. */
   futimens(fd: number, atimeSec: number, atimeNsec: number, mtimeSec: number, mtimeNsec: number): void;
+  /** fallocate(2) with FALLOC_FL_* mode bits; EOPNOTSUPP where the filesystem lacks the mode. */
+  fallocate(fd: number, mode: number, offset: number, length: number): void;
 
   /**
    * Copy `length` bytes of data from srcFd to dstFd, both at offset 0, keeping holes: try FICLONE first,

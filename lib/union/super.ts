@@ -403,6 +403,16 @@ export class UnionFs implements LookupContext {
     if (entry.inUpper) this.realfs.fsyncDir(entry.top.real, dataOnly);
   }
 
+  /**
+   * fallocate on an open file (ovl_fallocate): the fd was opened for writing, so the file is in the upper
+   * layer already; every mode goes to the upper filesystem, which answers EOPNOTSUPP for those it lacks.
+   */
+  fallocate(fd: number, mode: number, offset: number, length: number): void {
+    if (this.readOnly) throw fsError('EROFS', `fd ${fd}`);
+    if (this.isLowerReader(fd)) throw fsError('EBADF', `fd ${fd} is open read-only`);
+    sys.fallocate(fd, mode, offset, length);
+  }
+
   ftruncate(fd: number, size: number): void {
     fileOps.ftruncate(fd, size);
   }

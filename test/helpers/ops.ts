@@ -30,6 +30,8 @@ export type Op =
   | ['mkdir', string, number?]
   | ['rename', string, string]
   | ['mv', string, string]
+  | ['fallocate', string, FallocateMode, number, number]
+  | ['fstatDirAfterRenameOver', string, string]
   | ['link', string, string]
   | ['symlink', string, string]
   | ['readlink', string]
@@ -57,6 +59,12 @@ export type Op =
   | ['statfsTotals', string]
   | ['readOldFdAfterWrite', string, string]
   | ['renameWhileOpen', string, string, string];
+
+export type FallocateMode = 'default' | 'keep-size' | 'punch-hole' | 'zero-range' | 'collapse-range' | 'insert-range';
+/** fallocate(1)'s flag for each mode. */
+const FALLOCATE_FLAGS: Record<FallocateMode, string[]> = {
+  default: [], 'keep-size': ['-k'], 'punch-hole': ['-p'], 'zero-range': ['-z'], 'collapse-range': ['-c'], 'insert-range': ['-i'],
+};
 
 /** State that outlives single ops: inode numbers remembered by label (kept across a remount). */
 export interface OpContext {
@@ -207,6 +215,21 @@ async function perform(ctx: OpContext, op: Op, p: (rel: string) => string): Prom
     case 'rename':
       fs.renameSync(p(op[1]), p(op[2]));
       return undefined;
+    case 'fallocate': {
+      // fallocate(1) opens the file for writing (so it is copied up) and calls fallocate(2) with the mode.
+      tool('fallocate', [...FALLOCATE_FLAGS[op[2]], '-o', String(op[3]), '-l', String(op[4]), '--', op[1]], cwd);
+      const st = fs.statSync(p(op[1]));
+      return `size=${st.size}`;
+    }
+    case 'fstatDirAfterRenameOver': {
+      // An open dir that another dir is renamed over: fstat answers from the open (now removed) dir.
+      const fd = fs.openSync(p(op[2]), fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+      try {
+        fs.renameSync(p(op[1]), p(op[2]));
+        const st = fs.fstatSync(fd);
+        return `${st.isDirectory() ? 'dir' : 'other'} ${(st.mode & 0o7777).toString(8)} ${st.uid}:${st.gid}`;
+      } finally { fs.closeSync(fd); }
+    }
     case 'mv':
       // coreutils mv: on EXDEV it copies the tree and deletes the source.
       tool('mv', ['-T', '--', op[1], op[2]], cwd);

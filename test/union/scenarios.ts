@@ -317,4 +317,33 @@ export const scenarios: Scenario[] = [
       ['unlink', 'd/e'], ['read', 'd/a'], ['read', 'l/y'], ['write', 'l/x', 'LOWER X'], ['read', 'l/y'], ['append', 'l/y', '+y'], ['read', 'l/x'],
     ],
   },
+  {
+    // fallocate in each mode FUSE carries, through a file that starts in a lower layer (the first call copies it up).
+    name: 'fallocate-modes',
+    layers: [{}, { f: { type: 'file', content: 'x'.repeat(20000) }, g: { type: 'file', content: '0123456789'.repeat(2000) }, h: { type: 'file', content: 'h' } }],
+    ops: [
+      ['fallocate', 'f', 'default', 0, 65536], ['stat', 'f'], ['readRange', 'f', 19990, 20], ['fallocate', 'f', 'keep-size', 65536, 65536], ['stat', 'f'],
+      ['fallocate', 'f', 'punch-hole', 4096, 8192], ['readRange', 'f', 4090, 16], ['stat', 'f'], ['fallocate', 'f', 'zero-range', 100, 50], ['readRange', 'f', 95, 60],
+      ['fallocate', 'h', 'zero-range', 0, 10], ['read', 'h'], ['fallocate', 'missing', 'punch-hole', 0, 10], ['fallocate', '.', 'default', 0, 10],
+      ['fallocate', 'g', 'punch-hole', 0, 4096], ['readRange', 'g', 4090, 16], ['read', 'g'],
+    ],
+  },
+  {
+    // COLLAPSE_RANGE and INSERT_RANGE: the kernel passes them to the upper (ext4 wants block-aligned ranges).
+    name: 'fallocate-collapse-insert',
+    layers: [{}, { g: { type: 'file', content: '0123456789'.repeat(2000) } }],
+    ops: [
+      ['fallocate', 'g', 'collapse-range', 4096, 4096], ['stat', 'g'], ['readRange', 'g', 4090, 16], ['fallocate', 'g', 'insert-range', 0, 4096], ['stat', 'g'],
+      ['readRange', 'g', 4090, 16], ['fallocate', 'g', 'collapse-range', 100, 4096], ['fallocate', 'g', 'insert-range', 4096, 100], ['read', 'g'],
+    ],
+  },
+  {
+    // fstat of an open dir after another dir is renamed over it: answered from the open (removed) dir.
+    name: 'fstat-dir-renamed-over',
+    layers: [{}, { srcd: { type: 'dir', mode: 0o750 }, 'srcd/x': { type: 'file' }, dstd: { type: 'dir', mode: 0o700 }, lsrc: { type: 'dir' } }],
+    ops: [
+      ['fstatDirAfterRenameOver', 'srcd', 'dstd'], ['readdir', 'dstd'], ['mkdir', 'a', 0o711], ['mkdir', 'b', 0o755], ['fstatDirAfterRenameOver', 'a', 'b'],
+      ['mkdir', 'c', 0o705], ['fstatDirAfterRenameOver', 'lsrc', 'c'], ['readdir', '.'],
+    ],
+  },
 ];

@@ -6,6 +6,7 @@
  * cached by the kernel (FOPEN_CACHE_DIR + KEEP_CACHE): every change to a directory's entries goes through
  * the kernel, which drops its cached listing whenever it changes the directory.
  */
+import fs from 'node:fs';
 import { StatIndex } from '../../native/index.js';
 import type { FuseSession, Request } from './session.js';
 import { readU64, writeU64 } from './codec.js';
@@ -23,7 +24,11 @@ interface Listed {
 export interface DirHandle {
   node: KernelNode;
   entries: Listed[] | undefined;
+  /** An O_PATH fd of the real dir, so fstat of the open dir still answers once it is removed or renamed over. */
+  pathFd: number | undefined;
 }
+
+const O_PATH = 0o10000000;
 
 const S_IFDIR = 0o040000;
 
@@ -31,11 +36,24 @@ export function opendir(s: FuseSession, req: Request): void {
   const node = s.node(req);
   if (node.path() === '') throw Object.assign(new Error('removed dir'), { code: 'ENOENT' });
   const fh = s.nextDirHandle++;
-  s.dirHandles.set(fh, { node, entries: undefined });
+  let pathFd: number | undefined;
+  try {
+    pathFd = fs.openSync(s.ufs.lookup(node.path()).top.real, O_PATH | fs.constants.O_DIRECTORY);
+    (node.openFds ??= new Set()).add(pathFd);
+  } catch {
+    pathFd = undefined; // only fstat after removal needs it; the listing itself does not
+  }
+  s.dirHandles.set(fh, { node, entries: undefined, pathFd });
   writeU64(s.out, OUT_HEADER, fh);
   s.out.writeUInt32LE(FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE, OUT_HEADER + 8);
   s.out.writeInt32LE(0, OUT_HEADER + 12);
-  if (!s.send(req, OPEN_OUT)) s.dirHandles.delete(fh);
+  if (!s.send(req, OPEN_OUT)) {
+    s.dirHandles.delete(fh);
+    if (pathFd !== undefined) {
+      node.openFds?.delete(pathFd);
+      fs.closeSync(pathFd);
+    }
+  }
 }
 
 function listingOf(s: FuseSession, handle: DirHandle, offset: number): Listed[] {
@@ -121,7 +139,13 @@ export function readdirplus(s: FuseSession, req: Request): void {
 }
 
 export function releasedir(s: FuseSession, req: Request): void {
-  s.dirHandles.delete(readU64(req.buf, req.body));
+  const fh = readU64(req.buf, req.body);
+  const handle = s.dirHandles.get(fh);
+  if (handle?.pathFd !== undefined) {
+    handle.node.openFds?.delete(handle.pathFd);
+    fs.closeSync(handle.pathFd);
+  }
+  s.dirHandles.delete(fh);
   s.replyOk(req);
 }
 
