@@ -291,7 +291,16 @@ t.test('volume commands: names, labels, filters, prune, device volumes', async (
   fs.rmSync(path.join(target2, 'small/big'), { force: true });
   fs.writeFileSync(path.join(target2, 'small/f'), 'y'.repeat(1000));
   t.ok(daemon.json<VolumeView[]>(['volume', 'inspect', '--size', 'small'])[0]!.UsageData.Size >= 1000, 'inspect --size measures the data');
+  // A second mount shares the volume: one device, the same files; it stays mounted until the last user goes.
+  const target3 = path.join(dir, 'mnt3');
+  fs.mkdirSync(target3);
+  ok(t, daemon, ['mount', 'create', lower, '--target', target3, '--name', 'dev2', '--volume', 'small:/shared']);
+  t.equal(mountPoints().filter((m) => m === data).length, 1, 'the device is mounted once on _data');
+  t.equal(fs.readFileSync(path.join(target3, 'shared/f'), 'utf8'), 'y'.repeat(1000), 'the second mount sees the first one\'s file');
   ok(t, daemon, ['mount', 'rm', 'dev']);
+  t.equal(fsTypeAt(data), 'tmpfs', 'still mounted while dev2 uses it');
+  t.equal(fs.readFileSync(path.join(target3, 'shared/f'), 'utf8'), 'y'.repeat(1000));
+  ok(t, daemon, ['mount', 'rm', 'dev2']);
   t.equal(fsTypeAt(data), '', 'the device is unmounted when the last mount releases it');
 
   // A bind to a missing host path is an error, not a new dir.

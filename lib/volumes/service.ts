@@ -168,11 +168,16 @@ export class VolumeService {
     return this.create({ Name: name });
   }
 
-  /** Mounts the volume's device if it has one; returns the dir to bind. */
+  /**
+   * Mounts the volume's device if it has one; returns the dir to bind. Under the name's lock: two mounts starting
+   * at once (as at start-up) would otherwise both see it unmounted and stack two devices on `_data`.
+   */
   async prepare(name: string): Promise<string> {
-    const record = this.find(name);
-    await this.driver.mount(record);
-    return this.driver.dataDir(name);
+    return this.store.locks.withLock(name, async () => {
+      const record = this.find(name);
+      await this.driver.mount(record);
+      return this.driver.dataDir(name);
+    });
   }
 
   reference(names: readonly string[], holder: VolumeHolder, commit: (ops: BatchOp[]) => Promise<void>): Promise<void> {
