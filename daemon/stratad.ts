@@ -16,6 +16,7 @@ import { createLogger, type Logger } from '../lib/log.js';
 import { MountService } from '../lib/mounts/service.js';
 import { LocalImageBackend, openImageServices } from '../lib/cli/backend.js';
 import { StoreLayerProvider } from '../lib/images/layer-provider.js';
+import { CommitService } from '../lib/images/commit-image.js';
 import { LostAndFound } from '../lib/store/lost-found.js';
 import { StoreMaintenance } from '../lib/store/maintenance.js';
 import { Metastore, type WriteFaultHook } from '../lib/store/metastore.js';
@@ -144,7 +145,8 @@ async function run(argv: string[]): Promise<void> {
     volumes,
   });
   const maintenance = new StoreMaintenance(store, services.layers, mounts, lostAndFound);
-  const api = buildApi({ config, mounts, images, maintenance, volumes, version: VERSION, startedAt: new Date().toISOString() }, logger.child({ component: 'api' }));
+  const commits = new CommitService(store, mounts, services.images, services.layers, logger);
+  const api = buildApi({ config, mounts, images, maintenance, volumes, commits, version: VERSION, startedAt: new Date().toISOString() }, logger.child({ component: 'api' }));
   const serviceManager = new ServiceManagerLink(notifier, mounts, config.socket, logger);
   // Every request that may have changed a mount refreshes the status line at once; the periodic refresh catches
   // what changes without a request (a helper that dies and is restarted).

@@ -24,6 +24,8 @@ import type { StoreMaintenance } from '../../lib/store/maintenance.js';
 import { registerSystemRoutes } from './system.js';
 import { registerVolumeRoutes } from './volumes.js';
 import { registerRegistryRoutes } from './registry.js';
+import { registerCommitRoutes } from './commit.js';
+import type { CommitService } from '../../lib/images/commit-image.js';
 
 const execFileAsync = promisify(execFile);
 
@@ -34,6 +36,8 @@ export interface ApiContext {
   mounts: MountService;
   /** The layer and image store, when this daemon hosts one. */
   images?: ImageBackend;
+  /** mount diff and commit, when this daemon hosts the store. */
+  commits?: CommitService;
   /** fsck, lost+found and retained uppers, when this daemon hosts the store. */
   maintenance?: StoreMaintenance;
   /** Named volumes, when this daemon hosts them. */
@@ -189,6 +193,7 @@ export function buildApi(context: ApiContext, logger: Logger): FastifyInstance {
   }
   if (context.maintenance !== undefined) registerSystemRoutes(app, context.maintenance);
   if (context.volumes !== undefined) registerVolumeRoutes(app, context.volumes);
+  registerCommitRoutes(app, context.commits, context.images);
 
   return app;
 }

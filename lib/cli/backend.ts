@@ -14,6 +14,7 @@ import type { LayerInfo, ProgressListener } from '../layers/types.js';
 import { DEFAULT_SOCKET, StrataClient } from '../api/client.js';
 import { RegistryService, type PullOptions, type PullResult, type PushOptions, type PushResult } from '../registry/service.js';
 import type { Credentials } from '../registry/credentials.js';
+import { exportImages, type ExportOptions, type ExportResult } from '../images/export.js';
 
 export const DEFAULT_ROOT = '/var/lib/strata';
 
@@ -38,6 +39,8 @@ export interface ImageBackend {
   /** Checks the credentials with the registry, then stores them (0600) in the state dir. */
   login(registry: string, credentials: Credentials): Promise<{ registry: string }>;
   logout(registry: string): Promise<{ registry: string; removed: boolean }>;
+  /** Writes images as an OCI layout (dir, or tar when the output ends in .tar) or a docker save archive. */
+  exportImages(refs: string[], options: ExportOptions): Promise<ExportResult>;
 
   close(): Promise<void>;
 }
@@ -54,6 +57,7 @@ export interface ImageServices {
   layers: LayerStore;
   images: ImageStore;
   registry: RegistryService;
+  logger: Logger;
 }
 
 /** Opens the layer and image store on an already-open metastore, running crash recovery first. */
@@ -62,7 +66,7 @@ export async function openImageServices(metastore: Metastore, rootDir: string, l
   await layers.open();
   const images = new ImageStore(metastore, rootDir, logger, layers);
   await images.open();
-  return { layers, images, registry: new RegistryService({ metastore, images, layers, rootDir, logger, ...registry }) };
+  return { layers, images, logger, registry: new RegistryService({ metastore, images, layers, rootDir, logger, ...registry }) };
 }
 
 /** An in-process backend on `rootDir` (its own LevelDB at <root>/db). */
@@ -107,6 +111,9 @@ export class LocalImageBackend implements ImageBackend {
     return { removed: chainID };
   }
   async pruneLayers() { return { deletedLayers: await this.services.layers.prune() }; }
+  exportImages(refs: string[], options: ExportOptions) {
+    return exportImages(this.services.images, this.services.layers, refs, { ...options, output: path.resolve(options.output) }, this.services.logger);
+  }
 
   pullImage(ref: string, options: PullOptions) { return this.services.registry.pull(ref, options); }
   pushImage(ref: string, dest: string | undefined, options: PushOptions) { return this.services.registry.push(ref, dest, options); }
@@ -140,6 +147,11 @@ export class RemoteImageBackend implements ImageBackend {
   inspectLayer(ref: string) { return this.client.request<LayerInfo>('GET', `/layers/${encodeURIComponent(ref)}/json`); }
   removeLayer(ref: string) { return this.client.request<{ removed: Digest }>('DELETE', `/layers/${encodeURIComponent(ref)}`); }
   pruneLayers() { return this.client.request<{ deletedLayers: Digest[] }>('POST', '/layers/prune'); }
+  exportImages(refs: string[], options: ExportOptions) {
+    return this.client.request<ExportResult>('POST', '/images/export', {
+      Refs: refs, Format: options.format, Output: path.resolve(options.output), ...(options.compression === undefined ? {} : { Compression: options.compression }),
+    });
+  }
 
   pullImage(ref: string, options: PullOptions) {
     return this.client.request<PullResult>('POST', '/images/pull', { Ref: ref, ...(options.platform === undefined ? {} : { Platform: options.platform }) });

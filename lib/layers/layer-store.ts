@@ -216,6 +216,11 @@ export class LayerStore {
     return this.stage(createReadStream(file, { highWaterMark: 1 << 20 }), compression, options);
   }
 
+  /** Extracts and verifies an uncompressed layer tar read from a stream (a commit's output) into layer-tmp. */
+  async stageStream(source: Readable, options: StageOptions): Promise<StagedLayer> {
+    return this.stage(source, 'none', options);
+  }
+
   private async stage(source: Readable, compression: Compression, options: StageOptions): Promise<StagedLayer> {
     const mediaType = options.mediaType ?? mediaTypeFor(compression);
     if (!LAYER_MEDIA_TYPES.has(mediaType)) {

@@ -258,6 +258,30 @@ export class MountService {
   }
 
   /**
+   * Runs `work` on a mount's record, serialised with start/stop/rm of that mount. With `holdWrites` and a live
+   * mount, the helper and its descendants are stopped (SIGSTOP) for the duration: a FUSE request being served
+   * finishes its real syscall first, every later one waits in the kernel until SIGCONT, so the upper is a state
+   * the writers really produced (see docs/commit-export.md). A mount being started or restarted is refused.
+   */
+  async withMount<T>(reference: string, holdWrites: boolean, work: (record: MountRecord, live: boolean) => Promise<T>): Promise<T> {
+    const runtime = this.find(reference);
+    return this.enqueue(runtime, async () => {
+      if (runtime.status === 'starting' || runtime.status === 'restarting') {
+        throw new StrataError('STRATA_MOUNT_BUSY', `mount "${runtime.record.Name}" is ${runtime.status}; try again once it is mounted`);
+      }
+      const pid = runtime.status === 'mounted' && runtime.helper !== undefined && !runtime.helper.hasExited ? runtime.helper.pid : undefined;
+      if (!holdWrites || pid === undefined) return work(runtime.record, pid !== undefined);
+      const pids = [pid, ...(await descendantsOf(pid))];
+      for (const p of pids) signalQuietly(p, 'SIGSTOP');
+      try {
+        return await work(runtime.record, true);
+      } finally {
+        for (const p of pids) signalQuietly(p, 'SIGCONT');
+      }
+    });
+  }
+
+  /**
    * Daemon shutdown: unmounts everything, detaching busy mounts lazily with a warning, and ends every helper.
    * Desired states are left as they are, so the next start remounts the same set.
    */
@@ -606,4 +630,34 @@ async function sweepMountDirs(mountsDir: string, records: readonly MountRecord[]
     }
   }
   return problems;
+}
+
+/** Every process below `pid` (children per /proc/<pid>/task/<tid>/children). */
+async function descendantsOf(pid: number): Promise<number[]> {
+  const out: number[] = [];
+  const queue = [pid];
+  while (queue.length > 0) {
+    const next = queue.shift()!;
+    let tasks: string[] = [];
+    try {
+      tasks = await readdir(`/proc/${next}/task`);
+    } catch {
+      continue;
+    }
+    for (const tid of tasks) {
+      const children = await readFile(`/proc/${next}/task/${tid}/children`, 'utf8').catch(() => '');
+      for (const child of children.split(' ').filter(Boolean).map(Number)) {
+        if (!out.includes(child)) { out.push(child); queue.push(child); }
+      }
+    }
+  }
+  return out;
+}
+
+function signalQuietly(pid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(pid, signal);
+  } catch {
+    // Gone already: nothing left to stop or continue.
+  }
 }

@@ -25,6 +25,23 @@ export const imageCommand: CommandModule<StoreArgs, StoreArgs> = {
       },
     }))
     .command(sub({
+      command: 'export <refs..>',
+      describe: 'write images as an OCI image layout (dir, or a tar if -o ends in .tar) or a docker save archive',
+      builder: (y: Argv<StoreArgs>) => y
+        .positional('refs', { type: 'string', array: true, demandOption: true })
+        .option('format', { type: 'string', choices: ['oci', 'docker'], default: 'oci' })
+        .option('output', { alias: 'o', type: 'string', demandOption: true, describe: 'path to create (must not exist)' })
+        .option('compression', { type: 'string', choices: ['gzip', 'zstd', 'none'], describe: 'layer compression (default: gzip for oci, none for docker)' }),
+      handler: async (argv: StoreArgs & { refs: string[]; format: 'oci' | 'docker'; output: string; compression?: 'gzip' | 'zstd' | 'none' }) => {
+        const progress = progressFor(argv, 'export layer');
+        const result = await withBackend(argv, (b) => b.exportImages(argv.refs.map(String), {
+          format: argv.format, output: argv.output, compression: argv.compression, onProgress: progress.onProgress,
+        })).finally(() => progress.done());
+        if (argv.json) printJson(result);
+        else for (const img of result.Images) process.stdout.write(`${img.ExportedId} ${img.Ref}\n`);
+      },
+    }))
+    .command(sub({
       command: 'ls',
       aliases: ['list'],
       describe: 'list images',

@@ -8,6 +8,7 @@ import { DEFAULT_SOCKET, StrataClient } from '../../api/client.js';
 import { parseBindFlag, parseTmpfsFlag, parseVolumeFlag } from '../../mounts/attachments.js';
 import type { MountView } from '../../mounts/service.js';
 import { printJson, printTable } from '../output.js';
+import { mountCommitSubcommands } from './mount-commit.js';
 
 interface GlobalArgs {
   json: boolean;
@@ -162,6 +163,8 @@ export const mountCommand: CommandModule<GlobalArgs, GlobalArgs> = {
         else process.stdout.write(`${result.Name}${result.RetainedUpperDir ? `\nupper kept at ${result.RetainedUpperDir}` : ''}\n`);
       },
     }))
+    .command(sub(mountCommitSubcommands(clientFor)[0]!))
+    .command(sub(mountCommitSubcommands(clientFor)[1]!))
     .demandCommand(1, 'name a mount subcommand'),
   handler: () => undefined,
 };

@@ -2,6 +2,7 @@
 import type { CommandModule } from 'yargs';
 import { createLogger } from '../../log.js';
 import { openImageBackend, type ImageBackend } from '../backend.js';
+import { progressBars } from '../progress.js';
 import type { ImportProgress, ProgressListener } from '../../layers/types.js';
 
 export interface StoreArgs {
@@ -28,22 +29,24 @@ export async function withBackend<T>(argv: StoreArgs, work: (backend: ImageBacke
   }
 }
 
-/** A one-line progress display on stderr, only when stderr is a terminal and output is not JSON. */
-export function progressFor(argv: StoreArgs): { onProgress?: ProgressListener; done(): void } {
-  if (argv.json || !process.stderr.isTTY) return { done() {} };
-  let lastDraw = 0;
-  let drawn = false;
+/**
+ * Per-layer progress bars for import and export (lib/cli/progress.ts): bytes done of total and the rate, only when
+ * stdout (and stderr, where they are drawn) is a terminal and output is not JSON.
+ */
+export function progressFor(argv: StoreArgs, verb = 'layer'): { onProgress?: ProgressListener; done(): void } {
+  if (argv.json || process.stdout.isTTY !== true) return { done() {} };
+  const bars = progressBars({ json: argv.json });
+  const started = new Map<string, number>();
   return {
     onProgress(p: ImportProgress) {
-      const now = Date.now();
-      if (now - lastDraw < 100) return;
-      lastDraw = now;
-      drawn = true;
-      const total = p.totalBytes === null ? '' : ` / ${formatBytes(p.totalBytes)}`;
-      process.stderr.write(`\r\x1b[Klayer ${p.layer}/${p.layers}: ${formatBytes(p.bytes)}${total}`);
+      const key = `${p.layer}/${p.layers}`;
+      const since = started.get(key) ?? Date.now();
+      started.set(key, since);
+      const rate = p.bytes / Math.max((Date.now() - since) / 1000, 0.001);
+      bars.update(key, `${verb} ${key}`, p.bytes, p.totalBytes, `${formatBytes(rate)}/s`);
     },
     done() {
-      if (drawn) process.stderr.write('\r\x1b[K');
+      bars.stop();
     },
   };
 }
