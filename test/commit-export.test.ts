@@ -207,7 +207,10 @@ await t.test('a live commit while a writer appends: the layer holds a prefix of 
 await t.test('bad input: a taken tag, a bad ref, an unknown mount, an existing output, a full disk', async (t) => {
   const target = createMount(daemon, dir, 'bad', 'busybox:1.0');
   fs.writeFileSync(path.join(target, 'note'), 'hello\n');
-  daemon.json(['mount', 'commit', 'bad', 'taken:1']);
+  const small1 = daemon.json<CommitJson>(['mount', 'commit', 'bad', 'taken:1']);
+  // O(change): a 1-file change reads that one file and looks nothing up in the image's layers.
+  t.equal(small1.Stats.filesRead, 1, 'a 1-file commit reads one file');
+  t.equal(small1.Stats.lowerLookups, 0, 'and no lower layer');
   const images = () => daemon.json<ImageJson[]>(['image', 'ls']).map((i) => i.id).sort();
   const before = images();
 
