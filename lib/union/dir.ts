@@ -33,14 +33,18 @@ function upperState(ufs: UnionFs, real: string): UpperState {
   return isWhiteoutStat(ufs.statBuf) ? 'whiteout' : 'present';
 }
 
-/** Gives a new object the caller's owner; its group comes from a setgid parent, as on any Linux fs. */
-function chownToCaller(ufs: UnionFs, real: string, parentReal: string, caller: Caller): void {
-  if (caller.uid === 0 && caller.gid === 0) return;
-  let gid = caller.gid;
-  if (sys.lstatRaw(parentReal, ufs.statBuf) === 0 && ((ufs.statBuf[StatIndex.mode] ?? 0) & S_ISGID) !== 0) {
-    gid = ufs.statBuf[StatIndex.gid] ?? gid;
+/**
+ * Gives a new object built in the work dir what the kernel's inode_init_owner gives it in its parent: the
+ * caller's owner, the group of a setgid parent, and for a directory the parent's setgid bit (the work dir
+ * has none, so the real mkdir could not inherit it).
+ */
+function chownToCaller(ufs: UnionFs, real: string, parentReal: string, caller: Caller, isDir: boolean): void {
+  const parentSetgid = sys.lstatRaw(parentReal, ufs.statBuf) === 0 && ((ufs.statBuf[StatIndex.mode] ?? 0) & S_ISGID) !== 0;
+  const gid = parentSetgid ? (ufs.statBuf[StatIndex.gid] ?? caller.gid) : caller.gid;
+  if (caller.uid !== 0 || gid !== 0) ufs.realfs.lchown(real, caller.uid, gid);
+  if (isDir && parentSetgid && sys.lstatRaw(real, ufs.statBuf) === 0) {
+    ufs.realfs.chmod(real, ((ufs.statBuf[StatIndex.mode] ?? 0) & 0o7777) | S_ISGID);
   }
-  ufs.realfs.lchown(real, caller.uid, gid);
 }
 
 /**
@@ -68,7 +72,7 @@ async function createObject(
     const temp = ufs.workTemp();
     try {
       fd = make(temp);
-      chownToCaller(ufs, temp, parent.top.real, caller);
+      chownToCaller(ufs, temp, parent.top.real, caller, isDir);
       if (state === 'whiteout' && isDir) {
         // A directory cannot replace the whiteout by rename(2): swap the two, then drop the whiteout.
         ufs.realfs.setxattr(temp, ufs.xattrs.opaque, Buffer.from('y'));

@@ -30,6 +30,7 @@ export type Op =
   | ['mkdir', string, number?]
   | ['rename', string, string]
   | ['mv', string, string]
+  | ['asUser', number, number, 'mkdir' | 'touch' | 'setfacl', string, string?]
   | ['fallocate', string, FallocateMode, number, number]
   | ['fstatDirAfterRenameOver', string, string]
   | ['link', string, string]
@@ -229,6 +230,13 @@ async function perform(ctx: OpContext, op: Op, p: (rel: string) => string): Prom
         const st = fs.fstatSync(fd);
         return `${st.isDirectory() ? 'dir' : 'other'} ${(st.mode & 0o7777).toString(8)} ${st.uid}:${st.gid}`;
       } finally { fs.closeSync(fd); }
+    }
+    case 'asUser': {
+      // A non-root caller (setpriv: no supplementary groups), for what the kernel decides by the caller's ids.
+      const [, uid, gid, cmd, target, arg] = op;
+      const argv = cmd === 'setfacl' ? ['setfacl', '-m', arg ?? '', '--', target] : [cmd, '--', target];
+      tool('setpriv', [`--reuid=${uid}`, `--regid=${gid}`, '--clear-groups', ...argv], cwd);
+      return undefined;
     }
     case 'mv':
       // coreutils mv: on EXDEV it copies the tree and deletes the source.

@@ -346,4 +346,15 @@ export const scenarios: Scenario[] = [
       ['mkdir', 'c', 0o705], ['fstatDirAfterRenameOver', 'lsrc', 'c'], ['readdir', '.'],
     ],
   },
+  {
+    // New entries in a setgid dir get its group, and subdirs its setgid bit, whoever makes them (inode_init_owner).
+    name: 'setgid-dir-inheritance',
+    layers: [{}, { sg: { type: 'dir', mode: 0o2777, uid: 100, gid: 100 }, 'sg/old': { type: 'dir', mode: 0o2755, uid: 100, gid: 100 }, plain: { type: 'dir', mode: 0o777 } }],
+    ops: [
+      ['asUser', 100, 101, 'mkdir', 'sg/by-non-member'], ['stat', 'sg/by-non-member'], ['asUser', 100, 100, 'mkdir', 'sg/by-member'], ['stat', 'sg/by-member'],
+      ['asUser', 100, 101, 'touch', 'sg/file'], ['stat', 'sg/file'], ['mkdir', 'sg/by-root'], ['stat', 'sg/by-root'], ['asUser', 100, 101, 'mkdir', 'sg/old/sub'],
+      ['stat', 'sg/old/sub'], ['asUser', 100, 101, 'mkdir', 'sg/by-member/deeper'], ['stat', 'sg/by-member/deeper'], ['asUser', 100, 101, 'mkdir', 'plain/d'], ['stat', 'plain/d'],
+      ['unlink', 'sg/file'], ['asUser', 100, 101, 'mkdir', 'sg/file'], ['stat', 'sg/file'],
+    ],
+  },
 ];
