@@ -566,21 +566,23 @@ export class LayerStore {
       for (;;) {
         const records = await this.allRecords();
         const held = new Set((await this.metastore.entries<LayerRefRecord>('refs')).map(([, r]) => r.chainID));
-        for (const chainID of (await this.namedByRecords()).keys()) held.add(chainID);
+        const named = await this.namedByRecords();
+        for (const chainID of named.keys()) held.add(chainID);
         const parents = new Set(records.map((r) => r.parent));
         const unused = records.filter((r) => !held.has(r.chainID) && !parents.has(r.chainID));
         if (unused.length === 0) return removed;
         for (const r of unused) {
-          await this.removeUnlocked(r.chainID);
+          await this.removeUnlocked(r.chainID, named);
           removed.push(r.chainID);
         }
       }
     });
   }
 
-  private async removeUnlocked(chainID: Digest): Promise<void> {
+  /** `named`: namedByRecords(), when the caller (prune, in the write queue) has just read it. */
+  private async removeUnlocked(chainID: Digest, named?: Map<Digest, string[]>): Promise<void> {
     const record = await this.getRecord(chainID);
-    const holders = [...new Set([...(await this.holders(chainID)), ...((await this.namedByRecords()).get(chainID) ?? [])])].sort();
+    const holders = [...new Set([...(await this.holders(chainID)), ...((named ?? (await this.namedByRecords())).get(chainID) ?? [])])].sort();
     const records = await this.allRecords();
     const children = records.filter((r) => r.parent === chainID).map((r) => `layer:${r.chainID}`);
     if (holders.length > 0 || children.length > 0) {
