@@ -62,8 +62,20 @@ export class KernelFuseMount implements Mount {
     return this.session.unmount();
   }
 
-  async waitUntilUnmounted(): Promise<void> {
-    await this.session.waitUntilEnded();
+  /**
+   * Resolves when the connection ends, or when the mount is gone from this mount namespace: a copy of the
+   * mount in another namespace (made by an unshare while we were mounted) keeps the connection alive after
+   * `umount` here, and the server should still end, as fuse-native's does.
+   */
+  async waitUntilUnmounted(pollMs = 500): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    const gone = new Promise<void>((resolve) => {
+      timer = setInterval(() => {
+        if (!isMountPoint(this.mountpoint)) resolve();
+      }, pollMs);
+    });
+    await Promise.race([this.session.waitUntilEnded(), gone]);
+    clearInterval(timer);
     this.logger.info({ mountpoint: this.mountpoint }, 'unmounted');
   }
 }

@@ -42,6 +42,8 @@ export class KernelNode {
   /** Open real fds (FUSE file handles) of this node, for attributes of an unlinked open file. */
   openFds: Set<number> | undefined;
   io: NodeIo | undefined;
+  /** The names in this directory the kernel knows, by name (directories only). */
+  children: Map<string, KernelNode> | undefined;
 
   constructor(id: number, ino: number, type: number) {
     this.id = id;
@@ -60,14 +62,9 @@ export class KernelNode {
   }
 }
 
-function aliasKey(parent: KernelNode, name: string): string {
-  return `${parent.id}/${name}`;
-}
-
 export class NodeTable {
   private readonly byId = new Map<number, KernelNode>();
   private readonly byIno = new Map<number, KernelNode>();
-  private readonly byName = new Map<string, KernelNode>();
   private nextId = FUSE_ROOT_ID + 1;
   readonly root: KernelNode;
 
@@ -87,7 +84,7 @@ export class NodeTable {
 
   /** The node a (parent, name) resolves to, when the kernel knows it. */
   child(parent: KernelNode, name: string): KernelNode | undefined {
-    return this.byName.get(aliasKey(parent, name));
+    return parent.children?.get(name);
   }
 
   /** The node at a merged-view path, when every component is known to the kernel. */
@@ -95,7 +92,7 @@ export class NodeTable {
     let node: KernelNode | undefined = this.root;
     if (p === '/' || p === '') return node;
     for (const name of p.slice(1).split('/')) {
-      node = this.byName.get(aliasKey(node, name));
+      node = node.children?.get(name);
       if (node === undefined) return undefined;
     }
     return node;
@@ -106,8 +103,7 @@ export class NodeTable {
    * Returns the node to answer with.
    */
   lookedUp(parent: KernelNode, name: string, ino: number, type: number): KernelNode {
-    const key = aliasKey(parent, name);
-    let node = this.byName.get(key);
+    let node = parent.children?.get(name);
     if (node !== undefined && (node.ino !== ino || node.type !== type)) {
       // The name now stands for another inode (changed below the kernel, e.g. a copy-up that got its own
       // inode number): detach the old node from this name.
@@ -124,7 +120,7 @@ export class NodeTable {
         this.byIno.set(ino, node);
       }
       node.aliases.unshift({ parent, name });
-      this.byName.set(key, node);
+      (parent.children ??= new Map()).set(name, node);
     } else if (node.aliases[0]?.parent !== parent || node.aliases[0]?.name !== name) {
       // Most recently used name first: it is the likeliest to still be valid.
       const i = node.aliases.findIndex((a) => a.parent === parent && a.name === name);
@@ -136,10 +132,9 @@ export class NodeTable {
 
   /** The name (parent, name) is gone from the merged view (unlink, rmdir, replaced by a rename). */
   removeAlias(parent: KernelNode, name: string): void {
-    const key = aliasKey(parent, name);
-    const node = this.byName.get(key);
+    const node = parent.children?.get(name);
     if (node === undefined) return;
-    this.byName.delete(key);
+    parent.children?.delete(name);
     const i = node.aliases.findIndex((a) => a.parent === parent && a.name === name);
     if (i >= 0) node.aliases.splice(i, 1);
     if (node.aliases.length === 0 && this.byIno.get(node.ino) === node) this.byIno.delete(node.ino);
@@ -148,26 +143,23 @@ export class NodeTable {
   /** (parent, name) was renamed to (newParent, newName); a node already at the destination was removed. */
   renamed(parent: KernelNode, name: string, newParent: KernelNode, newName: string): void {
     this.removeAlias(newParent, newName);
-    const key = aliasKey(parent, name);
-    const node = this.byName.get(key);
+    const node = parent.children?.get(name);
     if (node === undefined) return;
-    this.byName.delete(key);
+    parent.children?.delete(name);
     const alias = node.aliases.find((a) => a.parent === parent && a.name === name);
     if (alias !== undefined) {
       alias.parent = newParent;
       alias.name = newName;
     }
-    this.byName.set(aliasKey(newParent, newName), node);
+    (newParent.children ??= new Map()).set(newName, node);
   }
 
   /** RENAME_EXCHANGE: the two names swap inodes. */
   exchanged(a: KernelNode, aName: string, b: KernelNode, bName: string): void {
-    const keyA = aliasKey(a, aName);
-    const keyB = aliasKey(b, bName);
-    const nodeA = this.byName.get(keyA);
-    const nodeB = this.byName.get(keyB);
-    this.byName.delete(keyA);
-    this.byName.delete(keyB);
+    const nodeA = a.children?.get(aName);
+    const nodeB = b.children?.get(bName);
+    a.children?.delete(aName);
+    b.children?.delete(bName);
     const move = (node: KernelNode | undefined, from: KernelNode, fromName: string, to: KernelNode, toName: string) => {
       if (node === undefined) return;
       const alias = node.aliases.find((x) => x.parent === from && x.name === fromName);
@@ -175,7 +167,7 @@ export class NodeTable {
         alias.parent = to;
         alias.name = toName;
       }
-      this.byName.set(aliasKey(to, toName), node);
+      (to.children ??= new Map()).set(toName, node);
     };
     move(nodeA, a, aName, b, bName);
     move(nodeB, b, bName, a, aName);
@@ -191,9 +183,9 @@ export class NodeTable {
     this.byId.delete(id);
     if (this.byIno.get(node.ino) === node) this.byIno.delete(node.ino);
     for (const alias of node.aliases) {
-      const key = aliasKey(alias.parent, alias.name);
-      if (this.byName.get(key) === node) this.byName.delete(key);
+      if (alias.parent.children?.get(alias.name) === node) alias.parent.children.delete(alias.name);
     }
     node.aliases = [];
+    node.children = undefined;
   }
 }

@@ -216,7 +216,7 @@ export class FuseSession {
     this.minor = Math.min(minor, FUSE_KERNEL_MINOR_VERSION);
     let wanted =
       InitFlag.ASYNC_READ | InitFlag.ATOMIC_O_TRUNC | InitFlag.BIG_WRITES | InitFlag.DO_READDIRPLUS |
-      InitFlag.READDIRPLUS_AUTO | InitFlag.PARALLEL_DIROPS | InitFlag.MAX_PAGES | InitFlag.CACHE_SYMLINKS |
+      InitFlag.PARALLEL_DIROPS | InitFlag.MAX_PAGES | InitFlag.CACHE_SYMLINKS |
       InitFlag.ASYNC_DIO | InitFlag.ABORT_ERROR | InitFlag.INIT_EXT;
     wanted += InitFlag.NO_EXPORT_SUPPORT;
     if (this.options.passthrough) wanted += InitFlag.PASSTHROUGH;
