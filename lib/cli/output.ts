@@ -23,3 +23,15 @@ export function reportCliError(err: unknown): number {
   process.stderr.write(`strata: ${e.code ? `${e.code}: ` : ''}${e.message ?? String(err)}\n`);
   return 1;
 }
+
+/** 1536 -> "1.5 KiB". */
+export function formatBytes(bytes: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit += 1;
+  }
+  return unit === 0 ? `${value} B` : `${value.toFixed(1)} ${units[unit]}`;
+}

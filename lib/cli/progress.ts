@@ -4,8 +4,11 @@
  * so scripts and logs never see escape codes.
  */
 import cliProgress from 'cli-progress';
+import { formatBytes } from './output.js';
 
 export interface ProgressBars {
+  /** False when nothing is drawn (not a terminal, or JSON output): callers may skip gathering progress at all. */
+  readonly enabled: boolean;
   /** Creates or moves the bar `key`: `done` of `total` bytes (null: unknown yet), with a short status word. */
   update(key: string, label: string, done: number, total: number | null, status: string): void;
   /** Finishes drawing; the bars stay on screen as the final state. */
@@ -14,7 +17,7 @@ export interface ProgressBars {
 
 export function progressBars(options: { json?: boolean; stream?: NodeJS.WriteStream } = {}): ProgressBars {
   const stream = options.stream ?? process.stderr;
-  if (options.json === true || !stream.isTTY) return { update() {}, stop() {} };
+  if (options.json === true || !stream.isTTY) return { enabled: false, update() {}, stop() {} };
   const multi = new cliProgress.MultiBar({
     stream,
     format: '{label} [{bar}] {status} {done}/{size}',
@@ -27,6 +30,7 @@ export function progressBars(options: { json?: boolean; stream?: NodeJS.WriteStr
   }, cliProgress.Presets.shades_classic);
   const bars = new Map<string, cliProgress.SingleBar>();
   return {
+    enabled: true,
     update(key, label, done, total, status) {
       const size = total ?? Math.max(done, 1);
       const payload = { label, status: status.padEnd(11), done: formatBytes(done), size: total === null ? '?' : formatBytes(total) };
@@ -43,15 +47,4 @@ export function progressBars(options: { json?: boolean; stream?: NodeJS.WriteStr
       multi.stop();
     },
   };
-}
-
-function formatBytes(bytes: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let value = bytes;
-  let unit = 0;
-  while (value >= 1024 && unit < units.length - 1) {
-    value /= 1024;
-    unit += 1;
-  }
-  return unit === 0 ? `${value} B` : `${value.toFixed(1)} ${units[unit]}`;
 }

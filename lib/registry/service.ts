@@ -21,7 +21,7 @@ import { StrataError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Metastore } from '../store/metastore.js';
 import type { ImageRecord, ImageStore } from '../images/image-store.js';
-import { LAYER_MEDIA_TYPES, type LayerStore } from '../layers/layer-store.js';
+import { DEFAULT_LIMITS, LAYER_MEDIA_TYPES, type LayerStore } from '../layers/layer-store.js';
 import { hexOf, parseDigest, sha256Of, type Digest } from '../layers/digest.js';
 import type { StrataSys } from '../native/index.js';
 import { BlobRecords, type RememberedBlob } from './blob-records.js';
@@ -164,6 +164,10 @@ export class RegistryService {
         if (manifest.bytes.length !== chosen.size) throw new StrataError('STRATA_DIGEST_MISMATCH', `${what}: manifest ${chosen.digest} has ${manifest.bytes.length} bytes, the index says ${chosen.size}`);
       }
       const { config: configDesc, layers: layerDescs } = checkManifest(manifest.bytes, manifest.mediaType, `${what}: manifest ${manifest.digest}`);
+      // A registry's size claims are checked before any byte is written: the store would refuse such a blob anyway.
+      for (const d of layerDescs) {
+        if (d.size > DEFAULT_LIMITS.maxBlobBytes) throw new StrataError('STRATA_BAD_ARCHIVE', `${what}: layer ${d.digest} claims ${d.size} bytes, above the ${DEFAULT_LIMITS.maxBlobBytes}-byte limit`);
+      }
       const configBytes = await client.getJsonBlob(ref.repository, configDesc, MAX_CONFIG_BYTES, 'config');
       const diffIDs = diffIdsOf(configBytes, layerDescs.length, `${what}: config ${configDesc.digest}`);
 

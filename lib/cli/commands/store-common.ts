@@ -51,16 +51,9 @@ export function progressFor(argv: StoreArgs, verb = 'layer'): { onProgress?: Pro
   };
 }
 
-export function formatBytes(bytes: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let value = bytes;
-  let unit = 0;
-  while (value >= 1024 && unit < units.length - 1) {
-    value /= 1024;
-    unit += 1;
-  }
-  return unit === 0 ? `${value} B` : `${value.toFixed(1)} ${units[unit]}`;
-}
+import { formatBytes } from '../output.js';
+
+export { formatBytes };
 
 /** "sha256:0123456789abcdef…" -> "0123456789ab". */
 export function shortId(digest: string | null | undefined): string {
