@@ -196,6 +196,17 @@ export class RegistryClient {
     }
     const state: TransferState = { hash: createHash('sha256'), offset, transferred: 0 };
     if (offset > 0) await hashFile(partial, state.hash);
+    if (offset === desc.size) {
+      // Complete but never verified (a crash before the rename): check it; a bad one is fetched again.
+      if (`sha256:${state.hash.copy().digest('hex')}` === desc.digest) {
+        await rename(partial, file);
+        onProgress?.(desc.size);
+        return 0;
+      }
+      await rm(partial, { force: true });
+      state.hash = createHash('sha256');
+      state.offset = 0;
+    }
     const handle = await open(partial, 'a', 0o600);
     try {
       for (let attempt = 0; ; attempt += 1) {
