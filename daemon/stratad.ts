@@ -144,7 +144,7 @@ async function run(argv: string[]): Promise<void> {
     helperExitGraceMs: config.helperExitGraceMs,
     volumes,
   });
-  const maintenance = new StoreMaintenance(store, services.layers, mounts, lostAndFound);
+  const maintenance = new StoreMaintenance(store, services.layers, mounts, lostAndFound, volumes);
   const commits = new CommitService(store, mounts, services.images, services.layers, logger);
   const api = buildApi({ config, mounts, images, maintenance, volumes, commits, version: VERSION, startedAt: new Date().toISOString() }, logger.child({ component: 'api' }));
   const serviceManager = new ServiceManagerLink(notifier, mounts, config.socket, logger);

@@ -329,6 +329,21 @@ t.test('volume commands: names, labels, filters, prune, device volumes', async (
   t.equal(lost.length, 1, 'a volume dir without a record goes to lost+found');
   t.equal(fs.readFileSync(path.join(options.root, 'lost+found', lost[0]!, '_data/precious'), 'utf8'), 'only copy\n', 'with its data');
   t.match(again.cli(['volume', 'rm', 'dev-db']).stderr, /STRATA_IN_USE: volume "dev-db" is in use by mount "user"/);
+
+  // fsck: a volume whose data dir vanished, a dir no record names, a reference whose mount is gone.
+  t.equal((await api(again, 'POST', '/volumes/create', { Name: 'vanished' })).status, 201);
+  fs.rmSync(path.join(again.root, 'volumes/vanished'), { recursive: true });
+  makeLayer(path.join(again.root, 'volumes/stray/_data'), { 'x': 'x\n' });
+  const check = again.cli(['fsck']);
+  t.equal(check.status, 1, 'fsck exits 1 while problems remain');
+  t.match(check.stdout, /volume vanished.*data dir .* is missing/);
+  t.match(check.stdout, /volumes\/stray.*no volume record names this dir/);
+  const repaired = again.cli(['fsck', '--repair']);
+  t.match(repaired.stdout, /volume vanished/, 'a missing data dir needs a user');
+  t.notOk(fs.existsSync(path.join(again.root, 'volumes/stray')), '--repair moved the stray dir away');
+  t.ok(fs.readdirSync(path.join(again.root, 'lost+found')).some((e) => e.endsWith('-volume-stray')), 'to lost+found');
+  ok(t, again, ['volume', 'rm', 'vanished']);
+  t.equal(again.cli(['fsck']).status, 0, `fsck is clean again: ${again.cli(['fsck']).stdout}`);
   ok(t, again, ['mount', 'rm', 'user']);
   t.same(again.json<{ VolumesDeleted: string[] }>(['volume', 'prune']).VolumesDeleted, [anonUsed], 'released anonymous volumes are pruned');
   ok(t, again, ['volume', 'rm', 'dev-db', 'small']);

@@ -5,6 +5,7 @@
  */
 import type { FsckProblem, LayerStore } from '../layers/layer-store.js';
 import type { MountService } from '../mounts/service.js';
+import type { VolumeService } from '../volumes/service.js';
 import type { LostAndFound, ReclaimableEntry } from './lost-found.js';
 import type { Metastore } from './metastore.js';
 
@@ -28,10 +29,13 @@ export class StoreMaintenance {
     private readonly layers: LayerStore,
     private readonly mounts: MountService,
     readonly lostAndFound: LostAndFound,
+    private readonly volumes?: VolumeService,
   ) {}
 
   async fsck(repair: boolean): Promise<FsckReport> {
-    return fsckReport(repair, [...(await this.mounts.fsck(repair)), ...(await this.layers.fsck(repair))], this.storeError());
+    const problems = [...(await this.mounts.fsck(repair)), ...(await this.layers.fsck(repair))];
+    if (this.volumes !== undefined) problems.push(...(await this.volumes.fsck(repair)));
+    return fsckReport(repair, problems, this.storeError());
   }
 
   storeError(): string | null {

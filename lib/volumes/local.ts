@@ -81,20 +81,26 @@ export class LocalDriver {
    * Moves the volume out of its name (the caller then deletes its record) and returns the trash dir to delete last.
    * A mounted device is unmounted first, so that deleting the trash can never reach into the device.
    */
-  async moveToTrash(record: VolumeRecord): Promise<string> {
+  async moveToTrash(record: VolumeRecord): Promise<string | undefined> {
     await this.unmount(record);
     const trash = path.join(this.volumesDir, `.trash-${record.Name}-${randomBytes(4).toString('hex')}`);
-    await rename(path.join(this.volumesDir, record.Name), trash);
+    try {
+      await rename(path.join(this.volumesDir, record.Name), trash);
+    } catch (err) {
+      // A volume whose dir is already gone (fsck reports it) can still lose its record.
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw err;
+    }
     return trash;
   }
 
-  async deleteTrash(trash: string): Promise<void> {
-    await rm(trash, { recursive: true, force: true });
+  async deleteTrash(trash: string | undefined): Promise<void> {
+    if (trash !== undefined) await rm(trash, { recursive: true, force: true });
   }
 
   /** Puts a trashed volume back under its name (its record could not be deleted). */
-  async restoreFromTrash(trash: string, name: string): Promise<void> {
-    await rename(trash, path.join(this.volumesDir, name));
+  async restoreFromTrash(trash: string | undefined, name: string): Promise<void> {
+    if (trash !== undefined) await rename(trash, path.join(this.volumesDir, name));
   }
 
   /** Mounts the volume's device on `_data` if it has one and it is not mounted yet. */

@@ -4,15 +4,16 @@
  * driver.
  */
 import { randomBytes } from 'node:crypto';
-import { chmod, mkdir } from 'node:fs/promises';
+import { chmod, mkdir, readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { StrataError } from '../errors.js';
 import type { Logger } from '../log.js';
+import type { FsckProblem } from '../layers/layer-store.js';
 import type { LostAndFound } from '../store/lost-found.js';
 import type { BatchOp, Metastore } from '../store/metastore.js';
 import { LocalDriver } from './local.js';
 import { VolumeStore, type VolumeHolder } from './store.js';
-import { ANONYMOUS_LABEL, MAX_VOLUME_NAME, VOLUME_NAME_PATTERN, type VolumeRecord, type VolumeView } from './types.js';
+import { ANONYMOUS_LABEL, MAX_VOLUME_NAME, VOLUME_NAME_PATTERN, type VolumeRef, type VolumeRecord, type VolumeView } from './types.js';
 
 export interface CreateVolumeRequest {
   Name?: string;
@@ -61,9 +62,13 @@ export class VolumeService {
   readonly driver: LocalDriver;
   readonly store: VolumeStore;
   private readonly logger: Logger;
+  private readonly metastore: Metastore;
+  private readonly lostAndFound: LostAndFound | undefined;
 
   constructor(metastore: Metastore, logger: Logger, options: { rootDir: string; lostAndFound?: LostAndFound }) {
     this.logger = logger.child({ component: 'volumes' });
+    this.metastore = metastore;
+    this.lostAndFound = options.lostAndFound;
     const lost = options.lostAndFound;
     this.driver = new LocalDriver(path.join(options.rootDir, 'volumes'), this.logger,
       lost === undefined ? undefined : (dir, name) => lost.quarantine(dir, 'volume', name, 'no volume record names this dir'));
@@ -154,6 +159,66 @@ export class VolumeService {
     }
     this.logger.info({ deleted: deleted.length, reclaimed }, 'volumes pruned');
     return { VolumesDeleted: deleted, SpaceReclaimed: reclaimed };
+  }
+
+  /**
+   * fsck of the volumes (part of `strata fsck`): refs against volume and mount records (read in one snapshot, so a
+   * mount create landing meanwhile is seen whole or not at all), records against their dirs, and dirs without a
+   * record. Each repair runs under the volume name's lock and checks again first, so it never races a create, a
+   * removal or a mount taking a reference.
+   */
+  async fsck(repair: boolean): Promise<FsckProblem[]> {
+    const problems: FsckProblem[] = [];
+    const snapshot = await this.metastore.snapshot(['volumes', 'volumeRefs', 'mounts']);
+    const records = new Map(snapshot.get('volumes') as Array<[string, VolumeRecord]>);
+    const refs = snapshot.get('volumeRefs') as Array<[string, VolumeRef]>;
+    const mounts = snapshot.get('mounts') as Array<[string, { Name: string; Mounts?: Array<{ Type: string; Source: string }> }]>;
+    const mountIds = new Set(mounts.map(([id]) => id));
+    const refKeys = new Set(refs.map(([key]) => key));
+    const repairs: Array<{ name: string; run: () => Promise<void> }> = [];
+
+    for (const [key, ref] of refs) {
+      if (records.has(ref.Volume) && mountIds.has(ref.MountId)) continue;
+      problems.push({ subject: `volume reference ${key}`, problem: `names a ${records.has(ref.Volume) ? 'mount' : 'volume'} that does not exist`, repair: 'remove it', repaired: repair });
+      repairs.push({ name: ref.Volume, run: () => this.metastore.batch([{ type: 'del', sublevel: 'volumeRefs', key }]) });
+    }
+    for (const [mountId, mount] of mounts) {
+      for (const name of new Set((mount.Mounts ?? []).filter((m) => m.Type === 'volume').map((m) => m.Source))) {
+        if (!records.has(name)) {
+          problems.push({ subject: `mount ${mount.Name}`, problem: `attaches volume "${name}", which has no record`, repair: null, repaired: false });
+        } else if (!refKeys.has(`${name}|${mountId}`)) {
+          problems.push({ subject: `mount ${mount.Name}`, problem: `holds no reference on volume "${name}" it attaches`, repair: 'add the reference', repaired: repair });
+          repairs.push({ name, run: async () => {
+            if ((await this.metastore.get('mounts', mountId)) === undefined) return;
+            const ref: VolumeRef = { Volume: name, MountId: mountId, MountName: mount.Name, Since: new Date().toISOString() };
+            await this.metastore.batch([{ type: 'put', sublevel: 'volumeRefs', key: `${name}|${mountId}`, value: ref }]);
+          } });
+        }
+      }
+    }
+    for (const name of records.keys()) {
+      if (!(await this.driver.exists(name))) problems.push({ subject: `volume ${name}`, problem: `its data dir ${this.driver.dataDir(name)} is missing`, repair: null, repaired: false });
+    }
+    for (const entry of (await readdir(this.driver.volumesDir).catch(() => [] as string[])).sort()) {
+      const full = path.join(this.driver.volumesDir, entry);
+      const pending = /^\.(staging|trash)-(.+)-[0-9a-f]{8}$/.exec(entry);
+      if (pending !== null) {
+        problems.push({ subject: full, problem: 'an interrupted volume create or remove left it', repair: 'delete it (it holds no data anyone still wants)', repaired: repair });
+        // Under the name's lock no create or removal of that name is running, so the dir is truly left over.
+        repairs.push({ name: pending[2]!, run: () => rm(full, { recursive: true, force: true }) });
+      } else if (!entry.startsWith('.') && !records.has(entry)) {
+        problems.push({ subject: full, problem: 'no volume record names this dir', repair: this.lostAndFound === undefined ? null : 'move it to lost+found', repaired: repair && this.lostAndFound !== undefined });
+        const lost = this.lostAndFound;
+        if (lost !== undefined) repairs.push({ name: entry, run: async () => {
+          if ((await this.metastore.get('volumes', entry)) === undefined) await lost.quarantine(full, 'volume', entry, 'no volume record names this dir');
+        } });
+      }
+    }
+    if (repair && repairs.length > 0) {
+      for (const { name, run } of repairs) await this.store.locks.withLock(name, run);
+      await this.store.load();
+    }
+    return problems;
   }
 
   // ---- for union mounts (lib/mounts/attachments.ts) ------------------------------------------------------------

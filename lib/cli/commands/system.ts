@@ -10,6 +10,7 @@ import { createLogger } from '../../log.js';
 import { fsckMounts } from '../../mounts/service.js';
 import { LostAndFound } from '../../store/lost-found.js';
 import { fsckReport, type FsckReport } from '../../store/maintenance.js';
+import { VolumeService } from '../../volumes/service.js';
 import { Metastore } from '../../store/metastore.js';
 import { DEFAULT_ROOT, openImageServices } from '../backend.js';
 import { printJson, printTable } from '../output.js';
@@ -32,8 +33,10 @@ async function fsckLocally(rootDir: string, repair: boolean): Promise<FsckReport
   const metastore = await Metastore.open(path.join(rootDir, 'db'), logger);
   try {
     const services = await openImageServices(metastore, rootDir, logger);
-    const mounts = await fsckMounts(metastore, rootDir, new LostAndFound(rootDir, logger), logger, repair);
-    return fsckReport(repair, [...mounts, ...(await services.layers.fsck(repair))], metastore.failed?.message ?? null);
+    const lostAndFound = new LostAndFound(rootDir, logger);
+    const mounts = await fsckMounts(metastore, rootDir, lostAndFound, logger, repair);
+    const volumes = await new VolumeService(metastore, logger, { rootDir, lostAndFound }).fsck(repair);
+    return fsckReport(repair, [...mounts, ...(await services.layers.fsck(repair)), ...volumes], metastore.failed?.message ?? null);
   } finally {
     await metastore.close();
   }
