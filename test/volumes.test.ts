@@ -309,6 +309,9 @@ t.test('volume commands: names, labels, filters, prune, device volumes', async (
   t.equal(bad.status, 1);
   t.match(bad.stderr, /STRATA_BAD_DIR: bind source .*no-such-dir does not exist/);
   t.notOk(fs.existsSync(missing));
+  fs.mkdirSync(path.join(target2, 'inside'));
+  t.match(daemon.cli(['mount', 'create', lower, '--target', target2, '--bind', `${target2}/inside:/x`]).stderr, /STRATA_BAD_OPTION: bind source .* is inside the mount's target/);
+  fs.rmdirSync(path.join(target2, 'inside'));
   t.same(submounts(target2), [], 'the failed create left nothing mounted');
   // A destination that is a file in the image fails at attach time, after the tmpfs before it was mounted.
   const late = daemon.cli(['mount', 'create', lower, '--target', target2, '--name', 'late', '--tmpfs', '/t', '--volume', 'late-vol:/f/x']);

@@ -223,8 +223,11 @@ export class Attachments {
     this.logger = logger;
   }
 
-  /** Validates requests for a new mount: bind sources exist, volumes exist (made if missing), destinations unique. */
-  async prepare(requests: readonly AttachmentRequest[] | undefined): Promise<Attachment[]> {
+  /**
+   * Validates requests for a new mount at `target`: bind sources exist and lie outside the target (a source under
+   * it would be the union mount itself once live), volumes exist (made if missing), destinations are unique.
+   */
+  async prepare(requests: readonly AttachmentRequest[] | undefined, target: string): Promise<Attachment[]> {
     const result: Attachment[] = [];
     for (const request of requests ?? []) {
       const destination = cleanDestination(request.Target);
@@ -239,6 +242,7 @@ export class Attachments {
         const real = await realpath(request.Source).catch((err: unknown) => {
           throw new StrataError('STRATA_BAD_DIR', `bind source ${request.Source} does not exist (a bind never creates its host path)`, { cause: err });
         });
+        if (real === target || real.startsWith(`${target}/`)) throw bad(`bind source ${request.Source} is inside the mount's target ${target}; bind a directory outside it`);
         result.push({ Type: 'bind', Source: real, ...base, NoCopy: false });
       } else if (request.Type === 'tmpfs') {
         if (request.Source !== undefined && request.Source !== '') throw bad('a tmpfs mount takes no source');

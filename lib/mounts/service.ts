@@ -336,7 +336,7 @@ export class MountService {
       throw new StrataError('STRATA_MOUNT_BUSY', `something is already mounted at ${resolvedTarget}; unmount it first`);
     }
     const sources = await resolveSources(request.sources, this.layers);
-    const attachments = await this.attachments.prepare(request.mounts);
+    const attachments = await this.attachments.prepare(request.mounts, resolvedTarget);
 
     const staging = path.join(this.mountsDir, `.staging-${id}`);
     const finalDir = path.join(this.mountsDir, id);
