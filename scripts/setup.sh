@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 repo=$(pwd)
 
 # System packages: libfuse2 for fuse-native, fuse3 for fusermount/mount.fuse3, the rest for tests and benchmarks.
-want=(libfuse2 fuse3 attr kmod fuse-overlayfs busybox-static vim-nox git tar gzip zstd umoci skopeo docker-registry apache2-utils hyperfine fio psmisc libcap2-bin strace
+want=(libfuse2 fuse3 attr kmod fuse-overlayfs busybox-static vim-nox git tar gzip zstd umoci skopeo docker-registry apache2-utils hyperfine fio psmisc libcap2-bin strace acl
       build-essential python3 patch debootstrap)
 missing=()
 for pkg in "${want[@]}"; do

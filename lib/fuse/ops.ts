@@ -215,7 +215,7 @@ export function createFuseOps(ufs: UnionFs, logger: Logger, callerOf: CallerSour
     setxattr(path: string, name: string, value: Buffer, _position: number, flags: number, cb: Done) {
       // fuse-native hands over a view of the request buffer that is reused after we answer: copy it.
       const copy = Buffer.from(value);
-      runAsync('setxattr', path, cb, () => ufs.setxattr(path, name, copy, flags));
+      runAsync('setxattr', path, cb, () => ufs.setxattr(path, name, copy, flags, callerOf()));
     },
     removexattr(path: string, name: string, cb: Done) {
       runAsync('removexattr', path, cb, () => ufs.removexattr(path, name));

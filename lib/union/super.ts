@@ -36,6 +36,8 @@ import * as xattrOps from './xattrs.js';
 export interface Caller {
   uid: number;
   gid: number;
+  /** The requesting process, when the transport knows it (its supplementary groups are in /proc). */
+  pid?: number;
 }
 
 export interface StatfsResult {
@@ -487,8 +489,9 @@ export class UnionFs implements LookupContext {
     return xattrOps.listXattrs(this, p);
   }
 
-  setxattr(p: string, name: string, value: Buffer, flags: number): Promise<void> {
-    return xattrOps.setXattr(this, p, name, value, flags);
+  /** `caller` (default: root) matters for POSIX ACLs: see xattrs.ts setXattr. */
+  setxattr(p: string, name: string, value: Buffer, flags: number, caller?: Caller): Promise<void> {
+    return xattrOps.setXattr(this, p, name, value, flags, caller);
   }
 
   removexattr(p: string, name: string): Promise<void> {

@@ -4,10 +4,11 @@
  * is stored as "trusted.overlay.overlay.X" on the real file). The private ones are never shown or changeable.
  */
 
-import { sys } from '../native/index.js';
+import fs from 'node:fs';
+import { sys, StatIndex } from '../native/index.js';
 import { fsError } from '../errors.js';
 import { copyUp } from './copy-up.js';
-import type { UnionFs } from './super.js';
+import type { Caller, UnionFs } from './super.js';
 
 /**
  * The names of the overlay's private xattrs: trusted.overlay.* normally, user.overlay.* with `userxattr`
@@ -75,12 +76,35 @@ export function listXattrs(ufs: UnionFs, path: string): string[] {
   return names;
 }
 
-export async function setXattr(ufs: UnionFs, path: string, name: string, value: Buffer, flags: number): Promise<void> {
+const POSIX_ACL_ACCESS = 'system.posix_acl_access';
+const S_ISGID = 0o2000;
+
+/** True when `caller` is in group `gid`: its primary group or, read from /proc, a supplementary one. */
+function callerInGroup(caller: Caller, gid: number): boolean {
+  if (caller.gid === gid) return true;
+  if (caller.pid === undefined) return false;
+  try {
+    const status = fs.readFileSync(`/proc/${caller.pid}/status`, 'utf8');
+    const groups = /^Groups:\s*(.*)$/m.exec(status)?.[1]?.trim().split(/\s+/) ?? [];
+    return groups.includes(String(gid));
+  } catch {
+    return false; // the process is gone: treat it as outside the group, as chmod by a non-member would
+  }
+}
+
+export async function setXattr(ufs: UnionFs, path: string, name: string, value: Buffer, flags: number, caller?: Caller): Promise<void> {
   checkXattrName(name);
   if (value.length > XATTR_SIZE_MAX) throw fsError('E2BIG', name);
   ufs.assertWritable(path);
   const entry = await copyUp(ufs, ufs.lookup(path));
-  ufs.realfs.setxattr(entry.top.real, realXattrName(ufs.xattrs, name), value, flags);
+  const real = entry.top.real;
+  ufs.realfs.setxattr(real, realXattrName(ufs.xattrs, name), value, flags);
+  // Setting an access ACL changes the mode like chmod, and clears setgid when the caller is outside the file's
+  // group and not privileged (posix_acl_update_mode). The real call ran as root, which never clears it.
+  if (name === POSIX_ACL_ACCESS && caller !== undefined && caller.uid !== 0 && sys.lstatRaw(real, ufs.statBuf) === 0) {
+    const mode = ufs.statBuf[StatIndex.mode] ?? 0;
+    if ((mode & S_ISGID) !== 0 && !callerInGroup(caller, ufs.statBuf[StatIndex.gid] ?? 0)) ufs.realfs.chmod(real, mode & 0o7777 & ~S_ISGID);
+  }
 }
 
 export async function removeXattr(ufs: UnionFs, path: string, name: string): Promise<void> {

@@ -11,6 +11,7 @@
  *   4. candidate-over-kernel-upper: the reverse, both ways.
  */
 import t, { type Test } from 'tap';
+import fs from 'node:fs';
 import path from 'node:path';
 import { runOp, type Op, type OpContext } from '../helpers/ops.js';
 import { prng, randomLayers, randomOps, seedFromEnv } from '../helpers/random.js';
@@ -138,6 +139,8 @@ t.test(`differential: kernel overlayfs vs ${candidate}`, async (t) => {
   }
   t.comment(`random sequence seed ${seed} (replay with STRATA_TEST_SEED=${seed})`);
   const box = await Sandbox.create(t, 'diff');
+  // Scenarios run some ops as other users (setpriv): they must be able to reach the mounts.
+  fs.chmodSync(box.root, 0o711);
   const kernel: Side = {
     kind: 'kernel',
     dirs: { lowers: buildLowers(box.dir('k')), upper: box.dir('k/upper'), work: box.dir('k/work'), mnt: box.dir('k/mnt') },

@@ -357,4 +357,16 @@ export const scenarios: Scenario[] = [
       ['unlink', 'sg/file'], ['asUser', 100, 101, 'mkdir', 'sg/file'], ['stat', 'sg/file'],
     ],
   },
+  {
+    // setfacl changes the group class like chmod: run by a user outside the file's group it clears setgid.
+    name: 'setfacl-clears-setgid',
+    layers: [{}, {
+      f: { type: 'file', content: 'f', mode: 0o2775, uid: 100, gid: 100 }, g: { type: 'file', content: 'g', mode: 0o2775, uid: 100, gid: 100 },
+      d: { type: 'dir', mode: 0o2775, uid: 100, gid: 100 },
+    }],
+    ops: [
+      ['asUser', 100, 101, 'setfacl', 'f', 'u:200:rwx'], ['stat', 'f'], ['asUser', 100, 100, 'setfacl', 'g', 'u:200:rwx'], ['stat', 'g'],
+      ['asUser', 100, 101, 'setfacl', 'd', 'u:200:rx'], ['stat', 'd'], ['asUser', 100, 101, 'setfacl', 'f', 'u:201:r'], ['stat', 'f'],
+    ],
+  },
 ];

@@ -41,7 +41,7 @@ export async function setxattr(s: FuseSession, req: Request): Promise<void> {
   const flags = buf.readUInt32LE(body + 4);
   const [name, valueAt] = readName(buf, body + 8, req.end);
   const value = buf.subarray(valueAt, valueAt + size);
-  await s.ufs.setxattr(pathOf(s, req), name, value, flags);
+  await s.ufs.setxattr(pathOf(s, req), name, value, flags, { uid: req.uid, gid: req.gid, pid: req.pid });
   s.replyOk(req);
 }
 
