@@ -14,7 +14,7 @@ interface MountView {
   Name: string;
   Target: string;
   State: { Status: string; Running: boolean; Pid: number; Error: string };
-  GraphDriver: { Data: { LowerDir: string; UpperDir: string; WorkDir: string; MergedDir: string } };
+  GraphDriver: { Data: { LowerDir: string; UpperDir: string; WorkDir: string; MergedDir: string; Options: string } };
 }
 
 t.test('mount lifecycle through the CLI', async (t) => {
@@ -50,6 +50,7 @@ t.test('mount lifecycle through the CLI', async (t) => {
   t.ok(view!.State.Pid > 0, 'inspect shows the helper pid');
   t.equal(view!.GraphDriver.Data.LowerDir, `${top}:${bottom}`);
   t.equal(view!.GraphDriver.Data.MergedDir, target);
+  t.match(view!.GraphDriver.Data.Options, /^redirect_dir=on,index=on,/, 'inspect shows the overlay options in effect');
   t.ok(view!.GraphDriver.Data.UpperDir.startsWith(`${daemon.root}/mounts/${view!.Id}/`), 'the upper lives in the state dir');
   t.same(daemon.json<MountView[]>(['mount', 'inspect', view!.Id.slice(0, 10)])[0]?.Name, 'web', 'an id prefix names the mount');
 

@@ -43,6 +43,8 @@ export class HelperProcess {
   private child: ChildProcess | undefined;
   private readonly stderrTail: string[] = [];
   private exitResult: HelperExit | undefined;
+  /** The mount's source once it is live (the helper's fsname). */
+  private mountSource: string | undefined;
   private readonly exited: Promise<HelperExit>;
   private resolveExited!: (exit: HelperExit) => void;
 
@@ -92,7 +94,10 @@ export class HelperProcess {
         throw new StrataError('STRATA_MOUNT_FAILED', `mount helper exited (${describeExit(this.exitResult)}) before ${this.spec.target} was mounted: ${this.stderrTail.join(' | ') || 'no output'}`);
       }
       const now = await mountAt(this.spec.target);
-      if (now !== undefined && now.fsType.startsWith('fuse') && now.mountId !== before?.mountId) return;
+      if (now !== undefined && now.fsType.startsWith('fuse') && now.mountId !== before?.mountId) {
+        this.mountSource = now.source;
+        return;
+      }
       if (Date.now() > deadline) {
         this.kill('SIGKILL');
         throw new StrataError('STRATA_MOUNT_FAILED', `mount helper did not mount ${this.spec.target} within ${timeoutMs} ms: ${this.stderrTail.join(' | ') || 'no output'}`);
@@ -110,6 +115,15 @@ export class HelperProcess {
     if (this.exitResult !== undefined) return true;
     const timer = sleep(ms).then(() => false);
     return Promise.race([this.exited.then(() => true), timer]);
+  }
+
+  /**
+   * The overlay options in effect, as strata-overlay shows them in its mount source ("strata-overlay:redirect_dir=on,...");
+   * empty for a helper that does not (fuse-overlayfs).
+   */
+  get overlayOptions(): string {
+    const prefix = 'strata-overlay:';
+    return this.mountSource?.startsWith(prefix) ? this.mountSource.slice(prefix.length) : '';
   }
 
   lastStderr(): string {

@@ -75,7 +75,8 @@ export interface MountView {
     Restarts: number;
     Error: string;
   };
-  GraphDriver: { Name: string; Data: { LowerDir: string; UpperDir: string; WorkDir: string; MergedDir: string } };
+  /** Options: the overlay options in effect (redirect_dir, index, ...), as the helper reports them; '' when unknown. */
+  GraphDriver: { Name: string; Data: { LowerDir: string; UpperDir: string; WorkDir: string; MergedDir: string; Options: string } };
   Mounts: AttachmentView[];
 }
 
@@ -572,7 +573,10 @@ export class MountService {
       },
       GraphDriver: {
         Name: 'strata-overlay',
-        Data: { LowerDir: record.LowerDirs.join(':'), UpperDir: record.UpperDir, WorkDir: record.WorkDir, MergedDir: record.Target },
+        Data: {
+          LowerDir: record.LowerDirs.join(':'), UpperDir: record.UpperDir, WorkDir: record.WorkDir, MergedDir: record.Target,
+          Options: runtime.helper?.overlayOptions ?? '',
+        },
       },
       Mounts: this.attachments.view(record),
     };
