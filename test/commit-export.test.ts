@@ -165,6 +165,8 @@ await t.test('diff, commit and export of a changed mount, judged by the kernel, 
   t.equal(reimported.length, 2, 'both images share one archive');
 
   daemon.cli(['mount', 'rm', 'box2']);
+  daemon.json(['mount', 'unmount', 'box']);
+  t.same(daemon.json<Change[]>(['mount', 'diff', 'box']), strataChanges, 'diff works on an unmounted mount too');
   daemon.cli(['mount', 'rm', 'box']);
   t.notOk(isMounted(target));
 });

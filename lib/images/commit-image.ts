@@ -44,6 +44,9 @@ export interface CommitResult {
   Layers: number;
   /** Files and bytes read to build the layer, and lower names looked up (the O(change) figures). */
   Stats: LayerTarStats;
+  /** Milliseconds the mount's writes were held (the snapshot), and spent building and storing the layer. */
+  HeldMs: number;
+  LayerMs: number;
 }
 
 export class CommitService {
@@ -70,17 +73,28 @@ export class CommitService {
     const snapshot = path.join(this.layers.tmpDir, `commit-${randomBytes(6).toString('hex')}`);
     await mkdir(snapshot, { mode: 0o700 });
     try {
+      let heldMs = 0;
       const record = await this.mounts.withMount(mount, true, async (rec) => {
         checkCommittable(rec);
+        const start = Date.now();
         await copyTree(rec.UpperDir, path.join(snapshot, 'upper'));
+        heldMs = Date.now() - start;
         return rec;
       });
+      const layerStart = Date.now();
       const upper = path.join(snapshot, 'upper');
       if (!options.allowEmpty && diffUpper(upper, []).length === 0) {
         throw new StrataError('STRATA_BAD_OPTION', `mount "${record.Name}" has no changes to commit (pass --change-free to commit an empty layer)`);
       }
       const source = record.Sources[0]!;
-      const parentImage = source.kind === 'image' && source.imageId !== undefined ? await this.images.resolve(source.imageId) : null;
+      // The image the mount was made from; if it has been removed since, the mount's layers are still held, and
+      // the new image gets a minimal config over them.
+      const parentImage = source.kind === 'image' && source.imageId !== undefined
+        ? await this.images.resolve(source.imageId).catch((err: unknown) => {
+          if (err instanceof StrataError && err.code === 'STRATA_NOT_FOUND') return null;
+          throw err;
+        })
+        : null;
       const parentChain = [...source.layerIds].reverse() as Digest[];
 
       const tarOut = new PassThrough({ highWaterMark: 1 << 20 });
@@ -94,6 +108,7 @@ export class CommitService {
         throw err;
       }
       const stats = await writing.catch(async (err: unknown) => { await this.layers.discard(staged); throw err; });
+      const layerMs = Date.now() - layerStart;
 
       const now = new Date().toISOString();
       const parentConfig: Partial<ImageConfig> = parentImage?.config ?? { architecture: goArch(), os: 'linux' };
@@ -121,7 +136,7 @@ export class CommitService {
         return [...ops, { type: 'put', sublevel: 'images', key: id, value: image }, { type: 'put', sublevel: 'imageNames', key: name, value: id }, ...refOpsFor(chainIDs, holderOf(id), 'put')];
       });
       this.log.info({ mount: record.Name, id, name, stats }, 'committed mount');
-      return { Id: id, Name: name, LayerId: top!, DiffID: staged.diffID, ParentImage: parentImage?.id ?? null, Layers: chainIDs.length, Stats: stats };
+      return { Id: id, Name: name, LayerId: top!, DiffID: staged.diffID, ParentImage: parentImage?.id ?? null, Layers: chainIDs.length, Stats: stats, HeldMs: heldMs, LayerMs: layerMs };
     } catch (err) {
       throw explainSpace(err, `commit of mount ${mount}`, this.layers.rootDir);
     } finally {

@@ -96,8 +96,8 @@ async function main(): Promise<void> {
     // Through a pipe: GNU tar writing to /dev/null itself skips reading file data.
   const tarC = (dir: string) => () => run('sh', ['-c', `tar -C ${dir} --xattrs -cf - . | cat > /dev/null`]).seconds;
     const stats = (out: string) => {
-      const st = (JSON.parse(out) as { Stats: { filesRead: number; lowerLookups: number } }).Stats;
-      return `files read ${st.filesRead}, lower lookups ${st.lowerLookups}`;
+      const r = JSON.parse(out) as { Stats: { filesRead: number; lowerLookups: number }; HeldMs: number; LayerMs: number };
+      return `files read ${r.Stats.filesRead}, lower lookups ${r.Stats.lowerLookups}, writes held ${r.HeldMs} ms, layer ${r.LayerMs} ms`;
     };
     let n = 0;
 
