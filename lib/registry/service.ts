@@ -11,8 +11,8 @@
  *  4. the cache entries and the layout are deleted. Layers the store already has are named in the layout by a
  *     sparse placeholder of the blob's size: import skips staging any layer whose diffID it holds.
  * Push: the store keeps extracted layers, not blobs. A layer whose original blob the registry has (HEAD) or can
- * mount from another repository is not sent; any other layer is tarred again (lib/registry/layer-tar.ts,
- * deterministic) and uploaded, and then the config names the new diffIDs.
+ * mount from another repository is not sent; any other layer is tarred again by the deterministic writer of
+ * commit and export (lib/layers/commit.ts) and uploaded; the config then names the diffIDs of what was sent.
  */
 import { randomBytes } from 'node:crypto';
 import { link, mkdir, open, readdir, rm, stat, writeFile } from 'node:fs/promises';
@@ -23,11 +23,10 @@ import type { Metastore } from '../store/metastore.js';
 import type { ImageRecord, ImageStore } from '../images/image-store.js';
 import { DEFAULT_LIMITS, LAYER_MEDIA_TYPES, type LayerStore } from '../layers/layer-store.js';
 import { hexOf, parseDigest, sha256Of, type Digest } from '../layers/digest.js';
-import type { StrataSys } from '../native/index.js';
 import { BlobRecords, type RememberedBlob } from './blob-records.js';
 import { MAX_MANIFEST_BYTES, MEDIA_TYPES, RegistryClient, type Descriptor } from './client.js';
 import { CredentialStore, type Credentials } from './credentials.js';
-import { exportLayerBlob } from './layer-tar.js';
+import { writeLayerBlob } from './layer-blob.js';
 import { formatReference, parseReference, type ImageReference } from './reference.js';
 
 /** Image configs larger than this are refused, as on import. */
@@ -108,7 +107,6 @@ export class RegistryService {
   private readonly insecure: readonly string[];
   /** One download per blob at a time in this process (two pulls sharing a layer wait for each other). */
   private readonly downloads = new Map<Digest, Promise<number>>();
-  private sysModule: StrataSys | null = null;
 
   constructor(private readonly options: RegistryServiceOptions) {
     this.log = options.logger.child({ component: 'registry' });
@@ -292,7 +290,7 @@ export class RegistryService {
         }
         progress('tarring', 0, null);
         const file = path.join(workDir, `layer-${i}`);
-        const exported = await exportLayerBlob(info.path, file, await this.native(), { what: `${what}: layer ${info.diffID}` });
+        const exported = await writeLayerBlob(info.path, file, `${what}: layer ${info.diffID}`);
         const entry = { digest: exported.digest, size: exported.size, mediaType: exported.mediaType, diffID: exported.diffID };
         if (await client.blobExists(dest.repository, exported.digest)) {
           progress('exists', exported.size, exported.size);
@@ -318,7 +316,9 @@ export class RegistryService {
         if (size !== null) configDesc = { mediaType: family.config, digest: image.id, size };
       }
       if (configDesc === null) {
-        const bytes = Buffer.from(JSON.stringify({ ...image.config, rootfs: { type: 'layers', diff_ids: diffIDs } }));
+        // Unchanged layers keep the config as stored; Strata writes configs with JSON.stringify (commit), so such an
+        // image usually keeps its id. Re-made layers need their new diffIDs listed.
+        const bytes = Buffer.from(JSON.stringify(unchanged ? image.config : { ...image.config, rootfs: { type: 'layers', diff_ids: diffIDs } }));
         configDesc = { mediaType: family.config, digest: sha256Of(bytes), size: bytes.length };
         if ((await client.blobSize(dest.repository, configDesc.digest)) === null) {
           const file = path.join(workDir, 'config');
@@ -375,11 +375,6 @@ export class RegistryService {
         if (st !== null && now - st.mtimeMs > age) await rm(path.join(dir, name), { recursive: true, force: true });
       }
     }
-  }
-
-  private async native(): Promise<StrataSys> {
-    if (this.sysModule === null) this.sysModule = (await import('../native/index.js')).sys;
-    return this.sysModule;
   }
 }
 
