@@ -12,7 +12,7 @@ import { chainIdsOf, type Digest } from '../lib/layers/digest.js';
 import { sys } from '../lib/native/index.js';
 import { buildBusyboxOci, Scratch } from './fixtures/store-fixtures.js';
 import { builtFile } from './helpers/build.js';
-import { isMounted, startDaemon, tempDir, type DaemonHandle, type Teardown } from './helpers/daemon-harness.js';
+import { isMounted, rawRequest, startDaemon, tempDir, type DaemonHandle, type Teardown } from './helpers/daemon-harness.js';
 
 const stratad = builtFile('dist/daemon/stratad.js');
 const strataCli = builtFile('dist/lib/cli/strata.js');
@@ -143,6 +143,19 @@ await t.test('diff, commit and export of a changed mount, judged by the kernel, 
   const zst = path.join(dir, 'export-zstd.tar');
   daemon.json(['image', 'export', 'snap:v1', '--compression', 'zstd', '-o', zst]);
   t.match(runOk('skopeo', ['inspect', '--raw', `oci-archive:${zst}:v1`]), /tar\+zstd/, 'a zstd OCI archive skopeo reads');
+
+  // Progress through the daemon: newline-delimited JSON with ?progress=true, and bars on a terminal.
+  const streamed = await rawRequest(daemon.socket, 'POST', '/images/export?progress=true',
+    JSON.stringify({ Refs: ['snap:v1'], Format: 'docker', Output: path.join(dir, 'streamed.tar') }), { 'content-type': 'application/json' });
+  const events = streamed.body.trim().split('\n').map((l) => JSON.parse(l) as { Progress?: unknown; Result?: ExportJson; Error?: { code: string } });
+  t.equal(streamed.type, 'application/x-ndjson');
+  t.ok(events.slice(0, -1).every((e) => e.Progress !== undefined) && events.at(-1)?.Result?.Images.length === 1, 'progress lines, then the result');
+  const refused = await rawRequest(daemon.socket, 'POST', '/images/export?progress=true',
+    JSON.stringify({ Refs: ['snap:v1'], Format: 'docker', Output: path.join(dir, 'streamed.tar') }), { 'content-type': 'application/json' });
+  t.equal((JSON.parse(refused.body.trim().split('\n').at(-1)!) as { Error?: { code: string } }).Error?.code, 'STRATA_CONFLICT', 'an error ends the stream');
+  const tty = spawnSync('script', ['-qec', `${process.execPath} ${strataCli} --socket ${daemon.socket} image export snap:v1 -o ${path.join(dir, 'tty-oci')}`, '/dev/null'], { encoding: 'utf8' });
+  t.match(tty.stdout, /export layer 1\/3 \[/, 'a terminal gets one bar per layer');
+  t.notMatch(daemon.cli(['image', 'export', 'snap:v1', '-o', path.join(dir, 'pipe-oci')]).stderr, /layer/, 'a pipe gets none');
 
   // A second commit on top, then the multi-layer image as a docker archive into a fresh state dir.
   const target2 = createMount(daemon, dir, 'box2', 'snap:v1');

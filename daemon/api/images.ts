@@ -6,6 +6,7 @@
  */
 import type { FastifyInstance } from 'fastify';
 import type { ImageBackend } from '../../lib/cli/backend.js';
+import { withProgressStream } from './commit.js';
 
 const refParam = { type: 'object', properties: { ref: { type: 'string', minLength: 1, maxLength: 1024 } }, required: ['ref'] } as const;
 const absolutePath = { type: 'string', minLength: 2, maxLength: 4096, pattern: '^/' } as const;
@@ -28,7 +29,7 @@ export function registerImageRoutes(app: FastifyInstance, backend: ImageBackend)
     },
   }, async (request, reply) => {
     const body = request.body as { Path: string; Name?: string };
-    return reply.code(201).send(await backend.importImage(body.Path, { name: body.Name }));
+    return withProgressStream(request, reply, 201, (onProgress) => backend.importImage(body.Path, { name: body.Name, onProgress }));
   });
 
   app.get('/layers/json', async () => backend.listLayers());

@@ -68,6 +68,61 @@ export class StrataClient {
     });
   }
 
+  /**
+   * A request whose answer streams progress (the daemon's `?progress=true` form): newline-delimited JSON objects,
+   * `{"Progress": …}` any number of times, then `{"Result": …}` or `{"Error": {message, code}}`.
+   */
+  requestWithProgress<T, P>(method: string, urlPath: string, body: unknown, onProgress: (progress: P) => void): Promise<T> {
+    const payload = Buffer.from(JSON.stringify(body));
+    return new Promise<T>((resolve, reject) => {
+      const req = http.request({
+        socketPath: this.socketPath,
+        method,
+        path: `${urlPath}${urlPath.includes('?') ? '&' : '?'}progress=true`,
+        headers: { 'content-type': 'application/json', 'content-length': payload.length },
+      }, (res) => {
+        if ((res.headers['content-type'] ?? '').includes('application/json')) {
+          // Refused before streaming began (validation, unknown route): an ordinary error reply.
+          const chunks: Buffer[] = [];
+          res.on('data', (c: Buffer) => chunks.push(c));
+          res.on('end', () => {
+            let parsed: { message?: string; code?: string } = {};
+            try { parsed = JSON.parse(Buffer.concat(chunks).toString('utf8')) as typeof parsed; } catch { /* not JSON */ }
+            reject(toClientError(parsed.code ?? 'STRATA_INTERNAL', parsed.message ?? `HTTP ${res.statusCode}`, res.statusCode ?? 0));
+          });
+          return;
+        }
+        let buffered = '';
+        let settled = false;
+        const handle = (line: string) => {
+          if (line.trim() === '') return;
+          const event = JSON.parse(line) as { Progress?: P; Result?: T; Error?: { message: string; code: string } };
+          if (event.Progress !== undefined) onProgress(event.Progress);
+          else if (event.Error !== undefined) { settled = true; reject(toClientError(event.Error.code, event.Error.message, 500)); }
+          else if ('Result' in event) { settled = true; resolve(event.Result as T); }
+        };
+        res.setEncoding('utf8');
+        res.on('data', (chunk: string) => {
+          buffered += chunk;
+          let nl: number;
+          while ((nl = buffered.indexOf('\n')) !== -1) {
+            const line = buffered.slice(0, nl);
+            buffered = buffered.slice(nl + 1);
+            try { handle(line); } catch (err) { settled = true; reject(new StrataError('STRATA_INTERNAL', `the daemon sent malformed progress for ${method} ${urlPath}`, { cause: err })); }
+          }
+        });
+        res.on('end', () => {
+          if (buffered !== '') handle(buffered);
+          if (!settled) reject(new StrataError('STRATA_INTERNAL', `the daemon ended ${method} ${urlPath} without a result`));
+        });
+        res.on('error', reject);
+      });
+      req.on('error', (err: NodeJS.ErrnoException) => reject(this.connectionError(err)));
+      req.write(payload);
+      req.end();
+    });
+  }
+
   /** True if a daemon answers on the socket (used to choose between the remote and local backends). */
   async isReachable(): Promise<boolean> {
     try {
@@ -87,4 +142,8 @@ export class StrataClient {
     }
     return new StrataError('STRATA_DAEMON_UNREACHABLE', `cannot reach the daemon on ${this.socketPath}: ${err.message}`, { cause: err });
   }
+}
+
+function toClientError(code: string, message: string, status: number): Error {
+  return code in STRATA_ERRORS ? new StrataError(code as keyof typeof STRATA_ERRORS, message) : new RemoteError(code, message, status);
 }

@@ -10,7 +10,7 @@ import { Metastore } from '../store/metastore.js';
 import { LayerStore } from '../layers/layer-store.js';
 import { ImageStore, type ImageRecord, type ImageSummary, type RemoveImageResult } from '../images/image-store.js';
 import type { Digest } from '../layers/digest.js';
-import type { LayerInfo, ProgressListener } from '../layers/types.js';
+import type { ImportProgress, LayerInfo, ProgressListener } from '../layers/types.js';
 import { DEFAULT_SOCKET, StrataClient } from '../api/client.js';
 import { RegistryService, type PullOptions, type PullResult, type PushOptions, type PushResult } from '../registry/service.js';
 import type { Credentials } from '../registry/credentials.js';
@@ -132,9 +132,13 @@ export class LocalImageBackend implements ImageBackend {
 export class RemoteImageBackend implements ImageBackend {
   constructor(private readonly client: StrataClient) {}
 
-  importImage(source: string, options: { name?: string }) {
-    return this.client.request<ImageRecord[]>('POST', '/images/load', { Path: path.resolve(source), ...(options.name === undefined ? {} : { Name: options.name }) });
+  importImage(source: string, options: { name?: string; onProgress?: ProgressListener }) {
+    const body = { Path: path.resolve(source), ...(options.name === undefined ? {} : { Name: options.name }) };
+    return options.onProgress === undefined
+      ? this.client.request<ImageRecord[]>('POST', '/images/load', body)
+      : this.client.requestWithProgress<ImageRecord[], ImportProgress>('POST', '/images/load', body, options.onProgress);
   }
+
   listImages() { return this.client.request<ImageSummary[]>('GET', '/images/json'); }
   inspectImage(ref: string) { return this.client.request<ImageRecord>('GET', `/images/${encodeURIComponent(ref)}/json`); }
   removeImage(ref: string) { return this.client.request<RemoveImageResult>('DELETE', `/images/${encodeURIComponent(ref)}`); }
@@ -148,10 +152,12 @@ export class RemoteImageBackend implements ImageBackend {
   removeLayer(ref: string) { return this.client.request<{ removed: Digest }>('DELETE', `/layers/${encodeURIComponent(ref)}`); }
   pruneLayers() { return this.client.request<{ deletedLayers: Digest[] }>('POST', '/layers/prune'); }
   exportImages(refs: string[], options: ExportOptions) {
-    return this.client.request<ExportResult>('POST', '/images/export', {
-      Refs: refs, Format: options.format, Output: path.resolve(options.output), ...(options.compression === undefined ? {} : { Compression: options.compression }),
-    });
+    const body = { Refs: refs, Format: options.format, Output: path.resolve(options.output), ...(options.compression === undefined ? {} : { Compression: options.compression }) };
+    return options.onProgress === undefined
+      ? this.client.request<ExportResult>('POST', '/images/export', body)
+      : this.client.requestWithProgress<ExportResult, ImportProgress>('POST', '/images/export', body, options.onProgress);
   }
+
 
   pullImage(ref: string, options: PullOptions) {
     return this.client.request<PullResult>('POST', '/images/pull', { Ref: ref, ...(options.platform === undefined ? {} : { Platform: options.platform }) });
