@@ -167,6 +167,9 @@ function createMount(ufs: UnionFs, mountpoint: string, params: UnionParams, logg
     entryTimeout: params.entryTimeout ?? KERNEL_CACHE_SECONDS,
     readOnly: params.readOnly,
     passthrough: params.passthrough,
+    nosuid: params.nosuid,
+    nodev: params.nodev,
+    noexec: params.noexec,
   }, logger);
 }
 

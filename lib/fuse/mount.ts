@@ -40,6 +40,9 @@ export interface KernelMountOptions {
   attrTimeout: number;
   entryTimeout: number;
   passthrough: boolean;
+  nosuid?: boolean;
+  nodev?: boolean;
+  noexec?: boolean;
 }
 
 /** Strata's own transport: see lib/fuse/kernel/session.ts and docs/native.md. */

@@ -31,6 +31,10 @@ export interface UnionParams {
    * lib/fuse/kernel) or 'fuse-native' (the libfuse 2 binding the project started on, kept as a fallback).
    */
   transport: Transport;
+  /** Generic mount flags the kernel transport passes to mount(2) (fuse-native ignores them). */
+  nosuid?: boolean;
+  nodev?: boolean;
+  noexec?: boolean;
   /** True when transport= was given explicitly. */
   transportGiven?: boolean;
   /** FUSE passthrough where the kernel offers it and it is safe (kernel transport only); off forces it off. */
@@ -221,6 +225,10 @@ export function parseOptions(optionStrings: string[]): UnionParams {
         if (fixed) {
           if (!fixed.accepts(value)) throw badOption(`"${option}": ${fixed.refusal}`);
         } else if (GENERIC_OPTIONS.has(key) || key.startsWith('x-') || key.startsWith('comment=')) {
+          // The kernel transport makes the mount itself and honours these (the last one given wins).
+          if (key === 'nosuid' || key === 'suid') params.nosuid = key === 'nosuid';
+          else if (key === 'nodev' || key === 'dev') params.nodev = key === 'nodev';
+          else if (key === 'noexec' || key === 'exec') params.noexec = key === 'noexec';
           params.ignored.push(option);
         } else {
           throw badOption(`unknown mount option "${option}"`);

@@ -123,14 +123,16 @@ t.test('a reader of a lower file sees the upper copy after another process write
   }
 });
 
-t.test('renameat2 flags', async (tt) => {
-  const s = await serve(tt, 'transport-rename2', [], (lower) => {
+t.test('renameat2 flags (on a nosuid,nodev,noexec mount: those flags reach mount(2))', async (tt) => {
+  const s = await serve(tt, 'transport-rename2', ['nosuid', 'nodev', 'noexec'], (lower) => {
     fs.writeFileSync(path.join(lower, 'a'), 'A');
     fs.writeFileSync(path.join(lower, 'b'), 'B');
     fs.mkdirSync(path.join(lower, 'd'));
     fs.writeFileSync(path.join(lower, 'd/in'), 'in d');
   });
   const at = (name: string) => path.join(s.mnt, name);
+  const line = fs.readFileSync('/proc/self/mounts', 'utf8').split('\n').find((l) => l.split(' ')[1] === s.mnt) ?? '';
+  tt.match(line.split(' ')[3] ?? '', /(^|,)nosuid,nodev,noexec(,|$)/, `mount flags: ${line}`);
   tt.throws(() => sys.renameat2(at('a'), at('b'), RENAME_NOREPLACE), { code: 'EEXIST' }, 'NOREPLACE onto an existing name');
   sys.renameat2(at('a'), at('c'), RENAME_NOREPLACE);
   tt.same([fs.existsSync(at('a')), fs.readFileSync(at('c'), 'utf8')], [false, 'A'], 'NOREPLACE onto a new name renames');

@@ -33,6 +33,7 @@ const EPROTO = 71;
 const MS_RDONLY = 1;
 const MS_NOSUID = 2;
 const MS_NODEV = 4;
+const MS_NOEXEC = 8;
 
 export interface SessionOptions {
   fsname: string;
@@ -43,6 +44,10 @@ export interface SessionOptions {
   attrTimeout: number;
   /** Use FUSE passthrough for opens where it is safe, when the kernel offers it. */
   passthrough: boolean;
+  /** MS_NOSUID / MS_NODEV / MS_NOEXEC; unset: nosuid and nodev unless we are root, as with fuse-native. */
+  nosuid?: boolean;
+  nodev?: boolean;
+  noexec?: boolean;
 }
 
 /** One request, parsed in place: `body` is the offset of the op-specific part in `buf`. */
@@ -113,8 +118,12 @@ export class FuseSession {
     this.fd = fd;
     const data = `fd=${fd},rootmode=40000,user_id=0,group_id=0,allow_other,default_permissions`;
     let flags = this.options.readOnly ? MS_RDONLY : 0;
-    // Device nodes and setuid binaries work on the mount as on kernel overlayfs (only root may ask for this).
-    if (process.getuid?.() !== 0) flags |= MS_NOSUID | MS_NODEV;
+    // Device nodes and setuid binaries work on the mount as on kernel overlayfs (only root may ask for this),
+    // unless the mount options say otherwise.
+    const root = process.getuid?.() === 0;
+    if (this.options.nosuid ?? !root) flags |= MS_NOSUID;
+    if (this.options.nodev ?? !root) flags |= MS_NODEV;
+    if (this.options.noexec === true) flags |= MS_NOEXEC;
     const initialized = new Promise<void>((resolve, reject) => {
       this.initDone = (err) => (err ? reject(err) : resolve());
     });
