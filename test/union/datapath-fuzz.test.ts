@@ -98,6 +98,7 @@ class Model {
     else this.data = Buffer.concat([this.data, Buffer.alloc(size - this.data.length)]);
   }
   write(offset: number, bytes: Buffer): void {
+    if (bytes.length === 0) return; // a write of nothing extends nothing, even past the end
     if (offset + bytes.length > this.data.length) this.resize(offset + bytes.length);
     bytes.copy(this.data, offset);
   }

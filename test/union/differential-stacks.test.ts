@@ -308,7 +308,12 @@ t.test(`differential stacks: kernel overlayfs vs ${candidate}`, async (t) => {
     return;
   }
   t.comment(`random recycling seed ${seed} (replay with STRATA_TEST_SEED=${seed})`);
-  for (const shape of [...stackShapes, ...optionShapes, { name: `random-recycling-seed-${seed}`, ...randomRecycling(seed, 3, 150) }]) {
+  const randomShapes: StackShape[] = [
+    { name: `random-recycling-seed-${seed}`, ...randomRecycling(seed, 3, 150) },
+    // The same kind of sequence with the lowers on a tmpfs under an ext4 upper (and the recycled uppers).
+    { name: `random-recycling-tmpfs-lowers-seed-${seed}`, tmpfs: { lowers: true }, ...randomRecycling(seed + 1_000_003, 2, 150) },
+  ];
+  for (const shape of [...stackShapes, ...optionShapes, ...randomShapes]) {
     await t.test(shape.name, async (tt) => runShape(tt, shape));
   }
 });
