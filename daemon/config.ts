@@ -24,6 +24,15 @@ export interface DaemonConfig {
   helperExitGraceMs: number;
   /** Registries (host or host:port) spoken to over plain HTTP; loopback always is (lib/registry/reference.ts). */
   insecureRegistries: string[];
+  /**
+   * Dirs under which mounts may be made (each dir and everything below it). Empty: any dir the built-in rules allow
+   * (lib/mounts/targets.ts: no system paths, nothing in or over the state dir or the socket).
+   */
+  allowedTargets: string[];
+  /** A mount whose helper answers nothing for this long is reported unhealthy. */
+  healthTimeoutMs: number;
+  /** How often each mount's helper is probed. */
+  healthIntervalMs: number;
 }
 
 export const DEFAULT_CONFIG_FILE = '/etc/strata/stratad.json';
@@ -43,11 +52,14 @@ export function defaultConfig(): DaemonConfig {
     mountTimeoutMs: 30_000,
     helperExitGraceMs: 3_000,
     insecureRegistries: [],
+    allowedTargets: [],
+    healthTimeoutMs: 10_000,
+    healthIntervalMs: 5_000,
   };
 }
 
 type Key = keyof DaemonConfig;
-const KINDS: Record<Key, 'path' | 'string' | 'level' | 'ms' | 'hosts'> = {
+const KINDS: Record<Key, 'path' | 'paths' | 'string' | 'level' | 'ms' | 'hosts'> = {
   root: 'path',
   socket: 'path',
   socketGroup: 'string',
@@ -56,6 +68,9 @@ const KINDS: Record<Key, 'path' | 'string' | 'level' | 'ms' | 'hosts'> = {
   mountTimeoutMs: 'ms',
   helperExitGraceMs: 'ms',
   insecureRegistries: 'hosts',
+  allowedTargets: 'paths',
+  healthTimeoutMs: 'ms',
+  healthIntervalMs: 'ms',
 };
 
 function bad(message: string): StrataError {
@@ -69,6 +84,12 @@ function checkValue(key: Key, value: unknown, origin: string): string | number |
       throw bad(`${origin}: ${key} must be a list of registry hosts ("host" or "host:port"), got ${JSON.stringify(value)}`);
     }
     return value as string[];
+  }
+  if (kind === 'paths') {
+    if (!Array.isArray(value) || value.some((v) => typeof v !== 'string' || !path.isAbsolute(v) || path.resolve(v) === '/')) {
+      throw bad(`${origin}: ${key} must be a list of absolute directory paths other than "/", got ${JSON.stringify(value)}`);
+    }
+    return (value as string[]).map((v) => path.resolve(v));
   }
   if (kind === 'ms') {
     if (typeof value !== 'number' || !Number.isInteger(value) || value <= 0 || value > 3_600_000) {

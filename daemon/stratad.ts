@@ -143,6 +143,10 @@ async function run(argv: string[]): Promise<void> {
     mountTimeoutMs: config.mountTimeoutMs,
     helperExitGraceMs: config.helperExitGraceMs,
     volumes,
+    socket: config.socket,
+    allowedTargets: config.allowedTargets,
+    healthTimeoutMs: config.healthTimeoutMs,
+    healthIntervalMs: config.healthIntervalMs,
   });
   const maintenance = new StoreMaintenance(store, services.layers, mounts, lostAndFound, volumes);
   const commits = new CommitService(store, mounts, services.images, services.layers, logger);
@@ -184,6 +188,7 @@ async function run(argv: string[]): Promise<void> {
     await volumes.init();
     await notifier.status('reconciling mounts');
     await mounts.reconcile();
+    mounts.startHealthChecks();
     await listenOnSocket(api, config, logger, activation?.fds[0]);
   } catch (err) {
     await mounts.shutdown().catch(() => undefined);

@@ -121,6 +121,8 @@ export function buildApi(context: ApiContext, logger: Logger): FastifyInstance {
       SocketGroup: context.config.socketGroup,
       MountTimeoutMs: context.config.mountTimeoutMs,
       HelperExitGraceMs: context.config.helperExitGraceMs,
+      AllowedTargets: context.config.allowedTargets,
+      HealthTimeoutMs: context.config.healthTimeoutMs,
       Mounts: mounts.length,
       MountsRunning: mounts.filter((m) => m.State.Running).length,
       NCPU: os.cpus().length,
@@ -158,14 +160,16 @@ export function buildApi(context: ApiContext, logger: Logger): FastifyInstance {
               additionalProperties: false,
             },
           },
+          Suid: { type: 'boolean' },
+          Dev: { type: 'boolean' },
         },
         required: ['Target', 'Sources'],
         additionalProperties: false,
       },
     },
   }, async (request, reply) => {
-    const body = request.body as { Name?: string; Target: string; Sources: string[]; Mounts?: AttachmentRequest[] };
-    const view = await context.mounts.create({ name: body.Name, target: body.Target, sources: body.Sources, mounts: body.Mounts });
+    const body = request.body as { Name?: string; Target: string; Sources: string[]; Mounts?: AttachmentRequest[]; Suid?: boolean; Dev?: boolean };
+    const view = await context.mounts.create({ name: body.Name, target: body.Target, sources: body.Sources, mounts: body.Mounts, suid: body.Suid, dev: body.Dev });
     return reply.code(201).send(view);
   });
 

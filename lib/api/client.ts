@@ -1,11 +1,25 @@
 /**
  * The control API client used by the CLI: HTTP/JSON over the daemon's Unix socket. Connection failures become
  * STRATA_DAEMON_UNREACHABLE with what to do; error replies become errors carrying the daemon's stable code.
+ *
+ * Every request has a deadline, so a hung daemon (stopped, or stuck) gives a clear error instead of a hang: the
+ * kernel accepts connections on a listening socket even when nobody reads them. Requests that may run long on a
+ * healthy daemon (image imports) pass timeoutMs 0; they are preceded by a ping under the normal deadline.
  */
 import http from 'node:http';
 import { STRATA_ERRORS, StrataError } from '../errors.js';
 
 export const DEFAULT_SOCKET = '/run/strata/strata.sock';
+/** Default deadline of one request; STRATA_CLIENT_TIMEOUT (seconds) overrides it. */
+export const DEFAULT_TIMEOUT_MS = 120_000;
+/** Deadline of a ping (is a daemon there, and is it answering?). */
+export const PING_TIMEOUT_MS = 10_000;
+
+/** The deadline from STRATA_CLIENT_TIMEOUT (seconds, > 0), else the default. */
+export function timeoutFromEnv(env: NodeJS.ProcessEnv = process.env): number {
+  const seconds = Number(env.STRATA_CLIENT_TIMEOUT);
+  return env.STRATA_CLIENT_TIMEOUT !== undefined && Number.isFinite(seconds) && seconds > 0 ? Math.round(seconds * 1000) : DEFAULT_TIMEOUT_MS;
+}
 
 /** An error reported by the daemon whose code is not in the STRATA_* table (an errno name such as EACCES). */
 export class RemoteError extends Error {
@@ -21,15 +35,37 @@ export class RemoteError extends Error {
 
 export class StrataClient {
   readonly socketPath: string;
+  readonly timeoutMs: number;
 
-  constructor(socketPath: string = DEFAULT_SOCKET) {
+  constructor(socketPath: string = DEFAULT_SOCKET, options: { timeoutMs?: number } = {}) {
     this.socketPath = socketPath;
+    this.timeoutMs = options.timeoutMs ?? timeoutFromEnv();
   }
 
-  /** Sends one request; resolves with the parsed JSON body (or text) of a 2xx reply. */
-  request<T>(method: string, urlPath: string, body?: unknown): Promise<T> {
+  /**
+   * Sends one request; resolves with the parsed JSON body (or text) of a 2xx reply. `timeoutMs` (default: the
+   * client's) bounds the whole exchange; 0 means none, after a ping that must answer within the client's deadline.
+   */
+  async request<T>(method: string, urlPath: string, body?: unknown, options: { timeoutMs?: number } = {}): Promise<T> {
+    const timeoutMs = options.timeoutMs ?? this.timeoutMs;
+    if (timeoutMs === 0) await this.ping();
+    return this.send<T>(method, urlPath, body, timeoutMs);
+  }
+
+  private async ping(): Promise<void> {
+    await this.send('GET', '/_ping', undefined, Math.min(this.timeoutMs, PING_TIMEOUT_MS));
+  }
+
+  private send<T>(method: string, urlPath: string, body: unknown, timeoutMs: number): Promise<T> {
     const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
     return new Promise<T>((resolve, reject) => {
+      let timer: NodeJS.Timeout | undefined;
+      const settle = <A extends unknown[]>(fn: (...args: A) => void) => (...args: A) => {
+        clearTimeout(timer);
+        fn(...args);
+      };
+      resolve = settle(resolve);
+      reject = settle(reject);
       const req = http.request({
         socketPath: this.socketPath,
         method,
@@ -63,6 +99,12 @@ export class StrataClient {
         });
       });
       req.on('error', (err: NodeJS.ErrnoException) => reject(this.connectionError(err)));
+      if (timeoutMs > 0) {
+        timer = setTimeout(() => {
+          reject(new StrataError('STRATA_DAEMON_UNREACHABLE', `the daemon on ${this.socketPath} did not answer ${method} ${urlPath} within ${timeoutMs / 1000} s: it may be stopped or hung (check \`systemctl status stratad\`, or its pid in <root>/stratad.pid); STRATA_CLIENT_TIMEOUT=<seconds> sets another deadline`));
+          req.destroy();
+        }, timeoutMs);
+      }
       if (payload !== undefined) req.write(payload);
       req.end();
     });
@@ -74,7 +116,8 @@ export class StrataClient {
    */
   requestWithProgress<T, P>(method: string, urlPath: string, body: unknown, onProgress: (progress: P) => void): Promise<T> {
     const payload = Buffer.from(JSON.stringify(body));
-    return new Promise<T>((resolve, reject) => {
+    // No deadline on the stream (an import may run long), after a ping that has one (see the header).
+    return this.ping().then(() => new Promise<T>((resolve, reject) => {
       const req = http.request({
         socketPath: this.socketPath,
         method,
@@ -120,15 +163,19 @@ export class StrataClient {
       req.on('error', (err: NodeJS.ErrnoException) => reject(this.connectionError(err)));
       req.write(payload);
       req.end();
-    });
+    }));
   }
 
-  /** True if a daemon answers on the socket (used to choose between the remote and local backends). */
+  /**
+   * True if a daemon answers on the socket, false if none is there (used to choose between the remote and local
+   * backends). A daemon that is there but does not answer in time is an error: the local store is its, and locked.
+   */
   async isReachable(): Promise<boolean> {
     try {
-      await this.request('GET', '/_ping');
+      await this.send('GET', '/_ping', undefined, Math.min(this.timeoutMs, PING_TIMEOUT_MS));
       return true;
-    } catch {
+    } catch (err) {
+      if (err instanceof StrataError && /did not answer/.test(err.message)) throw err;
       return false;
     }
   }

@@ -16,6 +16,9 @@ import { RegistryService, type PullOptions, type PullResult, type PushOptions, t
 import type { Credentials } from '../registry/credentials.js';
 import { exportImages, type ExportOptions, type ExportResult } from '../images/export.js';
 
+/** Imports and prunes may run long on a healthy daemon: no deadline, after a ping that has one (client.ts). */
+const LONG = { timeoutMs: 0 };
+
 export const DEFAULT_ROOT = '/var/lib/strata';
 
 export interface ImageBackend {
@@ -135,26 +138,26 @@ export class RemoteImageBackend implements ImageBackend {
   importImage(source: string, options: { name?: string; onProgress?: ProgressListener }) {
     const body = { Path: path.resolve(source), ...(options.name === undefined ? {} : { Name: options.name }) };
     return options.onProgress === undefined
-      ? this.client.request<ImageRecord[]>('POST', '/images/load', body)
+      ? this.client.request<ImageRecord[]>('POST', '/images/load', body, LONG)
       : this.client.requestWithProgress<ImageRecord[], ImportProgress>('POST', '/images/load', body, options.onProgress);
   }
 
   listImages() { return this.client.request<ImageSummary[]>('GET', '/images/json'); }
   inspectImage(ref: string) { return this.client.request<ImageRecord>('GET', `/images/${encodeURIComponent(ref)}/json`); }
   removeImage(ref: string) { return this.client.request<RemoveImageResult>('DELETE', `/images/${encodeURIComponent(ref)}`); }
-  pruneImages() { return this.client.request<{ deletedImages: Digest[]; deletedLayers: Digest[] }>('POST', '/images/prune'); }
+  pruneImages() { return this.client.request<{ deletedImages: Digest[]; deletedLayers: Digest[] }>('POST', '/images/prune', undefined, LONG); }
 
   importLayer(source: string, options: { parent?: string }) {
-    return this.client.request<LayerInfo>('POST', '/layers/import', { Path: path.resolve(source), ...(options.parent === undefined ? {} : { Parent: options.parent }) });
+    return this.client.request<LayerInfo>('POST', '/layers/import', { Path: path.resolve(source), ...(options.parent === undefined ? {} : { Parent: options.parent }) }, LONG);
   }
   listLayers() { return this.client.request<LayerInfo[]>('GET', '/layers/json'); }
   inspectLayer(ref: string) { return this.client.request<LayerInfo>('GET', `/layers/${encodeURIComponent(ref)}/json`); }
   removeLayer(ref: string) { return this.client.request<{ removed: Digest }>('DELETE', `/layers/${encodeURIComponent(ref)}`); }
-  pruneLayers() { return this.client.request<{ deletedLayers: Digest[] }>('POST', '/layers/prune'); }
+  pruneLayers() { return this.client.request<{ deletedLayers: Digest[] }>('POST', '/layers/prune', undefined, LONG); }
   exportImages(refs: string[], options: ExportOptions) {
     const body = { Refs: refs, Format: options.format, Output: path.resolve(options.output), ...(options.compression === undefined ? {} : { Compression: options.compression }) };
     return options.onProgress === undefined
-      ? this.client.request<ExportResult>('POST', '/images/export', body)
+      ? this.client.request<ExportResult>('POST', '/images/export', body, LONG)
       : this.client.requestWithProgress<ExportResult, ImportProgress>('POST', '/images/export', body, options.onProgress);
   }
 

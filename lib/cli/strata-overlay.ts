@@ -158,6 +158,9 @@ function createMount(ufs: UnionFs, mountpoint: string, params: UnionParams, logg
       attrTimeout: params.attrTimeout ?? 1,
       entryTimeout: params.entryTimeout ?? 0,
       readOnly: params.readOnly,
+      // As the default transport does: unset means the kernel's defaults for root (fuse/mount.ts limits them to root).
+      suid: params.nosuid !== true,
+      dev: params.nodev !== true,
     }, logger);
   }
   return new KernelFuseMount(ufs, mountpoint, {

@@ -99,6 +99,9 @@ export interface FuseMountOptions {
   attrTimeout: number;
   entryTimeout: number;
   readOnly: boolean;
+  /** Honour setuid/setgid bits and device nodes (cleared MS_NOSUID / MS_NODEV); root only. */
+  suid: boolean;
+  dev: boolean;
 }
 
 function escapeOption(value: string): string {
@@ -120,8 +123,9 @@ export function fuseOptionString(options: FuseMountOptions): string {
     `subtype=${escapeOption(options.subtype)}`,
   ];
   if (options.readOnly) list.push('ro');
-  // Device nodes and setuid binaries work on the mount as on kernel overlayfs (only root may ask for this).
-  if (process.getuid?.() === 0) list.push('dev', 'suid');
+  // libfuse mounts nosuid,nodev unless told otherwise; only root may ask for suid or dev.
+  const root = process.getuid?.() === 0;
+  list.push(root && options.suid ? 'suid' : 'nosuid', root && options.dev ? 'dev' : 'nodev');
   return `-o${list.join(',')}`;
 }
 

@@ -10,7 +10,7 @@ import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { StrataError } from '../errors.js';
 import type { Logger } from '../log.js';
-import { mountAt } from './mountinfo.js';
+import { forceDetach, mountAt } from './mountinfo.js';
 
 export interface HelperSpec {
   /** The helper program: an executable, or a .js file run with this Node. */
@@ -20,6 +20,11 @@ export interface HelperSpec {
   lowerDirs: string[];
   upperDir: string;
   workDir: string;
+  /** Let setuid/setgid bits and device nodes of the layers take effect (off: the mount is nosuid,nodev). */
+  suid: boolean;
+  dev: boolean;
+  /** How long the clean-up `umount` of a helper that failed to start may take. */
+  unmountTimeoutMs: number;
 }
 
 export interface HelperExit {
@@ -31,7 +36,8 @@ const STDERR_TAIL_LINES = 20;
 const READY_POLL_MS = 25;
 
 export function helperArgv(spec: HelperSpec): { command: string; args: string[] } {
-  const options = `lowerdir=${spec.lowerDirs.join(':')},upperdir=${spec.upperDir},workdir=${spec.workDir}`;
+  const flags = `${spec.suid ? 'suid' : 'nosuid'},${spec.dev ? 'dev' : 'nodev'}`;
+  const options = `lowerdir=${spec.lowerDirs.join(':')},upperdir=${spec.upperDir},workdir=${spec.workDir},${flags}`;
   const helperArgs = ['-f', '-o', options, spec.target];
   if (/\.[cm]?js$/.test(spec.program)) return { command: process.execPath, args: [spec.program, ...helperArgs] };
   return { command: spec.program, args: helperArgs };
@@ -91,6 +97,7 @@ export class HelperProcess {
         throw new StrataError('STRATA_MOUNT_FAILED', `cannot run the mount helper ${command}: ${spawnError.message} (check the mountProgram setting)`, { cause: spawnError });
       }
       if (this.exitResult !== undefined) {
+        await this.removeOwnMount(before?.mountId);
         throw new StrataError('STRATA_MOUNT_FAILED', `mount helper exited (${describeExit(this.exitResult)}) before ${this.spec.target} was mounted: ${this.stderrTail.join(' | ') || 'no output'}`);
       }
       const now = await mountAt(this.spec.target);
@@ -100,9 +107,22 @@ export class HelperProcess {
       }
       if (Date.now() > deadline) {
         this.kill('SIGKILL');
+        await this.removeOwnMount(before?.mountId);
         throw new StrataError('STRATA_MOUNT_FAILED', `mount helper did not mount ${this.spec.target} within ${timeoutMs} ms: ${this.stderrTail.join(' | ') || 'no output'}`);
       }
       await sleep(READY_POLL_MS);
+    }
+  }
+
+  /** A helper that failed after all may have mounted something at the target: take it away, so a failure leaves nothing. */
+  private async removeOwnMount(mountIdBefore: number | undefined): Promise<void> {
+    const now = await mountAt(this.spec.target);
+    if (now === undefined || !now.fsType.startsWith('fuse') || now.mountId === mountIdBefore) return;
+    try {
+      await forceDetach(this.spec.target, this.spec.unmountTimeoutMs);
+      this.logger.warn({ target: this.spec.target }, 'removed the mount left by a helper that failed to start');
+    } catch (err) {
+      this.logger.error({ err, target: this.spec.target }, 'could not remove the mount left by a helper that failed to start');
     }
   }
 

@@ -18,7 +18,13 @@
  *    "mounted". Daemon shutdown does not change it.
  *  - At most one helper process serves an upper dir: before a helper starts, anything left mounted at the target is
  *    detached and a helper left by a previous daemon is ended.
- *  - Operations on one mount are serialised; creates are serialised with each other (names and targets are unique).
+ *  - Operations on one mount are serialised. A create reserves its name and target first: a second create of the
+ *    same name or target is refused at once, and creates of other mounts never wait for it.
+ *  - A target is checked (lib/mounts/targets.ts) at create and again before every mount of it, and is recorded and
+ *    mounted as its real path.
+ *  - A mount is nosuid,nodev unless it was created with Suid / Dev.
+ *  - Health: a helper whose mount answers nothing for healthTimeoutMs is reported `unhealthy`; nothing in this
+ *    service ever touches a mount's files itself (a hung helper would block it), see mountinfo.ts and health.ts.
  *  - Layers are referenced (user "mount:<name>") from creation until removal, in the same batches as the record.
  *  - Attachments (volumes, binds, tmpfs: attachments.ts) are mounted once the helper's mount is live and taken down
  *    before it is unmounted; the record's volume refs are written in the same batch as the record, too.
@@ -35,11 +41,13 @@ import type { Metastore } from '../store/metastore.js';
 import type { VolumeService } from '../volumes/service.js';
 import { Attachments, type Attachment, type AttachmentRequest, type AttachmentView } from './attachments.js';
 import { describeExit, HelperProcess, type HelperExit } from './helper.js';
-import { detachMount, mountAt } from './mountinfo.js';
+import { describeProcessState, probeMount } from './health.js';
+import { detachMount, forceDetach, mountAt } from './mountinfo.js';
+import { resolveTarget, type TargetPolicy } from './targets.js';
 import { checkUsableDir, resolveSources, type LayerProvider, type ResolvedSource } from './sources.js';
 
 export type DesiredState = 'mounted' | 'unmounted';
-export type MountStatus = 'mounted' | 'unmounted' | 'starting' | 'restarting' | 'failed';
+export type MountStatus = 'mounted' | 'unhealthy' | 'unmounted' | 'starting' | 'restarting' | 'failed';
 
 /** The persistent record of a mount (LevelDB `mounts` sublevel, keyed by Id). */
 export interface MountRecord {
@@ -54,6 +62,10 @@ export interface MountRecord {
   UpperDir: string;
   WorkDir: string;
   Desired: DesiredState;
+  /** setuid/setgid bits honoured (absent: no, the mount is nosuid). */
+  Suid?: boolean;
+  /** Device nodes usable (absent: no, the mount is nodev). */
+  Dev?: boolean;
   /** Pid of the helper last started for this mount, so a restarted daemon can end one that outlived its parent. */
   HelperPid?: number;
   /** Volumes, binds and tmpfs mounts attached on top of the union (lib/mounts/attachments.ts). */
@@ -67,6 +79,9 @@ export interface MountView {
   Created: string;
   Target: string;
   Sources: ResolvedSource[];
+  /** Whether setuid/setgid bits and device nodes of the layers take effect (both false by default). */
+  Suid: boolean;
+  Dev: boolean;
   State: {
     Status: MountStatus;
     Running: boolean;
@@ -92,6 +107,14 @@ export interface MountServiceOptions {
   lostAndFound?: LostAndFound;
   /** Named volumes for `--volume` attachments; without it only binds and tmpfs can be attached. */
   volumes?: VolumeService;
+  /** The control socket (no mount may hide it). */
+  socket?: string;
+  /** Dirs mounts may be made under; empty for any dir the built-in rules allow. */
+  allowedTargets?: string[];
+  /** A helper that answers nothing for this long makes its mount `unhealthy`; also bounds each umount. */
+  healthTimeoutMs?: number;
+  /** How often mounts are probed (startHealthChecks). */
+  healthIntervalMs?: number;
 }
 
 export interface CreateMountRequest {
@@ -99,6 +122,9 @@ export interface CreateMountRequest {
   target: string;
   sources: string[];
   mounts?: AttachmentRequest[];
+  /** Honour setuid/setgid bits and device nodes (default off). */
+  suid?: boolean;
+  dev?: boolean;
 }
 
 interface MountRuntime {
@@ -114,12 +140,16 @@ interface MountRuntime {
   restartTimer?: NodeJS.Timeout;
   /** Tail of the per-mount operation queue. */
   queue: Promise<unknown>;
+  /** A health probe is outstanding (never two at once: a stuck one holds a child process). */
+  probing?: boolean;
 }
 
 const NAME_PATTERN = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$/;
 const MAX_CONSECUTIVE_FAILURES = 5;
 const MAX_BACKOFF_MS = 30_000;
 const HEALTHY_RUN_MS = 60_000;
+const DEFAULT_HEALTH_TIMEOUT_MS = 10_000;
+const DEFAULT_HEALTH_INTERVAL_MS = 5_000;
 
 export class MountService {
   private readonly store: Metastore;
@@ -131,7 +161,12 @@ export class MountService {
   private readonly attachments: Attachments;
   /** Ids of mounts being removed: their dir outlives their record for a moment, and fsck must leave it alone. */
   private readonly removing = new Set<string>();
-  private createQueue: Promise<unknown> = Promise.resolve();
+  /** Ids of mounts being created: their dir exists before their record, and fsck must leave it alone. */
+  private readonly creating = new Set<string>();
+  /** Names and targets of creates in progress (see the create invariant). */
+  private readonly reservedNames = new Set<string>();
+  private readonly reservedTargets = new Set<string>();
+  private healthTimer: NodeJS.Timeout | undefined;
   private shuttingDown = false;
 
   constructor(store: Metastore, layers: LayerProvider, logger: Logger, options: MountServiceOptions) {
@@ -145,6 +180,14 @@ export class MountService {
 
   private get mountsDir(): string {
     return path.join(this.options.rootDir, 'mounts');
+  }
+
+  private get healthTimeoutMs(): number {
+    return this.options.healthTimeoutMs ?? DEFAULT_HEALTH_TIMEOUT_MS;
+  }
+
+  private get targetPolicy(): TargetPolicy {
+    return { stateDir: this.options.rootDir, socket: this.options.socket, allowedTargets: this.options.allowedTargets ?? [], timeoutMs: this.healthTimeoutMs };
   }
 
   private mountLogger(record: MountRecord): Logger {
@@ -185,9 +228,37 @@ export class MountService {
   }
 
   async create(request: CreateMountRequest): Promise<MountView> {
-    const run = this.createQueue.then(() => this.createNow(request));
-    this.createQueue = run.catch(() => undefined);
-    return run;
+    const target = await resolveTarget(request.target, this.targetPolicy);
+    const id = randomBytes(32).toString('hex');
+    const name = request.name ?? `mount-${id.slice(0, 8)}`;
+    if (typeof name !== 'string' || !NAME_PATTERN.test(name)) {
+      throw new StrataError('STRATA_BAD_OPTION', `mount name "${String(name)}" is invalid: use letters, digits, '_', '.' and '-', starting with a letter or digit`);
+    }
+    for (const other of this.runtimes.values()) {
+      if (other.record.Name === name) throw new StrataError('STRATA_CONFLICT', `a mount named "${name}" already exists (remove it with \`strata mount rm ${name}\` or choose another --name)`);
+      if (other.record.Target === target) throw new StrataError('STRATA_CONFLICT', `${target} is already the target of mount "${other.record.Name}"`);
+    }
+    if (this.reservedNames.has(name)) throw new StrataError('STRATA_CONFLICT', `a mount named "${name}" is being created right now`);
+    if (this.reservedTargets.has(target)) throw new StrataError('STRATA_CONFLICT', `a mount at ${target} is being created right now`);
+    this.reservedNames.add(name);
+    this.reservedTargets.add(target);
+    this.creating.add(id);
+    try {
+      return await this.createNow(request, id, name, target);
+    } finally {
+      this.reservedNames.delete(name);
+      this.reservedTargets.delete(target);
+      this.creating.delete(id);
+    }
+  }
+
+  /** Probes every served mount every healthIntervalMs (see health.ts); stopped by shutdown(). */
+  startHealthChecks(): void {
+    if (this.healthTimer !== undefined) return;
+    this.healthTimer = setInterval(() => {
+      for (const runtime of this.runtimes.values()) void this.checkHealth(runtime);
+    }, this.options.healthIntervalMs ?? DEFAULT_HEALTH_INTERVAL_MS);
+    this.healthTimer.unref();
   }
 
   list(): MountView[] {
@@ -216,7 +287,7 @@ export class MountService {
   async unmount(reference: string, options: { force: boolean }): Promise<MountView> {
     const runtime = this.find(reference);
     return this.enqueue(runtime, async () => {
-      await this.stopHelper(runtime, { lazyIfBusy: options.force });
+      await this.stopHelper(runtime, { lazyIfBusy: options.force, force: options.force });
       await this.attachments.release(runtime.record);
       await this.setDesired(runtime, 'unmounted');
       return this.view(runtime);
@@ -228,7 +299,7 @@ export class MountService {
     const runtime = this.find(reference);
     return this.enqueue(runtime, async () => {
       const { record } = runtime;
-      await this.stopHelper(runtime, { lazyIfBusy: options.force });
+      await this.stopHelper(runtime, { lazyIfBusy: options.force, force: options.force });
       await this.attachments.release(record);
       // Record and references go first, in one batch; the dir after. A crash in between leaves a dir without a
       // record, which start-up moves to lost+found: a kept upper is never lost.
@@ -288,11 +359,13 @@ export class MountService {
    */
   async shutdown(): Promise<void> {
     this.shuttingDown = true;
+    if (this.healthTimer !== undefined) clearInterval(this.healthTimer);
+    this.healthTimer = undefined;
     await Promise.all([...this.runtimes.values()].map(async (runtime) => {
       this.cancelRestart(runtime);
       try {
         await runtime.queue;
-        await this.stopHelper(runtime, { lazyIfBusy: true });
+        await this.stopHelper(runtime, { lazyIfBusy: true, force: runtime.status === 'unhealthy' });
       } catch (err) {
         this.mountLogger(runtime.record).error({ err }, 'could not unmount cleanly at shutdown');
       }
@@ -301,38 +374,27 @@ export class MountService {
 
   /**
    * fsck of the mounts: dirs under mounts/ without a record (moved to lost+found with `repair`), and records whose
-   * upper or work dir is gone (reported only). Serialised with creates, which make a dir before its record.
+   * upper or work dir is gone (reported only). Creates and removes in progress are left alone (see sweepMountDirs).
    */
   async fsck(repair: boolean): Promise<FsckProblem[]> {
-    const run = this.createQueue.then(() => fsckMounts(this.store, this.options.rootDir, this.lostAndFound, this.logger, repair, this.removing));
-    this.createQueue = run.catch(() => undefined);
-    return run;
+    return fsckMounts(this.store, this.options.rootDir, this.lostAndFound, this.logger, repair, this.busyIds);
   }
 
   // ---- internals -------------------------------------------------------------------------------------------------
 
+  /**
+   * Ids whose dir must be left alone by a sweep, looked up live: a create's dir exists before its record and a
+   * remove's after it, and a record written after the sweep read them has a runtime. From the moment a create makes
+   * its dir until its remove deletes it, one of `creating`, `runtimes` and `removing` holds its id.
+   */
+  private readonly busyIds: IdSet = { has: (id) => this.creating.has(id) || this.removing.has(id) || this.runtimes.has(id) };
+
   private async sweepMountDirs(records: readonly MountRecord[], act: boolean): Promise<FsckProblem[]> {
-    return sweepMountDirs(this.mountsDir, records, act, this.removing, this.lostAndFound, this.logger);
+    return sweepMountDirs(this.mountsDir, records, act, this.busyIds, this.lostAndFound, this.logger);
   }
 
-  private async createNow(request: CreateMountRequest): Promise<MountView> {
-    const target = request.target;
-    if (typeof target !== 'string' || target === '') throw new StrataError('STRATA_BAD_REQUEST', 'a mount needs a target directory');
-    await checkUsableDir(target, 'target');
-    const resolvedTarget = path.resolve(target);
-    const root = path.resolve(this.options.rootDir);
-    if (resolvedTarget === root || resolvedTarget.startsWith(`${root}/`)) {
-      throw new StrataError('STRATA_BAD_DIR', `target "${target}" is inside the state dir ${root}; choose a directory outside it`);
-    }
-    const id = randomBytes(32).toString('hex');
-    const name = request.name ?? `mount-${id.slice(0, 8)}`;
-    if (typeof name !== 'string' || !NAME_PATTERN.test(name)) {
-      throw new StrataError('STRATA_BAD_OPTION', `mount name "${String(name)}" is invalid: use letters, digits, '_', '.' and '-', starting with a letter or digit`);
-    }
-    for (const other of this.runtimes.values()) {
-      if (other.record.Name === name) throw new StrataError('STRATA_CONFLICT', `a mount named "${name}" already exists (remove it with \`strata mount rm ${name}\` or choose another --name)`);
-      if (other.record.Target === resolvedTarget) throw new StrataError('STRATA_CONFLICT', `${resolvedTarget} is already the target of mount "${other.record.Name}"`);
-    }
+  /** Creates a mount whose name and resolved target the caller has checked and reserved. */
+  private async createNow(request: CreateMountRequest, id: string, name: string, resolvedTarget: string): Promise<MountView> {
     if ((await mountAt(resolvedTarget)) !== undefined) {
       throw new StrataError('STRATA_MOUNT_BUSY', `something is already mounted at ${resolvedTarget}; unmount it first`);
     }
@@ -341,11 +403,16 @@ export class MountService {
 
     const staging = path.join(this.mountsDir, `.staging-${id}`);
     const finalDir = path.join(this.mountsDir, id);
-    await mkdir(path.join(staging, 'upper'), { recursive: true });
-    await mkdir(path.join(staging, 'work'), { recursive: true });
-    await fsyncDir(staging);
-    await rename(staging, finalDir);
-    await fsyncDir(this.mountsDir);
+    try {
+      await mkdir(path.join(staging, 'upper'), { recursive: true });
+      await mkdir(path.join(staging, 'work'), { recursive: true });
+      await fsyncDir(staging);
+      await rename(staging, finalDir);
+      await fsyncDir(this.mountsDir);
+    } catch (err) {
+      await rm(staging, { recursive: true, force: true }).catch(() => undefined);
+      throw err;
+    }
     const record: MountRecord = {
       Id: id,
       Name: name,
@@ -358,6 +425,8 @@ export class MountService {
       WorkDir: path.join(finalDir, 'work'),
       Desired: 'mounted',
       ...(attachments.length === 0 ? {} : { Mounts: attachments }),
+      Suid: request.suid === true,
+      Dev: request.dev === true,
     };
     const user = `mount:${name}`;
     try {
@@ -423,8 +492,9 @@ export class MountService {
   private async clearLeftovers(record: MountRecord, log: Logger): Promise<void> {
     const stale = await mountAt(record.Target);
     if (stale !== undefined) {
-      const outcome = await detachMount(record.Target, { lazyIfBusy: true });
-      if (outcome === 'lazily-detached') log.warn({ target: record.Target }, 'a leftover mount was busy or dead and was detached lazily');
+      const outcome = await detachMount(record.Target, { lazyIfBusy: true, timeoutMs: this.healthTimeoutMs })
+        .catch(() => forceDetach(record.Target, this.healthTimeoutMs));
+      if (outcome !== 'unmounted') log.warn({ target: record.Target }, 'a leftover mount was busy or dead and was detached lazily');
       else log.info({ target: record.Target, outcome }, 'detached a leftover mount');
     }
     if (record.HelperPid !== undefined && (await isLeftoverHelper(record.HelperPid, record.Target))) {
@@ -432,6 +502,14 @@ export class MountService {
       process.kill(record.HelperPid, 'SIGTERM');
       for (let i = 0; i < 40 && (await isLeftoverHelper(record.HelperPid, record.Target)); i++) await sleep(50);
       if (await isLeftoverHelper(record.HelperPid, record.Target)) process.kill(record.HelperPid, 'SIGKILL');
+    }
+  }
+
+  /** The target may have changed since it was checked (replaced by a symlink while the daemon was stopped...). */
+  private async checkTarget(record: MountRecord): Promise<void> {
+    const real = await resolveTarget(record.Target, this.targetPolicy);
+    if (real !== record.Target) {
+      throw new StrataError('STRATA_BAD_DIR', `target ${record.Target} now resolves to ${real} (a directory on its path was replaced by a symlink?); not mounting there`);
     }
   }
 
@@ -444,10 +522,14 @@ export class MountService {
       lowerDirs: record.LowerDirs,
       upperDir: record.UpperDir,
       workDir: record.WorkDir,
+      suid: record.Suid === true,
+      dev: record.Dev === true,
+      unmountTimeoutMs: this.healthTimeoutMs,
     }, log);
     runtime.status = 'starting';
-    runtime.helper = helper;
     try {
+      await this.checkTarget(record);
+      runtime.helper = helper;
       await helper.start(this.options.mountTimeoutMs);
     } catch (err) {
       runtime.status = 'failed';
@@ -462,7 +544,7 @@ export class MountService {
       runtime.error = (err as Error).message;
       runtime.helper = undefined;
       runtime.stoppingHelper = helper;
-      await detachMount(record.Target, { lazyIfBusy: true }).catch(() => undefined);
+      await detachMount(record.Target, { lazyIfBusy: true, timeoutMs: this.healthTimeoutMs }).catch(() => forceDetach(record.Target, this.healthTimeoutMs)).catch(() => undefined);
       if (!(await helper.exitsWithin(this.options.helperExitGraceMs))) helper.kill('SIGKILL');
       throw err;
     }
@@ -479,15 +561,35 @@ export class MountService {
     void helper.waitForExit().then((exit) => this.onHelperExit(runtime, helper, exit));
   }
 
-  /** Stops the helper through an unmount, so that the kernel, not a signal, tells it to finish. */
-  private async stopHelper(runtime: MountRuntime, options: { lazyIfBusy: boolean }): Promise<void> {
+  /**
+   * Stops the helper through an unmount, so that the kernel, not a signal, tells it to finish.
+   * With `force`, a mount that is unhealthy, busy or does not unmount in time has its FUSE connection aborted and is
+   * detached (forceDetach), and a helper that does not exit is killed: every step is bounded.
+   */
+  private async stopHelper(runtime: MountRuntime, options: { lazyIfBusy: boolean; force: boolean }): Promise<void> {
     this.cancelRestart(runtime);
     const helper = runtime.helper;
     const log = this.mountLogger(runtime.record);
+    const target = runtime.record.Target;
+    const timeoutMs = this.healthTimeoutMs;
     runtime.stoppingHelper = helper;
     let outcome;
     try {
-      outcome = await this.attachments.unmountAll(runtime.record, log, options, () => detachMount(runtime.record.Target, options));
+      // Nothing may look up paths inside a hung mount (its attachments' mountpoints included): a forced stop of a
+      // mount that is, or now proves, unresponsive aborts the connection first, and the lazy detach takes the
+      // attachments with it.
+      if (options.force && (runtime.status === 'unhealthy' || (await probeMount(target, timeoutMs)).state === 'hung')) {
+        outcome = await forceDetach(target, timeoutMs);
+        this.attachments.forget(runtime.record);
+      } else {
+        const detachUnion = options.force
+          ? () => detachMount(target, { lazyIfBusy: false, timeoutMs }).catch((err: unknown) => {
+            log.warn({ err, target }, 'plain unmount failed; aborting the FUSE connection');
+            return forceDetach(target, timeoutMs);
+          })
+          : () => detachMount(target, { lazyIfBusy: options.lazyIfBusy, timeoutMs });
+        outcome = await this.attachments.unmountAll(runtime.record, log, { lazyIfBusy: options.lazyIfBusy }, detachUnion);
+      }
     } catch (err) {
       runtime.stoppingHelper = undefined;
       // The helper may have died while we tried; hand that exit to supervision, which skipped it.
@@ -495,15 +597,24 @@ export class MountService {
       throw err;
     }
     if (outcome === 'lazily-detached') {
-      log.warn({ target: runtime.record.Target }, 'mount was busy and has been detached lazily; processes still inside it lose access when its helper ends');
+      log.warn({ target }, 'mount was busy and has been detached lazily; processes still inside it lose access when its helper ends');
+    } else if (outcome === 'aborted-and-detached') {
+      log.warn({ target }, 'the FUSE connection was aborted and the mount detached; requests in flight failed with ECONNABORTED');
     }
     runtime.helper = undefined;
     runtime.status = 'unmounted';
+    runtime.error = '';
     if (helper !== undefined && !(await helper.exitsWithin(this.options.helperExitGraceMs))) {
-      log.warn({ helperPid: helper.pid }, 'mount helper still running after unmount; sending SIGTERM');
-      helper.kill('SIGTERM');
-      if (!(await helper.exitsWithin(this.options.helperExitGraceMs))) helper.kill('SIGKILL');
-      await helper.waitForExit();
+      // A stopped or hung helper never acts on SIGTERM: a forced stop goes straight to SIGKILL.
+      if (!options.force) {
+        log.warn({ helperPid: helper.pid }, 'mount helper still running after unmount; sending SIGTERM');
+        helper.kill('SIGTERM');
+      }
+      if (options.force || !(await helper.exitsWithin(this.options.helperExitGraceMs))) {
+        log.warn({ helperPid: helper.pid }, 'mount helper still running after unmount; sending SIGKILL');
+        helper.kill('SIGKILL');
+      }
+      if (!(await helper.exitsWithin(timeoutMs))) log.error({ helperPid: helper.pid }, 'mount helper survived SIGKILL (stuck in the kernel?)');
     }
     if (helper !== undefined) log.info({ target: runtime.record.Target, outcome }, 'unmounted');
   }
@@ -519,7 +630,7 @@ export class MountService {
     log.error({ exit, helperPid: helper.pid }, 'mount helper ended unexpectedly');
     this.attachments.forget(runtime.record);
     try {
-      await detachMount(runtime.record.Target, { lazyIfBusy: true });
+      await detachMount(runtime.record.Target, { lazyIfBusy: true, timeoutMs: this.healthTimeoutMs });
     } catch (err) {
       log.error({ err }, 'could not detach the dead mount');
     }
@@ -550,6 +661,32 @@ export class MountService {
     }, delay);
   }
 
+  /** One health probe of a served mount (see health.ts); flips it between `mounted` and `unhealthy`. */
+  private async checkHealth(runtime: MountRuntime): Promise<void> {
+    const helper = runtime.helper;
+    if (runtime.probing || helper === undefined || helper.hasExited || (runtime.status !== 'mounted' && runtime.status !== 'unhealthy')) return;
+    runtime.probing = true;
+    try {
+      const result = await probeMount(runtime.record.Target, this.healthTimeoutMs);
+      // The mount may have been stopped or restarted while the probe ran: its result is about the old helper.
+      if (runtime.helper !== helper || (runtime.status !== 'mounted' && runtime.status !== 'unhealthy')) return;
+      const log = this.mountLogger(runtime.record);
+      if (result.state === 'hung') {
+        if (runtime.status !== 'unhealthy') {
+          runtime.status = 'unhealthy';
+          runtime.error = `the mount answers nothing: ${result.detail}; ${await describeProcessState(helper.pid)}. \`strata mount unmount --force ${runtime.record.Name}\` aborts its FUSE connection`;
+          log.error({ helperPid: helper.pid, detail: result.detail }, 'mount helper is not answering; mount marked unhealthy');
+        }
+      } else if (result.state === 'ok' && runtime.status === 'unhealthy') {
+        runtime.status = 'mounted';
+        runtime.error = '';
+        log.warn({ helperPid: helper.pid }, 'mount helper answers again; mount healthy');
+      }
+    } finally {
+      runtime.probing = false;
+    }
+  }
+
   private cancelRestart(runtime: MountRuntime): void {
     if (runtime.restartTimer !== undefined) clearTimeout(runtime.restartTimer);
     runtime.restartTimer = undefined;
@@ -563,9 +700,11 @@ export class MountService {
       Created: record.Created,
       Target: record.Target,
       Sources: record.Sources,
+      Suid: record.Suid === true,
+      Dev: record.Dev === true,
       State: {
         Status: runtime.status,
-        Running: runtime.status === 'mounted',
+        Running: runtime.status === 'mounted' || runtime.status === 'unhealthy',
         Pid: runtime.helper?.pid ?? 0,
         StartedAt: runtime.status === 'mounted' ? runtime.startedAt ?? null : null,
         Restarts: runtime.restarts,
@@ -600,7 +739,12 @@ async function isLeftoverHelper(pid: number, target: string): Promise<boolean> {
  * `strata fsck` calls it directly on a state dir no daemon serves. `busy` names mounts whose dir may briefly outlive
  * their record (being removed).
  */
-export async function fsckMounts(store: Metastore, rootDir: string, lostAndFound: LostAndFound, logger: Logger, repair: boolean, busy: ReadonlySet<string> = new Set()): Promise<FsckProblem[]> {
+/** Ids a sweep must leave alone (a Set, or a live view). */
+export interface IdSet {
+  has(id: string): boolean;
+}
+
+export async function fsckMounts(store: Metastore, rootDir: string, lostAndFound: LostAndFound, logger: Logger, repair: boolean, busy: IdSet = new Set()): Promise<FsckProblem[]> {
   const records = (await store.entries<MountRecord>('mounts')).map(([, record]) => record);
   await mkdir(path.join(rootDir, 'mounts'), { recursive: true });
   const problems = await sweepMountDirs(path.join(rootDir, 'mounts'), records, repair, busy, lostAndFound, logger);
@@ -617,11 +761,13 @@ export async function fsckMounts(store: Metastore, rootDir: string, lostAndFound
 }
 
 /** Deletes .staging-/.trash- dirs and moves (with `act`) mount dirs without a record to lost+found. */
-async function sweepMountDirs(mountsDir: string, records: readonly MountRecord[], act: boolean, busy: ReadonlySet<string>, lostAndFound: LostAndFound, logger: Logger): Promise<FsckProblem[]> {
+async function sweepMountDirs(mountsDir: string, records: readonly MountRecord[], act: boolean, busy: IdSet, lostAndFound: LostAndFound, logger: Logger): Promise<FsckProblem[]> {
   const known = new Set(records.map((r) => r.Id));
   const problems: FsckProblem[] = [];
   for (const entry of (await readdir(mountsDir)).sort()) {
     const dir = path.join(mountsDir, entry);
+    // The staging dir of a create in progress, the trash dir of a remove in progress.
+    if (busy.has(entry.replace(/^\.(staging|trash)-/, ''))) continue;
     if (entry.startsWith('.staging-') || entry.startsWith('.trash-')) {
       problems.push({ subject: dir, problem: 'an interrupted mount create or remove left it', repair: 'delete it (it holds no user data)', repaired: act });
       if (act) {

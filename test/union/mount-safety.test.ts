@@ -8,7 +8,7 @@ import t from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { fuseServerPids, isMounted, run, Sandbox, strataOverlayJs, waitForExit } from '../helpers/sandbox.js';
+import { fuseServerPids, isMounted, mountLine, run, Sandbox, strataOverlayJs, waitForExit } from '../helpers/sandbox.js';
 
 /** Runs strata-overlay in the foreground at debug level, collecting its log, and waits until the mount is live. */
 async function foregroundMount(box: Sandbox, options: string, mnt: string): Promise<{ child: ChildProcess; log: () => string }> {
@@ -85,4 +85,28 @@ t.test('fsync of a directory syncs the real upper dir', async (t) => {
   const pids = fuseServerPids(mnt);
   t.equal(run('umount', [mnt]).status, 0);
   t.ok(waitForExit(pids.length > 0 ? pids : [child.pid ?? 0]), 'the server ended');
+});
+
+t.test('nosuid and nodev reach the kernel mount; root gets the kernel defaults otherwise', async (t) => {
+  const box = await Sandbox.create(t, 'suid-flags');
+  const lower = box.dir('lower');
+  const flagsOf = (mnt: string) => (mountLine(mnt) ?? '').split(' ')[3]?.split(',') ?? [];
+  const cases: Array<{ extra: string; nosuid: boolean; nodev: boolean }> = [
+    { extra: '', nosuid: false, nodev: false },
+    { extra: ',nosuid', nosuid: true, nodev: false },
+    { extra: ',nodev,nosuid', nosuid: true, nodev: true },
+    { extra: ',nosuid,suid,dev', nosuid: false, nodev: false },
+  ];
+  for (const [i, c] of cases.entries()) {
+    const mnt = box.dir(`mnt${i}`);
+    box.track(mnt);
+    const r = run(process.execPath, [strataOverlayJs, '-o', `lowerdir=${lower},upperdir=${box.dir(`upper${i}`)},workdir=${box.dir(`work${i}`)}${c.extra}`, mnt]);
+    t.equal(r.status, 0, `mounts with "${c.extra}" ${r.stderr}`);
+    const flags = flagsOf(mnt);
+    t.equal(flags.includes('nosuid'), c.nosuid, `"${c.extra}": nosuid is ${c.nosuid ? 'set' : 'not set'} (${flags.join(',')})`);
+    t.equal(flags.includes('nodev'), c.nodev, `"${c.extra}": nodev is ${c.nodev ? 'set' : 'not set'}`);
+    const pids = fuseServerPids(mnt);
+    t.equal(run('umount', [mnt]).status, 0);
+    waitForExit(pids);
+  }
 });

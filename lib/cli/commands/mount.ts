@@ -89,8 +89,10 @@ export const mountCommand: CommandModule<GlobalArgs, GlobalArgs> = {
         .option('name', { type: 'string', describe: 'mount name (default: generated)' })
         .option('volume', { alias: 'v', type: 'string', describe: 'attach a named volume: NAME:/path[:ro|nocopy], or /path for a new anonymous one (repeatable)' })
         .option('bind', { type: 'string', describe: 'attach a host dir: /host/dir:/path[:ro] (repeatable)' })
-        .option('tmpfs', { type: 'string', describe: 'attach a tmpfs: /path[:size=64m,mode=1777] (repeatable)' }),
-      handler: async (argv: GlobalArgs & { sources: string[]; target: string; name?: string; volume?: string | string[]; bind?: string | string[]; tmpfs?: string | string[] }) => {
+        .option('tmpfs', { type: 'string', describe: 'attach a tmpfs: /path[:size=64m,mode=1777] (repeatable)' })
+        .option('suid', { type: 'boolean', default: false, describe: 'honour setuid/setgid bits of the layers (RISK: any image can then hand out root; default nosuid)' })
+        .option('dev', { type: 'boolean', default: false, describe: 'make device nodes of the layers usable (RISK: raw access to host devices; default nodev)' }),
+      handler: async (argv: GlobalArgs & { sources: string[]; target: string; name?: string; volume?: string | string[]; bind?: string | string[]; tmpfs?: string | string[]; suid: boolean; dev: boolean }) => {
         // Repeated, not greedy, flags (no yargs array:) so that `--volume v:/x SOURCE` keeps SOURCE a source.
         const many = (value: unknown): string[] => (value === undefined ? [] : Array.isArray(value) ? value.map(String) : [String(value)]);
         const mounts = [
@@ -103,6 +105,8 @@ export const mountCommand: CommandModule<GlobalArgs, GlobalArgs> = {
           Target: path.resolve(argv.target),
           Sources: argv.sources.map(String).map(normaliseSource),
           ...(mounts.length === 0 ? {} : { Mounts: mounts }),
+          ...(argv.suid ? { Suid: true } : {}),
+          ...(argv.dev ? { Dev: true } : {}),
         });
         printOne(argv, view);
       },
@@ -135,7 +139,7 @@ export const mountCommand: CommandModule<GlobalArgs, GlobalArgs> = {
       describe: 'unmount, keeping the writable layer (strata mount start remounts it)',
       builder: (y: Argv<GlobalArgs>) => y
         .positional('mount', { type: 'string', demandOption: true })
-        .option('force', { type: 'boolean', default: false, describe: 'detach a busy mount lazily' }),
+        .option('force', { type: 'boolean', default: false, describe: 'abort the FUSE connection of a busy, hung or unhealthy mount and detach it' }),
       handler: async (argv: GlobalArgs & { mount: string; force: boolean }) => {
         printOne(argv, await clientFor(argv).request<MountView>('POST', `/mounts/${id(String(argv.mount))}/stop?force=${argv.force}`));
       },
