@@ -18,14 +18,31 @@ export type ProbeResult =
   /** The mount answered with an error (ENOTCONN, ECONNABORTED...): the helper is gone; supervision deals with that. */
   | { state: 'error'; detail: string };
 
-export function probeMount(target: string, timeoutMs: number): Promise<ProbeResult> {
-  return new Promise((resolve) => {
-    execFile('stat', ['--file-system', '--format=%T', '--', target], { timeout: timeoutMs, killSignal: 'SIGKILL' }, (err, _stdout, stderr) => {
-      if (err === null) resolve({ state: 'ok' });
-      else if (err.killed || err.signal === 'SIGKILL') resolve({ state: 'hung', detail: `statfs of ${target} got no answer within ${timeoutMs} ms` });
-      else resolve({ state: 'error', detail: String(stderr).trim() || err.message });
+export interface Probe {
+  /** The verdict, at the deadline at the latest. */
+  result: Promise<ProbeResult>;
+  /** Resolves once the probe process is gone (never, while it is stuck in the kernel on a hung connection). */
+  ended: Promise<void>;
+}
+
+export function probeMount(target: string, timeoutMs: number): Probe {
+  let resolveResult!: (result: ProbeResult) => void;
+  const result = new Promise<ProbeResult>((resolve) => { resolveResult = resolve; });
+  let timer: NodeJS.Timeout | undefined;
+  const ended = new Promise<void>((resolveEnded) => {
+    const child = execFile('stat', ['--file-system', '--format=%T', '--', target], (err, _stdout, stderr) => {
+      clearTimeout(timer);
+      if (err === null) resolveResult({ state: 'ok' });
+      else resolveResult({ state: 'error', detail: String(stderr).trim() || err.message });
+      resolveEnded();
     });
+    // The verdict does not wait for the child to die: one stuck in uninterruptible sleep never does.
+    timer = setTimeout(() => {
+      resolveResult({ state: 'hung', detail: `statfs of ${target} got no answer within ${timeoutMs} ms` });
+      child.kill('SIGKILL');
+    }, timeoutMs);
   });
+  return { result, ended };
 }
 
 /** A word on why a helper may not answer, from its process state ("stopped (SIGSTOP?)", ...), or ''. */

@@ -578,7 +578,7 @@ export class MountService {
       // Nothing may look up paths inside a hung mount (its attachments' mountpoints included): a forced stop of a
       // mount that is, or now proves, unresponsive aborts the connection first, and the lazy detach takes the
       // attachments with it.
-      if (options.force && (runtime.status === 'unhealthy' || (await probeMount(target, timeoutMs)).state === 'hung')) {
+      if (options.force && (runtime.status === 'unhealthy' || (await probeMount(target, timeoutMs).result).state === 'hung')) {
         outcome = await forceDetach(target, timeoutMs);
         this.attachments.forget(runtime.record);
       } else {
@@ -666,24 +666,23 @@ export class MountService {
     const helper = runtime.helper;
     if (runtime.probing || helper === undefined || helper.hasExited || (runtime.status !== 'mounted' && runtime.status !== 'unhealthy')) return;
     runtime.probing = true;
-    try {
-      const result = await probeMount(runtime.record.Target, this.healthTimeoutMs);
-      // The mount may have been stopped or restarted while the probe ran: its result is about the old helper.
-      if (runtime.helper !== helper || (runtime.status !== 'mounted' && runtime.status !== 'unhealthy')) return;
-      const log = this.mountLogger(runtime.record);
-      if (result.state === 'hung') {
-        if (runtime.status !== 'unhealthy') {
-          runtime.status = 'unhealthy';
-          runtime.error = `the mount answers nothing: ${result.detail}; ${await describeProcessState(helper.pid)}. \`strata mount unmount --force ${runtime.record.Name}\` aborts its FUSE connection`;
-          log.error({ helperPid: helper.pid, detail: result.detail }, 'mount helper is not answering; mount marked unhealthy');
-        }
-      } else if (result.state === 'ok' && runtime.status === 'unhealthy') {
-        runtime.status = 'mounted';
-        runtime.error = '';
-        log.warn({ helperPid: helper.pid }, 'mount helper answers again; mount healthy');
+    const probe = probeMount(runtime.record.Target, this.healthTimeoutMs);
+    // A probe stuck on a hung connection holds its child until the connection is aborted: never start a second one.
+    void probe.ended.then(() => { runtime.probing = false; });
+    const result = await probe.result;
+    // The mount may have been stopped or restarted while the probe ran: its result is about the old helper.
+    if (runtime.helper !== helper || (runtime.status !== 'mounted' && runtime.status !== 'unhealthy')) return;
+    const log = this.mountLogger(runtime.record);
+    if (result.state === 'hung') {
+      if (runtime.status !== 'unhealthy') {
+        runtime.status = 'unhealthy';
+        runtime.error = `the mount answers nothing: ${result.detail}; ${await describeProcessState(helper.pid)}. \`strata mount unmount --force ${runtime.record.Name}\` aborts its FUSE connection`;
+        log.error({ helperPid: helper.pid, detail: result.detail }, 'mount helper is not answering; mount marked unhealthy');
       }
-    } finally {
-      runtime.probing = false;
+    } else if (result.state === 'ok' && runtime.status === 'unhealthy') {
+      runtime.status = 'mounted';
+      runtime.error = '';
+      log.warn({ helperPid: helper.pid }, 'mount helper answers again; mount healthy');
     }
   }
 
