@@ -63,7 +63,7 @@ export type RedirectMode = 'on' | 'follow' | 'nofollow';
 
 /** Options mount(8) and mount.fuse3 pass along that do not concern the filesystem itself. */
 const GENERIC_OPTIONS = new Set([
-  'rw', 'exec', 'noexec', 'atime', 'noatime', 'relatime', 'norelatime',
+  'rw', 'dev', 'nodev', 'suid', 'nosuid', 'exec', 'noexec', 'atime', 'noatime', 'relatime', 'norelatime',
   'strictatime', 'nostrictatime', 'lazytime', 'nolazytime', 'diratime', 'nodiratime', 'sync', 'async', 'dirsync',
   'mand', 'nomand', 'auto', 'noauto', 'nofail', 'user', 'nouser', 'users', 'owner', 'group', 'defaults', '_netdev',
   'silent', 'loud', 'iversion', 'noiversion',
