@@ -47,6 +47,81 @@ function chownToCaller(ufs: UnionFs, real: string, parentReal: string, caller: C
   }
 }
 
+const ACL_ACCESS = 'system.posix_acl_access';
+const ACL_DEFAULT = 'system.posix_acl_default';
+const ACL_USER_OBJ = 0x01;
+const ACL_USER = 0x02;
+const ACL_GROUP_OBJ = 0x04;
+const ACL_GROUP = 0x08;
+const ACL_MASK = 0x10;
+const ACL_OTHER = 0x20;
+
+/**
+ * What a new object inherits from its real parent: a default ACL replaces the caller's umask (posix_acl_create);
+ * without one the umask applies. A mode that arrived masked already (no umask known) is used as it is.
+ */
+function inheritanceOf(parentReal: string, caller: Caller): { umask: number; defaultAcl: Buffer | null } {
+  if (caller.umask === undefined) return { umask: 0, defaultAcl: null };
+  let defaultAcl: Buffer | null = null;
+  try {
+    defaultAcl = sys.lgetxattr(parentReal, ACL_DEFAULT);
+  } catch {
+    defaultAcl = null; // no ACL support on the upper filesystem
+  }
+  return { umask: defaultAcl === null ? caller.umask : 0, defaultAcl };
+}
+
+/**
+ * posix_acl_create_masq: the access ACL a new object with requested `mode` gets from its parent's default ACL
+ * (xattr format: u32 version, then {u16 tag, u16 perm, u32 id} entries), the resulting mode, and whether the ACL
+ * says no more than the mode (then no access ACL is stored).
+ */
+function aclFromDefault(defaultAcl: Buffer, requested: number): { acl: Buffer; mode: number; equivalent: boolean } {
+  const acl = Buffer.from(defaultAcl);
+  let mode = requested;
+  let equivalent = true;
+  let groupObj = -1;
+  let maskObj = -1;
+  for (let off = 4; off + 8 <= acl.length; off += 8) {
+    const tag = acl.readUInt16LE(off);
+    const perm = acl.readUInt16LE(off + 2);
+    if (tag === ACL_USER_OBJ) {
+      const p = perm & ((mode >> 6) & 7);
+      acl.writeUInt16LE(p, off + 2);
+      mode = (mode & ~0o700) | (p << 6);
+    } else if (tag === ACL_USER || tag === ACL_GROUP) {
+      equivalent = false;
+    } else if (tag === ACL_GROUP_OBJ) {
+      groupObj = off;
+    } else if (tag === ACL_OTHER) {
+      const p = perm & (mode & 7);
+      acl.writeUInt16LE(p, off + 2);
+      mode = (mode & ~0o7) | p;
+    } else if (tag === ACL_MASK) {
+      maskObj = off;
+      equivalent = false;
+    }
+  }
+  const groupAt = maskObj >= 0 ? maskObj : groupObj;
+  if (groupAt >= 0) {
+    const p = acl.readUInt16LE(groupAt + 2) & ((mode >> 3) & 7);
+    acl.writeUInt16LE(p, groupAt + 2);
+    mode = (mode & ~0o70) | (p << 3);
+  }
+  return { acl, mode, equivalent };
+}
+
+/** Gives an object built in the work dir the ACL and mode its parent's default ACL gives it in place. */
+function applyDefaultAcl(ufs: UnionFs, real: string, defaultAcl: Buffer, isDir: boolean): void {
+  if (sys.lstatRaw(real, ufs.statBuf) < 0) return;
+  const mode = ufs.statBuf[StatIndex.mode] ?? 0;
+  if ((mode & S_IFMT) === 0o120000) return; // symlinks have no ACLs
+  const result = aclFromDefault(defaultAcl, mode & 0o7777);
+  if (!result.equivalent) ufs.realfs.setxattr(real, ACL_ACCESS, result.acl);
+  ufs.realfs.chmod(real, result.mode);
+  if (isDir) ufs.realfs.setxattr(real, ACL_DEFAULT, defaultAcl);
+}
+
 /**
  * Creates a new object at `path` through `make`, which builds it at the real path it is given and may return
  * an fd (for create). Handles copying the parent up, replacing a whiteout, and ownership.
@@ -56,23 +131,26 @@ async function createObject(
   path: string,
   caller: Caller,
   isDir: boolean,
-  make: (real: string) => number | undefined,
+  make: (real: string, umask: number) => number | undefined,
 ): Promise<number | undefined> {
   const { parent: parentPathName, name } = splitPath(path);
   const parent = await copyUp(ufs, ufs.lookupDir(parentPathName));
   ufs.checkName(name);
   const target = ufs.upperReal(path);
+  const inherit = inheritanceOf(parent.top.real, caller);
   const state = upperState(ufs, target);
   if (state === 'present') throw fsError('EEXIST', path);
   let fd: number | undefined;
   const needsTemp = state === 'whiteout' || caller.uid !== 0 || caller.gid !== 0;
   if (!needsTemp) {
-    fd = make(target);
+    // Made in its real parent: the upper filesystem applies a default ACL itself (Strata's umask is 0).
+    fd = make(target, inherit.umask);
   } else {
     const temp = ufs.workTemp();
     try {
-      fd = make(temp);
+      fd = make(temp, inherit.umask);
       chownToCaller(ufs, temp, parent.top.real, caller, isDir);
+      if (inherit.defaultAcl !== null) applyDefaultAcl(ufs, temp, inherit.defaultAcl, isDir);
       if (state === 'whiteout' && isDir) {
         // A directory cannot replace the whiteout by rename(2): swap the two, then drop the whiteout.
         ufs.realfs.setxattr(temp, ufs.xattrs.opaque, Buffer.from('y'));
@@ -99,24 +177,24 @@ async function createObject(
 
 export async function create(ufs: UnionFs, path: string, mode: number, flags: number, caller: Caller): Promise<number> {
   const openFlags = (flags & ~(fs.constants.O_TRUNC | fs.constants.O_NOCTTY | fs.constants.O_DIRECT)) | fs.constants.O_CREAT | fs.constants.O_EXCL;
-  const fd = await createObject(ufs, path, caller, false, (real) => ufs.realfs.openCreate(real, openFlags, mode & 0o7777));
+  const fd = await createObject(ufs, path, caller, false, (real, umask) => ufs.realfs.openCreate(real, openFlags, mode & 0o7777 & ~umask));
   if (fd === undefined) throw fsError('EIO', `create ${path} made no fd`);
   return fd;
 }
 
 export async function mkdir(ufs: UnionFs, path: string, mode: number, caller: Caller): Promise<void> {
-  await createObject(ufs, path, caller, true, (real) => {
-    ufs.realfs.mkdir(real, mode & 0o7777);
+  await createObject(ufs, path, caller, true, (real, umask) => {
+    ufs.realfs.mkdir(real, mode & 0o7777 & ~umask);
     return undefined;
   });
 }
 
 export async function mknod(ufs: UnionFs, path: string, mode: number, dev: number, caller: Caller): Promise<void> {
-  await createObject(ufs, path, caller, false, (real) => {
+  await createObject(ufs, path, caller, false, (real, umask) => {
     if ((mode & S_IFMT) === S_IFREG || (mode & S_IFMT) === 0) {
-      fs.closeSync(ufs.realfs.openCreate(real, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, mode & 0o7777));
+      fs.closeSync(ufs.realfs.openCreate(real, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, mode & 0o7777 & ~umask));
     } else {
-      ufs.realfs.mknod(real, mode, dev);
+      ufs.realfs.mknod(real, (mode & ~0o7777) | (mode & 0o7777 & ~umask), dev);
     }
     return undefined;
   });

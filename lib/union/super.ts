@@ -38,6 +38,11 @@ export interface Caller {
   gid: number;
   /** The requesting process, when the transport knows it (its supplementary groups are in /proc). */
   pid?: number;
+  /**
+   * The caller's umask, for a mode that arrives without it (FUSE_DONT_MASK): applied unless the parent has a
+   * default ACL, which replaces it. Undefined when the mode arrives already masked (fuse-native).
+   */
+  umask?: number;
 }
 
 export interface StatfsResult {

@@ -31,6 +31,9 @@ export type Op =
   | ['rename', string, string]
   | ['mv', string, string]
   | ['asUser', number, number, 'mkdir' | 'touch' | 'setfacl', string, string?]
+  | ['setfaclDefault', string, string]
+  | ['withUmask', string, 'touch' | 'mkdir', string, number?, number?]
+  | ['getfacl', string]
   | ['fallocate', string, FallocateMode, number, number]
   | ['fstatDirAfterRenameOver', string, string]
   | ['link', string, string]
@@ -238,6 +241,18 @@ async function perform(ctx: OpContext, op: Op, p: (rel: string) => string): Prom
       tool('setpriv', [`--reuid=${uid}`, `--regid=${gid}`, '--clear-groups', ...argv], cwd);
       return undefined;
     }
+    case 'setfaclDefault':
+      tool('setfacl', ['-d', '-m', op[2], '--', op[1]], cwd);
+      return undefined;
+    case 'withUmask': {
+      // Creates with a given umask (and optionally as another user): a parent's default ACL replaces the umask.
+      const [, umask, cmd, target, uid, gid] = op;
+      const shell = ['sh', '-c', `umask ${umask} && ${cmd} -- "$1"`, 'sh', target];
+      tool(uid === undefined ? shell[0]! : 'setpriv', uid === undefined ? shell.slice(1) : [`--reuid=${uid}`, `--regid=${gid ?? uid}`, '--clear-groups', ...shell], cwd);
+      return undefined;
+    }
+    case 'getfacl':
+      return tool('getfacl', ['-c', '-p', '--', op[1]], cwd).trim().split('\n').join(',');
     case 'mv':
       // coreutils mv: on EXDEV it copies the tree and deletes the source.
       tool('mv', ['-T', '--', op[1], op[2]], cwd);

@@ -369,4 +369,17 @@ export const scenarios: Scenario[] = [
       ['asUser', 100, 101, 'setfacl', 'd', 'u:200:rx'], ['stat', 'd'], ['asUser', 100, 101, 'setfacl', 'f', 'u:201:r'], ['stat', 'f'],
     ],
   },
+  {
+    // A parent's default ACL replaces the creator's umask (the mode still masks the inherited ACL).
+    name: 'default-acl-replaces-umask',
+    layers: [{}, { ad: { type: 'dir', mode: 0o777 }, 'ad/sub': { type: 'dir', mode: 0o777 }, plain: { type: 'dir', mode: 0o777 } }],
+    ops: [
+      ['setfaclDefault', 'ad', 'u::rwx,g::r-x,o::---'], ['withUmask', '722', 'touch', 'ad/f'], ['stat', 'ad/f'], ['getfacl', 'ad/f'],
+      ['withUmask', '722', 'mkdir', 'ad/d'], ['stat', 'ad/d'], ['getfacl', 'ad/d'], ['withUmask', '722', 'touch', 'ad/f2', 100, 100], ['stat', 'ad/f2'],
+      ['withUmask', '077', 'mkdir', 'ad/d2', 100, 100], ['stat', 'ad/d2'], ['getfacl', 'ad/d2'], ['withUmask', '722', 'touch', 'plain/f'], ['stat', 'plain/f'],
+      ['withUmask', '027', 'mkdir', 'plain/d', 100, 100], ['stat', 'plain/d'], ['setfaclDefault', 'ad/sub', 'u::rwx,u:200:rwx,g::r-x,m::rwx,o::r-x'],
+      ['withUmask', '777', 'touch', 'ad/sub/f'], ['stat', 'ad/sub/f'], ['getfacl', 'ad/sub/f'], ['withUmask', '777', 'touch', 'ad/sub/g', 100, 100], ['getfacl', 'ad/sub/g'],
+      ['withUmask', '000', 'mkdir', 'ad/sub/d', 100, 100], ['getfacl', 'ad/sub/d'],
+    ],
+  },
 ];

@@ -21,8 +21,8 @@ export function childPath(parent: KernelNode, name: string): string {
   return parentPath === '/' ? `/${name}` : `${parentPath}/${name}`;
 }
 
-function callerOf(req: Request): Caller {
-  return { uid: req.uid, gid: req.gid };
+function callerOf(req: Request, umask?: number): Caller {
+  return { uid: req.uid, gid: req.gid, pid: req.pid, umask };
 }
 
 function isNotFound(err: unknown): boolean {
@@ -69,7 +69,7 @@ export async function mknod(s: FuseSession, req: Request): Promise<void> {
   const rdev = buf.readUInt32LE(body + 4);
   const [name] = readName(buf, body + 16, req.end);
   const p = childPath(parent, name);
-  await s.ufs.mknod(p, mode, rdev, callerOf(req));
+  await s.ufs.mknod(p, mode, rdev, callerOf(req, buf.readUInt32LE(body + 8)));
   replyCreated(s, req, parent, name, p);
 }
 
@@ -79,7 +79,7 @@ export async function mkdir(s: FuseSession, req: Request): Promise<void> {
   const mode = buf.readUInt32LE(body);
   const [name] = readName(buf, body + 8, req.end);
   const p = childPath(parent, name);
-  await s.ufs.mkdir(p, mode, callerOf(req));
+  await s.ufs.mkdir(p, mode, callerOf(req, buf.readUInt32LE(body + 4)));
   replyCreated(s, req, parent, name, p);
 }
 
@@ -111,7 +111,7 @@ export async function create(s: FuseSession, req: Request): Promise<void> {
   const mode = buf.readUInt32LE(body + 4);
   const [name] = readName(buf, body + 16, req.end);
   const p = childPath(parent, name);
-  const fd = await s.ufs.create(p, mode, flags, callerOf(req));
+  const fd = await s.ufs.create(p, mode, flags, callerOf(req, buf.readUInt32LE(body + 8)));
   let node: KernelNode;
   try {
     s.ufs.getattr(p, s.statBuf);

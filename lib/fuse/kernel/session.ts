@@ -226,7 +226,9 @@ export class FuseSession {
     let wanted =
       InitFlag.ASYNC_READ | InitFlag.ATOMIC_O_TRUNC | InitFlag.BIG_WRITES | InitFlag.DO_READDIRPLUS |
       InitFlag.PARALLEL_DIROPS | InitFlag.MAX_PAGES | InitFlag.CACHE_SYMLINKS |
-      InitFlag.ASYNC_DIO | InitFlag.ABORT_ERROR | InitFlag.INIT_EXT;
+      InitFlag.ASYNC_DIO | InitFlag.ABORT_ERROR | InitFlag.INIT_EXT |
+      // Modes of new objects arrive without the umask (which comes along): a default ACL replaces it (union/dir.ts).
+      InitFlag.DONT_MASK;
     wanted += InitFlag.NO_EXPORT_SUPPORT;
     if (this.options.passthrough) wanted += InitFlag.PASSTHROUGH;
     const agreed = andFlags(wanted, offered);
