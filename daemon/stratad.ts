@@ -14,7 +14,7 @@ import { hideBin } from 'yargs/helpers';
 import { StrataError } from '../lib/errors.js';
 import { createLogger, type Logger } from '../lib/log.js';
 import { MountService } from '../lib/mounts/service.js';
-import { LocalImageBackend, openImageServices } from '../lib/cli/backend.js';
+import { LocalImageBackend, openImageServices } from '../lib/images/service.js';
 import { StoreLayerProvider } from '../lib/images/layer-provider.js';
 import { CommitService } from '../lib/images/commit-image.js';
 import { LostAndFound } from '../lib/store/lost-found.js';

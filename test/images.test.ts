@@ -8,7 +8,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
-import { openImageServices } from '../lib/cli/backend.js';
+import { openImageServices } from '../lib/images/service.js';
 import { StoreLayerProvider } from '../lib/images/layer-provider.js';
 import { chainIdsOf, type Digest } from '../lib/layers/digest.js';
 import { createLogger } from '../lib/log.js';

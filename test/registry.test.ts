@@ -13,7 +13,7 @@ import { Scratch, buildBusyboxOci, listDir, run, runOk, strata, strataJs, tarDir
 import { CountingProxy, RealRegistry, freePort } from './helpers/registry.js';
 import { repoRoot, startDaemon, tempDir } from './helpers/daemon-harness.js';
 import { diffTrees, snapshotTree } from './helpers/tree.js';
-import { openImageServices } from '../lib/cli/backend.js';
+import { openImageServices } from '../lib/images/service.js';
 import { createLogger } from '../lib/log.js';
 import { usesPlainHttp } from '../lib/registry/reference.js';
 import { Metastore } from '../lib/store/metastore.js';

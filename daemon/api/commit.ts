@@ -4,7 +4,7 @@
  * host, as /images/load reads one). See docs/commit-export.md.
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import type { ImageBackend } from '../../lib/cli/backend.js';
+import type { ImageBackend } from '../../lib/images/service.js';
 import type { CommitService } from '../../lib/images/commit-image.js';
 import type { ProgressListener } from '../../lib/layers/types.js';
 import { toErrorResponse } from './server.js';

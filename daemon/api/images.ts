@@ -5,7 +5,7 @@
  * daemon's host (the CLI runs on the same machine).
  */
 import type { FastifyInstance } from 'fastify';
-import type { ImageBackend } from '../../lib/cli/backend.js';
+import type { ImageBackend } from '../../lib/images/service.js';
 import { withProgressStream } from './commit.js';
 
 const refParam = { type: 'object', properties: { ref: { type: 'string', minLength: 1, maxLength: 1024 } }, required: ['ref'] } as const;

@@ -5,7 +5,7 @@
  * request logging is off and errors carry only the registry's answer.
  */
 import type { FastifyInstance } from 'fastify';
-import type { ImageBackend } from '../../lib/cli/backend.js';
+import type { ImageBackend } from '../../lib/images/service.js';
 
 const ref = { type: 'string', minLength: 1, maxLength: 512 } as const;
 const host = { type: 'string', minLength: 1, maxLength: 300 } as const;

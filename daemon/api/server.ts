@@ -17,7 +17,7 @@ import type { Logger } from '../../lib/log.js';
 import type { MountService } from '../../lib/mounts/service.js';
 import type { AttachmentRequest } from '../../lib/mounts/attachments.js';
 import type { DaemonConfig } from '../config.js';
-import type { ImageBackend } from '../../lib/cli/backend.js';
+import type { ImageBackend } from '../../lib/images/service.js';
 import type { VolumeService } from '../../lib/volumes/service.js';
 import { registerImageRoutes } from './images.js';
 import type { StoreMaintenance } from '../../lib/store/maintenance.js';

@@ -1,7 +1,8 @@
 /** Shared by `strata image` and `strata layer`: opening the backend, progress on a TTY, and formatting. */
 import type { CommandModule } from 'yargs';
 import { createLogger } from '../../log.js';
-import { openImageBackend, type ImageBackend } from '../backend.js';
+import { openImageBackend } from '../backend.js';
+import type { ImageBackend } from '../../images/service.js';
 import { progressBars } from '../progress.js';
 import type { ImportProgress, ProgressListener } from '../../layers/types.js';
 

@@ -12,7 +12,7 @@ import { LostAndFound } from '../../store/lost-found.js';
 import { fsckReport, type FsckReport } from '../../store/maintenance.js';
 import { VolumeService } from '../../volumes/service.js';
 import { Metastore } from '../../store/metastore.js';
-import { DEFAULT_ROOT, openImageServices } from '../backend.js';
+import { DEFAULT_ROOT, openImageServices } from '../../images/service.js';
 import { printJson, printTable } from '../output.js';
 import { clientFor } from './mount.js';
 
