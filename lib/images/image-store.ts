@@ -16,6 +16,7 @@ import { chainIdsOf, type Digest } from '../layers/digest.js';
 import { refOpsFor, type CommitItem, type LayerStore, type StagedLayer } from '../layers/layer-store.js';
 import type { ProgressListener } from '../layers/types.js';
 import { normalizeName, readDockerArchive, readOciLayout, sniffSource, unpackArchive, type ImageConfig, type SourceImage } from './sources.js';
+import { Lock } from '../util/keyed-lock.js';
 
 export interface ImageRecord {
   /** The config digest, as Docker names images. */
@@ -54,7 +55,7 @@ const MAX_ARCHIVE_BYTES = 512 * 2 ** 30;
 
 export class ImageStore {
   private readonly log: Logger;
-  private writeQueue: Promise<unknown> = Promise.resolve();
+  private readonly writeLock = new Lock();
 
   constructor(
     private readonly metastore: Metastore,
@@ -301,9 +302,7 @@ export class ImageStore {
   }
 
   private exclusive<T>(work: () => Promise<T>): Promise<T> {
-    const run = this.writeQueue.then(work, work);
-    this.writeQueue = run.catch(() => undefined);
-    return run;
+    return this.writeLock.run(work);
   }
 }
 

@@ -33,6 +33,7 @@ import { applyLayerTar } from './apply-tar.js';
 import { decompressor, detectCompression, type Compression } from './compression.js';
 import { HashingStream, chainIdOf, hexOf, type Digest } from './digest.js';
 import type { LayerContentRecord, LayerInfo, LayerRecord, LayerRefRecord, ProgressListener } from './types.js';
+import { Lock } from '../util/keyed-lock.js';
 
 export const LAYER_MEDIA_TYPES: ReadonlySet<string> = new Set([
   'application/vnd.oci.image.layer.v1.tar',
@@ -126,7 +127,7 @@ export class LayerStore {
   private readonly lostAndFound: LostAndFound;
   private sysModule: StrataSys | null = null;
   /** Serialises commits and removals, which read-then-write the metastore. */
-  private writeQueue: Promise<unknown> = Promise.resolve();
+  private readonly writeLock = new Lock();
 
   constructor(
     private readonly metastore: Metastore,
@@ -775,9 +776,7 @@ export class LayerStore {
   }
 
   private exclusive<T>(work: () => Promise<T>): Promise<T> {
-    const run = this.writeQueue.then(work, work);
-    this.writeQueue = run.catch(() => undefined);
-    return run;
+    return this.writeLock.run(work);
   }
 }
 

@@ -45,6 +45,7 @@ import { describeProcessState, probeMount } from './health.js';
 import { detachMount, forceDetach, mountAt } from './mountinfo.js';
 import { resolveTarget, type TargetPolicy } from './targets.js';
 import { checkUsableDir, resolveSources, type LayerProvider, type ResolvedSource } from './sources.js';
+import { Lock } from '../util/keyed-lock.js';
 
 export type DesiredState = 'mounted' | 'unmounted';
 export type MountStatus = 'mounted' | 'unhealthy' | 'unmounted' | 'starting' | 'restarting' | 'failed';
@@ -138,8 +139,8 @@ interface MountRuntime {
   /** The helper being stopped on purpose: its exit is expected and must not trigger a restart. */
   stoppingHelper?: HelperProcess;
   restartTimer?: NodeJS.Timeout;
-  /** Tail of the per-mount operation queue. */
-  queue: Promise<unknown>;
+  /** Operations on this mount run one at a time. */
+  lock: Lock;
   /** A health probe is outstanding (never two at once: a stuck one holds a child process). */
   probing?: boolean;
 }
@@ -364,7 +365,7 @@ export class MountService {
     await Promise.all([...this.runtimes.values()].map(async (runtime) => {
       this.cancelRestart(runtime);
       try {
-        await runtime.queue;
+        await runtime.lock.idle();
         await this.stopHelper(runtime, { lazyIfBusy: true, force: runtime.status === 'unhealthy' });
       } catch (err) {
         this.mountLogger(runtime.record).error({ err }, 'could not unmount cleanly at shutdown');
@@ -460,15 +461,13 @@ export class MountService {
   }
 
   private addRuntime(record: MountRecord): MountRuntime {
-    const runtime: MountRuntime = { record, status: 'unmounted', restarts: 0, consecutiveFailures: 0, error: '', queue: Promise.resolve() };
+    const runtime: MountRuntime = { record, status: 'unmounted', restarts: 0, consecutiveFailures: 0, error: '', lock: new Lock() };
     this.runtimes.set(record.Id, runtime);
     return runtime;
   }
 
   private enqueue<T>(runtime: MountRuntime, operation: () => Promise<T>): Promise<T> {
-    const run = runtime.queue.then(operation);
-    runtime.queue = run.catch(() => undefined);
-    return run;
+    return runtime.lock.run(operation);
   }
 
   private find(reference: string): MountRuntime {
@@ -734,7 +733,7 @@ async function isLeftoverHelper(pid: number, target: string): Promise<boolean> {
 }
 
 /**
- * The mount part of fsck on the records as stored: the daemon calls it inside its create queue (MountService.fsck);
+ * The mount part of fsck on the records as stored: the daemon calls it through MountService.fsck;
  * `strata fsck` calls it directly on a state dir no daemon serves. `busy` names mounts whose dir may briefly outlive
  * their record (being removed).
  */

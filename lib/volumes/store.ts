@@ -14,7 +14,7 @@ import type { BatchOp, Metastore } from '../store/metastore.js';
 import { StrataError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { LocalDriver } from './local.js';
-import { KeyedLock } from './locks.js';
+import { KeyedLock } from '../util/keyed-lock.js';
 import type { VolumeRecord, VolumeRef } from './types.js';
 
 /** Who holds a reference: a union mount, by id (stable) and name (for messages). */

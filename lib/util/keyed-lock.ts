@@ -1,8 +1,25 @@
 /**
- * Per-key mutual exclusion (moby's `locker`): operations on one volume name run one at a time, operations on
- * different names run concurrently. Keys are locked in sorted order when several are taken, so two callers that
- * need overlapping sets cannot deadlock.
+ * Mutual exclusion for async work, the one implementation the stores and services share.
+ *
+ * Lock: operations run one at a time in call order; a failed operation does not stop the ones queued behind it.
+ * KeyedLock (moby's `locker`): the same per key; operations on different keys run concurrently. Keys are taken in
+ * sorted order when several are needed, so two callers that need overlapping sets cannot deadlock.
  */
+export class Lock {
+  private tail: Promise<unknown> = Promise.resolve();
+
+  run<T>(work: () => Promise<T>): Promise<T> {
+    const run = this.tail.then(work, work);
+    this.tail = run.catch(() => undefined);
+    return run;
+  }
+
+  /** Resolves once everything queued so far has finished (never rejects). */
+  async idle(): Promise<void> {
+    await this.tail;
+  }
+}
+
 export class KeyedLock {
   private readonly tails = new Map<string, Promise<unknown>>();
 
