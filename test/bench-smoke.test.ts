@@ -11,6 +11,7 @@ import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
+import { readMountTableSync } from '../lib/mounts/mountinfo.js';
 import { builtFile } from './helpers/build.js';
 
 // A missing build fails the file, rather than dropping strata from the comparison (the bench runs this one).
@@ -34,10 +35,7 @@ mkdirSync(benchTmp);
 const env = { ...process.env, TMPDIR: benchTmp };
 
 function mountsUnder(dir: string): string[] {
-  return readFileSync('/proc/self/mountinfo', 'utf8')
-    .split('\n')
-    .map((line) => (line.split(' ')[4] ?? '').replace(/\\([0-7]{3})/g, (_, oct: string) => String.fromCharCode(parseInt(oct, 8))))
-    .filter((m) => m.startsWith(`${dir}/`));
+  return readMountTableSync().map((entry) => entry.mountPoint).filter((m) => m.startsWith(`${dir}/`));
 }
 
 t.teardown(() => {

@@ -16,9 +16,9 @@
  *    keeps hard links coherent by path at a fraction of the cost of attr_timeout=0 (measured: find -ls and
  *    tar -c 3-4x slower with attr_timeout=0, about 15% with entry_timeout=0).
  */
-import fs from 'node:fs';
 import type { Logger } from '../log.js';
 import { StrataError } from '../errors.js';
+import { readMountTableSync } from '../mounts/mountinfo.js';
 import type { UnionFs } from '../union/super.js';
 import { loadFuseNative } from './binding.js';
 import { createFuseOps, type CallerSource } from './ops.js';
@@ -131,16 +131,7 @@ export function fuseOptionString(options: FuseMountOptions): string {
 
 /** True when `mountpoint` is the mount point of something right now. */
 export function isMountPoint(mountpoint: string): boolean {
-  const info = fs.readFileSync('/proc/self/mountinfo', 'utf8');
-  for (const line of info.split('\n')) {
-    const fields = line.split(' ');
-    if (fields[4] !== undefined && unescapeMountPath(fields[4]) === mountpoint) return true;
-  }
-  return false;
-}
-
-function unescapeMountPath(value: string): string {
-  return value.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(parseInt(octal, 8)));
+  return readMountTableSync().some((entry) => entry.mountPoint === mountpoint);
 }
 
 export class FuseMount implements Mount {

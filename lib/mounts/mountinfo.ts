@@ -8,6 +8,7 @@
  * connection is found by the device number mountinfo lists, never by stat'ing the mount.
  */
 import { execFile } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { StrataError } from '../errors.js';
@@ -54,6 +55,11 @@ export function parseMountInfo(text: string): MountEntry[] {
 
 export async function readMountTable(): Promise<MountEntry[]> {
   return parseMountInfo(await readFile('/proc/self/mountinfo', 'utf8'));
+}
+
+/** readMountTable() for callers that cannot wait (the FUSE transport's mount checks, test clean-up). */
+export function readMountTableSync(): MountEntry[] {
+  return parseMountInfo(readFileSync('/proc/self/mountinfo', 'utf8'));
 }
 
 /** The topmost mount at exactly `mountPoint`, if any. */

@@ -14,6 +14,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { builtFile, repoRoot } from './build.js';
+import { readMountTableSync } from '../../lib/mounts/mountinfo.js';
 
 export { repoRoot };
 // The daemon tests drive the built programs: without the build, importing the harness fails.
@@ -33,8 +34,7 @@ export function testMountProgram(): string | undefined {
 }
 
 export function mountPoints(): string[] {
-  return fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter(Boolean)
-    .map((line) => (line.split(' ')[4] ?? '').replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8))));
+  return readMountTableSync().map((entry) => entry.mountPoint);
 }
 
 export function isMounted(dir: string): boolean {

@@ -18,6 +18,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { once } from 'node:events';
+import { readMountTableSync } from '../../lib/mounts/mountinfo.js';
 import { parseOptions } from '../../lib/union/params.js';
 import { builtFile, repoRoot } from './build.js';
 
@@ -104,10 +105,9 @@ export function runOk(cmd: string, args: readonly string[], options: Parameters<
   return r.stdout;
 }
 
-/** Mount points currently listed in /proc/mounts (octal escapes decoded). */
+/** Mount points currently in this process's mount table (octal escapes decoded). */
 export function mountedPaths(): string[] {
-  return fs.readFileSync('/proc/mounts', 'utf8').split('\n').filter(Boolean)
-    .map((line) => (line.split(' ')[1] ?? '').replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8))));
+  return readMountTableSync().map((entry) => entry.mountPoint);
 }
 
 export function isMounted(mnt: string): boolean {
