@@ -920,13 +920,6 @@ static napi_value js_readdir_ino(napi_env env, napi_callback_info info) {
  * plain context switch. Only the calling thread is pinned; threads it creates afterwards (libfuse's) inherit it.
  * ------------------------------------------------------------------------------------------------------------- */
 
-static napi_value js_current_cpu(napi_env env, napi_callback_info info) {
-  (void) info;
-  napi_value result;
-  napi_create_int32(env, sched_getcpu(), &result);
-  return result;
-}
-
 static napi_value js_pin_thread_to_cpu(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
@@ -968,7 +961,6 @@ NAPI_MODULE_INIT() {
     {"openByHandle", NULL, js_open_by_handle, NULL, NULL, NULL, napi_enumerable, NULL},
     {"getFsUuid", NULL, js_get_fs_uuid, NULL, NULL, NULL, napi_enumerable, NULL},
     {"readdirIno", NULL, js_readdir_ino, NULL, NULL, NULL, napi_enumerable, NULL},
-    {"currentCpu", NULL, js_current_cpu, NULL, NULL, NULL, napi_enumerable, NULL},
     {"pinThreadToCpu", NULL, js_pin_thread_to_cpu, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   if (napi_define_properties(env, exports, sizeof functions / sizeof functions[0], functions) != napi_ok) {

@@ -158,7 +158,7 @@ t.test('a 128-layer chain mounts (short relative lowerdir names)', async (t) => 
   t.equal(imported.status, 0, `import 128 layers: ${imported.stderr}`);
 
   const services = await openServices(root);
-  const top = await services.images.resolveTopLayer('deep:128');
+  const top = (await services.images.resolve('deep:128')).chainIDs.at(-1);
   const spec = await services.layers.lowerDirSpec(top!);
   const absolute = await services.layers.lowerDirs(top!);
   await services.close();

@@ -212,7 +212,7 @@ t.test('references: holders and child layers block removal and are named; prune 
     }
   };
   const spec = await withStore(async (ls) => {
-    await ls.acquire(child as Digest, 'mount:web');
+    await ls.acquireLayers((await ls.chain(child as Digest)).map((layer) => layer.chainID), 'mount:web');
     return ls.lowerDirSpec(child as Digest);
   });
   t.equal(spec.names.length, 2, 'lowerDirSpec lists the chain');
@@ -225,7 +225,7 @@ t.test('references: holders and child layers block removal and are named; prune 
   t.match(r.stderr, /mount:web/, 'the holder of a chain holds its lower layers too');
   t.same(strataJson<{ deletedLayers: string[] }>(root, 'layer', 'prune').deletedLayers, [], 'prune keeps held layers');
 
-  await withStore(async (ls) => ls.release(child as Digest, 'mount:web'));
+  await withStore(async (ls) => ls.releaseLayers((await ls.chain(child as Digest)).map((layer) => layer.chainID), 'mount:web'));
   t.same(strataJson<{ deletedLayers: string[] }>(root, 'layer', 'prune').deletedLayers, [child, base], 'prune removes the chain, children first');
   t.same(listDir(path.join(root, 'layers')), [], 'content dirs deleted');
   r = strata(root, 'layer', 'rm', 'deadbeef');

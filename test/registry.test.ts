@@ -56,7 +56,8 @@ async function lowerDirsOf(root: string, ref: string): Promise<string[]> {
   const metastore = await Metastore.open(path.join(root, 'db'), logger);
   try {
     const services = await openImageServices(metastore, root, logger);
-    return await services.images.lowerDirs(ref);
+    const top = (await services.images.resolve(ref)).chainIDs.at(-1);
+    return top === undefined ? [] : await services.layers.lowerDirs(top);
   } finally {
     await metastore.close();
   }

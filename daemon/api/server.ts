@@ -267,7 +267,3 @@ export async function listenOnSocket(app: FastifyInstance, config: DaemonConfig,
   await chmod(config.socket, 0o660);
   logger.info({ socket: config.socket, gid }, 'control API listening');
 }
-
-export function isStrataCode(code: string): code is keyof typeof STRATA_ERRORS {
-  return code in STRATA_ERRORS;
-}

@@ -234,25 +234,6 @@ export class ImageStore {
     }));
   }
 
-  /**
-   * The top chainID of an image or layer reference (images win when a string could be both), for a mount:
-   * acquire() it, then lowerDirSpec() it. Null for an image without layers.
-   */
-  async resolveTopLayer(ref: string): Promise<Digest | null> {
-    try {
-      return (await this.resolve(ref)).chainIDs.at(-1) ?? null;
-    } catch (err) {
-      if (!(err instanceof StrataError) || err.code !== 'STRATA_NOT_FOUND') throw err;
-    }
-    return this.layers.resolve(ref);
-  }
-
-  /** Content dirs of an image or layer reference, top layer first (see LayerStore.lowerDirSpec for long stacks). */
-  async lowerDirs(ref: string): Promise<string[]> {
-    const top = await this.resolveTopLayer(ref);
-    return top === null ? [] : this.layers.lowerDirs(top);
-  }
-
   // ---------------------------------------------------------------- removal
 
   /**

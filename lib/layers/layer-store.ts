@@ -466,22 +466,9 @@ export class LayerStore {
   }
 
   /**
-   * `holder` (e.g. "mount:web") starts using the chain ending at `chainID`; its layers cannot be removed until
-   * release(). Persisted; idempotent.
+   * `holder` (e.g. "mount:web") starts using exactly the listed layers (the mount service passes a whole chain,
+   * chain() gives one); they cannot be removed until releaseLayers(). Persisted; idempotent.
    */
-  async acquire(chainID: Digest, holder: string): Promise<void> {
-    await this.exclusive(async () => this.metastore.batch(await this.refOps(chainID, holder, 'put')));
-  }
-
-  /** Ends what acquire() started. Releasing a chain that `holder` does not hold is a no-op. */
-  async release(chainID: Digest, holder: string): Promise<void> {
-    await this.exclusive(async () => {
-      if (!(await this.has(chainID))) return;
-      await this.metastore.batch(await this.refOps(chainID, holder, 'del'));
-    });
-  }
-
-  /** Like acquire(), but holds exactly the listed layers (the mount service passes a whole chain). */
   async acquireLayers(chainIDs: readonly Digest[], holder: string): Promise<void> {
     await this.exclusive(async () => {
       for (const id of chainIDs) await this.getRecord(id);

@@ -89,8 +89,6 @@ export interface StrataSys {
   /** readdir(3) of a directory in one call, without "." and "..". */
   readdirIno(dir: string): DirListing;
 
-  /** sched_getcpu(3): the CPU the calling thread runs on. */
-  currentCpu(): number;
   /** sched_setaffinity(2) of the calling thread to one CPU; threads it creates later inherit it. */
   pinThreadToCpu(cpu: number): void;
 }

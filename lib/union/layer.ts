@@ -69,7 +69,3 @@ export interface UnionEntry {
   /** st_nlink of the lower object, for lower non-directories. */
   lowerNlink?: number;
 }
-
-export function isDirType(type: number): boolean {
-  return type === S_IFDIR;
-}
