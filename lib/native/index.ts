@@ -56,7 +56,7 @@ export interface StrataSys {
   llistxattr(file: string): string[];
   /** lremovexattr(2). */
   lremovexattr(file: string, name: string): void;
-  /** fgetxattr/fsetxattr/flistxattr on an open fd (used by copy-up, which works on fds). */
+  /** fgetxattr/fsetxattr/flistxattr on an open fd (layer import sets xattrs on the fd it wrote; copy-up uses the l* calls). */
   fgetxattr(fd: number, name: string): Buffer | null;
   fsetxattr(fd: number, name: string, value: Buffer, flags: number): void;
   flistxattr(fd: number): string[];

@@ -53,7 +53,11 @@ export interface UnionParams {
   nullUuid: boolean;
   /** The CPU the server's threads are kept on ('any' to let the scheduler choose), see strata-overlay.ts. */
   cpu?: number | 'any';
-  /** Generic or kernel-overlayfs options that were accepted and have no effect here. */
+  /**
+   * Options accepted without effect: mount(8)'s generic ones (rw, nodev, noatime, …, x-*, comment=) and the FUSE
+   * options Strata always sets itself (allow_other, default_permissions, subtype). Kernel overlayfs options are
+   * never among them (see FIXED_KERNEL_OPTIONS).
+   */
   ignored: string[];
 }
 
@@ -71,7 +75,8 @@ const GENERIC_OPTIONS = new Set([
 
 /**
  * Kernel overlayfs options Strata does not implement: accepted only with the value that asks for what
- * Strata does anyway, refused otherwise with the reason. Never accepted and ignored.
+ * Strata does anyway, refused otherwise with the reason. Unlike the generic options, a kernel overlayfs option
+ * is never accepted and ignored.
  */
 const FIXED_KERNEL_OPTIONS: Record<string, { accepts: (value: string | undefined) => boolean; refusal: string }> = {
   // Strata always keeps the layers' inode numbers apart in the high bits of st_ino under one st_dev.
