@@ -9,6 +9,7 @@ import { sys, StatIndex } from '../native/index.js';
 import type { UnionFs, Caller } from '../union/super.js';
 import { toNegativeErrno } from './errno.js';
 import { encodeDirentStat, encodeStat } from './stat.js';
+import { O_PATH } from '../union/util.js';
 
 type Done = (result: number) => void;
 type DoneWith<T> = (result: number, value?: T) => void;
@@ -24,7 +25,6 @@ const ROOT_CALLER: Caller = { uid: 0, gid: 0 };
  * so fstat on the open file still works (nlink 0, as on kernel overlayfs) and the upper dir gets no extra file.
  */
 const LIBFUSE_HIDDEN_NAME = /\/\.fuse_hidden[0-9a-f]{16}$/;
-const O_PATH = 0o10000000;
 
 interface HiddenFile {
   fd: number;

@@ -22,10 +22,10 @@ import tarStream, { type Header as Headers } from 'tar-stream';
 import { FsError, StrataError, fsError, isErrno } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { StrataSys } from '../native/index.js';
+import { OVL_OPAQUE_XATTR, OVL_XATTR_PREFIX } from '../union/util.js';
 
 export const WHITEOUT_PREFIX = '.wh.';
 export const OPAQUE_MARKER = '.wh..wh..opq';
-export const OPAQUE_XATTR = 'trusted.overlay.opaque';
 
 const S_IFCHR = 0o020000;
 const S_IFBLK = 0o060000;
@@ -201,7 +201,7 @@ class LayerTarApplier {
 
     if (base === OPAQUE_MARKER) {
       const dirRel = await this.ensureParents(parts, entryName);
-      this.options.sys.lsetxattr(path.join(this.root, dirRel), OPAQUE_XATTR, Buffer.from('y'), 0);
+      this.options.sys.lsetxattr(path.join(this.root, dirRel), OVL_OPAQUE_XATTR, Buffer.from('y'), 0);
       return;
     }
     if (base.startsWith(`${WHITEOUT_PREFIX}${WHITEOUT_PREFIX}`)) {
@@ -385,7 +385,7 @@ class LayerTarApplier {
     const out: Array<[string, Buffer]> = [];
     for (const [name, value] of raw) {
       // Only the opaque marker is meaningful in a layer; redirects and the like could point anywhere.
-      if (name.startsWith('trusted.overlay.') && (name !== OPAQUE_XATTR || value.toString() !== 'y')) {
+      if (name.startsWith(OVL_XATTR_PREFIX) && (name !== OVL_OPAQUE_XATTR || value.toString() !== 'y')) {
         this.log.debug({ entry: header.name, xattr: name }, 'dropping overlay-private xattr from layer');
         continue;
       }

@@ -10,10 +10,10 @@
 import { lstatSync, readdirSync, type BigIntStats } from 'node:fs';
 import path from 'node:path';
 import { sys } from '../native/index.js';
+import { OVL_OPAQUE_XATTR } from '../union/util.js';
 
 export const OVL_XATTR_PREFIX = 'trusted.overlay.';
 const OVL_ESCAPED_PREFIX = 'trusted.overlay.overlay.';
-export const OVL_OPAQUE = 'trusted.overlay.opaque';
 export const OVL_REDIRECT = 'trusted.overlay.redirect';
 
 export function lstatOrNull(file: string): BigIntStats | null {
@@ -26,7 +26,7 @@ export function isWhiteout(st: BigIntStats): boolean {
 }
 
 export function isOpaque(dir: string): boolean {
-  return sys.lgetxattr(dir, OVL_OPAQUE)?.toString() === 'y';
+  return sys.lgetxattr(dir, OVL_OPAQUE_XATTR)?.toString() === 'y';
 }
 
 export function redirectOf(dir: string): string | null {

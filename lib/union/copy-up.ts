@@ -14,6 +14,7 @@ import { encodeOrigin } from './origin.js';
 import { indexPathFor, storeUnionNlink, unionNlinkOf } from './index.js';
 import { isCopiedXattr } from './xattrs.js';
 import type { UnionFs } from './super.js';
+import { parentPath } from './util.js';
 
 export interface CopyUpOptions {
   /** Skip copying file data (the caller is about to truncate to zero, e.g. open with O_TRUNC). */
@@ -125,11 +126,6 @@ async function copyUpOne(ufs: UnionFs, entry: UnionEntry, options: CopyUpOptions
   ufs.attrsChanged?.(entry.path);
   ufs.logger.debug({ path: entry.path, from: source.real }, 'copied up');
   return copied;
-}
-
-function parentPath(p: string): string {
-  const i = p.lastIndexOf('/');
-  return i <= 0 ? '/' : p.slice(0, i);
 }
 
 async function copyFileData(ufs: UnionFs, sourceReal: string, temp: string, length: number): Promise<void> {

@@ -18,13 +18,9 @@ import { isMergedEmpty } from './readdir.js';
 import { copyUp } from './copy-up.js';
 import { adjustUnionNlink, indexEntryOf, unionNlinkAt } from './index.js';
 import type { UnionFs, Caller } from './super.js';
+import { splitPath } from './util.js';
 
 const S_ISGID = 0o2000;
-
-export function splitPath(p: string): { parent: string; name: string } {
-  const i = p.lastIndexOf('/');
-  return { parent: i <= 0 ? '/' : p.slice(0, i), name: p.slice(i + 1) };
-}
 
 type UpperState = 'none' | 'whiteout' | 'present';
 

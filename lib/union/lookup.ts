@@ -10,6 +10,7 @@ import { sys, StatIndex } from '../native/index.js';
 import { fsError } from '../errors.js';
 import { S_IFCHR, S_IFDIR, S_IFMT, type Layer, type LayerPath, type UnionEntry } from './layer.js';
 import type { OverlayXattrs } from './xattrs.js';
+import { joinRel } from './util.js';
 
 export interface LookupContext {
   readonly layers: readonly Layer[];
@@ -24,10 +25,6 @@ export interface LookupContext {
   readonly followRedirects?: boolean;
   /** Scratch buffer for lstat results; lookups are synchronous so one buffer is enough. */
   readonly statBuf: Float64Array;
-}
-
-export function joinRel(parentRel: string, name: string): string {
-  return parentRel === '/' ? `/${name}` : `${parentRel}/${name}`;
 }
 
 export function layerPath(layer: Layer, rel: string): LayerPath {
@@ -164,7 +161,7 @@ function lookupLayer(ctx: LookupContext, layer: Layer, base: LayerPath | undefin
  */
 export function lookupChild(ctx: LookupContext, parent: UnionEntry, name: string): UnionEntry | undefined {
   if (parent.type !== S_IFDIR) throw fsError('ENOTDIR', parent.path);
-  const childPath = parent.path === '/' ? `/${name}` : `${parent.path}/${name}`;
+  const childPath = joinRel(parent.path, name);
   const parentDirs = new Map<number, LayerPath>();
   parentDirs.set(parent.top.layer.index, parent.top);
   for (const dir of parent.lowers) parentDirs.set(dir.layer.index, dir);

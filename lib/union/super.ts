@@ -15,7 +15,6 @@ import { S_IFDIR, type Layer, type LayerPath, type UnionEntry } from './layer.js
 import { findIndexEntry } from './index.js';
 import { decodeOrigin, inoFromHandle } from './origin.js';
 
-const O_PATH = 0o10000000;
 const ZERO_UUID = Buffer.alloc(16);
 /**
  * Filesystems whose FILEID_INO32_GEN handles start with the inode number (ext2/3/4, xfs), so it is read from
@@ -31,6 +30,7 @@ import * as dirOps from './dir.js';
 import * as inodeOps from './inode.js';
 import * as fileOps from './file.js';
 import * as xattrOps from './xattrs.js';
+import { joinRel, O_PATH } from './util.js';
 
 /** Who asked: new objects belong to the calling process's fsuid/fsgid. */
 export interface Caller {
@@ -286,7 +286,7 @@ export class UnionFs implements LookupContext {
   }
 
   lookupChildCached(parent: UnionEntry, name: string): UnionEntry | undefined {
-    const childPath = parent.path === '/' ? `/${name}` : `${parent.path}/${name}`;
+    const childPath = joinRel(parent.path, name);
     const cached = this.entries.get(childPath);
     if (cached) return cached;
     this.checkName(name);

@@ -9,6 +9,7 @@ import { sys, StatIndex } from '../native/index.js';
 import { fsError } from '../errors.js';
 import { copyUp } from './copy-up.js';
 import type { Caller, UnionFs } from './super.js';
+import { OVL_XATTR_PREFIX } from './util.js';
 
 /**
  * The names of the overlay's private xattrs: trusted.overlay.* normally, user.overlay.* with `userxattr`
@@ -25,7 +26,7 @@ export interface OverlayXattrs {
 }
 
 export function overlayXattrs(userxattr: boolean): OverlayXattrs {
-  const prefix = userxattr ? 'user.overlay.' : 'trusted.overlay.';
+  const prefix = userxattr ? 'user.overlay.' : OVL_XATTR_PREFIX;
   return { prefix, escapedPrefix: `${prefix}overlay.`, opaque: `${prefix}opaque`, redirect: `${prefix}redirect`, origin: `${prefix}origin`, nlink: `${prefix}nlink` };
 }
 

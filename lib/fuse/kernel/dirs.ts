@@ -13,6 +13,7 @@ import { readU64, writeU64 } from './codec.js';
 import type { KernelNode } from './nodes.js';
 import { DIRENT_BASE, ENTRY_OUT, FOPEN_CACHE_DIR, FOPEN_KEEP_CACHE, OPEN_OUT, OUT_HEADER } from './protocol.js';
 import { childPath } from './entries.js';
+import { O_PATH } from '../../union/util.js';
 
 interface Listed {
   name: string;
@@ -28,7 +29,6 @@ export interface DirHandle {
   pathFd: number | undefined;
 }
 
-const O_PATH = 0o10000000;
 
 const S_IFDIR = 0o040000;
 

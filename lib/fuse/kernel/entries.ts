@@ -5,6 +5,7 @@
 import { fsError } from '../../errors.js';
 import { StatIndex } from '../../native/index.js';
 import type { Caller } from '../../union/super.js';
+import { joinRel } from '../../union/util.js';
 import type { FuseSession, Request } from './session.js';
 import { readName, readU64 } from './codec.js';
 import type { KernelNode } from './nodes.js';
@@ -18,7 +19,7 @@ const RENAME_WHITEOUT = 4;
 export function childPath(parent: KernelNode, name: string): string {
   const parentPath = parent.path();
   if (parentPath === '') throw fsError('ENOENT', name);
-  return parentPath === '/' ? `/${name}` : `${parentPath}/${name}`;
+  return joinRel(parentPath, name);
 }
 
 function callerOf(req: Request, umask?: number): Caller {
