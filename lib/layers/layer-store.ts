@@ -21,7 +21,7 @@
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { PassThrough, type Readable } from 'node:stream';
 import { StrataError, isErrno } from '../errors.js';
@@ -34,6 +34,9 @@ import { decompressor, detectCompression, type Compression } from './compression
 import { HashingStream, chainIdOf, hexOf, type Digest } from './digest.js';
 import type { LayerContentRecord, LayerInfo, LayerRecord, LayerRefRecord, ProgressListener } from './types.js';
 import { Lock } from '../util/keyed-lock.js';
+import { fsckLayerStore, recoverLayerStore, splitRefKey, type FsckProblem, type RecoveryReport, type RecoveryView } from './recovery.js';
+
+export type { FsckProblem, RecoveryReport } from './recovery.js';
 
 export const LAYER_MEDIA_TYPES: ReadonlySet<string> = new Set([
   'application/vnd.oci.image.layer.v1.tar',
@@ -88,29 +91,10 @@ export interface StagedLayer {
   mediaType: string;
 }
 
-/** What recover() did: diffIDs whose rename it finished, records it dropped, dirs it deleted or quarantined. */
-export interface RecoveryReport {
-  rolledForward: string[];
-  droppedRecords: string[];
-  /** Staging and trash dirs of layer-tmp (no user data). */
-  deletedDirs: string[];
-  /** Content dirs without a record, moved to lost+found (their new paths). */
-  quarantined: string[];
-}
-
 /** What rebuildReferences() changed: `<chainID>|<holder>` keys. */
 export interface ReferenceRepair {
   added: string[];
   removed: string[];
-}
-
-/** A finding of fsck(): what is wrong, and what --repair did or would do about it. */
-export interface FsckProblem {
-  subject: string;
-  problem: string;
-  /** What --repair does, or null if it cannot be repaired without losing data (a user must act). */
-  repair: string | null;
-  repaired: boolean;
 }
 
 /** Holders whose references are rebuilt from records; any other holder kind is left as it is. */
@@ -460,11 +444,6 @@ export class LayerStore {
     return (await this.metastore.entries<LayerRefRecord>('refs', `${chainID}|`)).map(([, r]) => r.holder).sort();
   }
 
-  /** Batch operations that make `holder` hold (or stop holding) every layer of the chain ending at `chainID`. */
-  async refOps(chainID: Digest, holder: string, type: 'put' | 'del'): Promise<BatchOp[]> {
-    return refOpsFor((await this.chain(chainID)).map((layer) => layer.chainID), holder, type);
-  }
-
   /**
    * `holder` (e.g. "mount:web") starts using exactly the listed layers (the mount service passes a whole chain,
    * chain() gives one); they cannot be removed until releaseLayers(). Persisted; idempotent.
@@ -597,76 +576,15 @@ export class LayerStore {
     await rm(trash, { recursive: true, force: true });
   }
 
-  // ---------------------------------------------------------------- recovery
+  // ---------------------------------------------------------------- recovery and fsck (recovery.ts)
 
   /**
    * Brings disk and database back in line after a crash: finishes committed renames, drops records whose
    * content is gone (and chains and references built on them), deletes staged dirs and unrecorded content.
    */
   async recover(): Promise<RecoveryReport> {
-    return this.exclusive(async () => {
-      const rolledForward: string[] = [];
-      const droppedRecords: string[] = [];
-      const deletedDirs: string[] = [];
-      const quarantined: string[] = [];
-      const onDisk = new Set(await readdir(this.layersDir));
-      const staged = new Set(await readdir(this.tmpDir));
-      const ops: BatchOp[] = [];
-      const liveContents = new Set<Digest>();
-      const keepDirs = new Set<string>();
-      for (const content of await this.allContents()) {
-        if (onDisk.has(content.dirName)) {
-          liveContents.add(content.diffID);
-          keepDirs.add(content.dirName);
-          if (content.stagingName !== undefined) {
-            const { stagingName: _done, ...placed } = content;
-            ops.push({ type: 'put', sublevel: 'layerContents', key: content.diffID, value: placed });
-          }
-        } else if (content.stagingName !== undefined && staged.has(content.stagingName)) {
-          await rename(path.join(this.tmpDir, content.stagingName), path.join(this.layersDir, content.dirName));
-          staged.delete(content.stagingName);
-          const { stagingName: _done, ...placed } = content;
-          ops.push({ type: 'put', sublevel: 'layerContents', key: content.diffID, value: placed });
-          liveContents.add(content.diffID);
-          keepDirs.add(content.dirName);
-          rolledForward.push(content.diffID);
-        } else {
-          ops.push({ type: 'del', sublevel: 'layerContents', key: content.diffID });
-          droppedRecords.push(`content ${content.diffID}`);
-        }
-      }
-      // Chains whose content or parent is gone cannot be mounted: drop them, parents before children.
-      const records = (await this.allRecords()).sort((a, b) => a.depth - b.depth);
-      const liveChains = new Set<Digest>();
-      for (const r of records) {
-        if (liveContents.has(r.diffID) && (r.parent === null || liveChains.has(r.parent))) {
-          liveChains.add(r.chainID);
-        } else {
-          ops.push({ type: 'del', sublevel: 'layers', key: r.chainID });
-          droppedRecords.push(`layer ${r.chainID}`);
-        }
-      }
-      for (const [key, ref] of await this.metastore.entries<LayerRefRecord>('refs')) {
-        if (!liveChains.has(ref.chainID)) ops.push({ type: 'del', sublevel: 'refs', key });
-      }
-      await this.metastore.batch(ops);
-      if (rolledForward.length > 0) await fsyncDir(this.layersDir);
-      for (const name of staged) {
-        await rm(path.join(this.tmpDir, name), { recursive: true, force: true });
-        deletedDirs.push(path.join(this.tmpDir, name));
-      }
-      for (const name of onDisk) {
-        if (keepDirs.has(name)) continue;
-        quarantined.push(await this.lostAndFound.quarantine(path.join(this.layersDir, name), 'layer', name, 'no layer content record names this dir'));
-      }
-      if (rolledForward.length + droppedRecords.length + deletedDirs.length + quarantined.length > 0) {
-        this.log.warn({ rolledForward, droppedRecords, deletedDirs, quarantined }, 'recovered layer store after an interrupted change');
-      }
-      return { rolledForward, droppedRecords, deletedDirs, quarantined };
-    });
+    return this.exclusive(async () => recoverLayerStore(this.recoveryView()));
   }
-
-  // ---------------------------------------------------------------- fsck
 
   /**
    * Checks the layer, reference, image and mount records against each other and against layers/. With `repair`,
@@ -675,81 +593,14 @@ export class LayerStore {
    * pointing at no image. Records whose content is gone are only reported: fixing them needs the image again.
    */
   async fsck(repair: boolean): Promise<FsckProblem[]> {
-    return this.exclusive(async () => {
-      const problems: FsckProblem[] = [];
-      const ops: BatchOp[] = [];
-      const moves: Array<() => Promise<void>> = [];
-      const note = (subject: string, problem: string, fix: string | null, action?: () => Promise<void>, fixOps: BatchOp[] = []) => {
-        problems.push({ subject, problem, repair: fix, repaired: false });
-        if (fix !== null && repair) {
-          ops.push(...fixOps);
-          if (action !== undefined) moves.push(action);
-        }
-      };
-      const snap = await this.metastore.snapshot(['layers', 'layerContents', 'images', 'imageNames', 'mounts']);
-      const contents = (snap.get('layerContents') ?? []).map(([, v]) => v as LayerContentRecord);
-      const layerRecords = (snap.get('layers') ?? []).map(([, v]) => v as LayerRecord);
-      const onDisk = new Set(await readdir(this.layersDir));
-      const staged = new Set(await readdir(this.tmpDir));
-      const recordedDirs = new Set(contents.map((c) => c.dirName));
-      for (const c of contents) {
-        const dir = path.join(this.layersDir, c.dirName);
-        const { stagingName: _s, ...placed } = c;
-        const clear: BatchOp = { type: 'put', sublevel: 'layerContents', key: c.diffID, value: placed };
-        if (!onDisk.has(c.dirName)) {
-          if (c.stagingName !== undefined && staged.has(c.stagingName)) {
-            note(`content ${c.diffID}`, 'a committed import was never moved into place', 'finish moving it into layers/',
-              async () => { await rename(path.join(this.tmpDir, c.stagingName!), dir); await fsyncDir(this.layersDir); }, [clear]);
-          } else {
-            note(`content ${c.diffID}`, `its dir ${dir} is missing`, null);
-          }
-        } else if (c.stagingName !== undefined) {
-          note(`content ${c.diffID}`, 'stagingName is still set although the dir is in place', 'clear stagingName', undefined, [clear]);
-        }
-      }
-      for (const name of [...onDisk].sort()) {
-        if (recordedDirs.has(name)) continue;
-        const dir = path.join(this.layersDir, name);
-        note(dir, 'no layer content record names this dir', 'move it to lost+found',
-          async () => { await this.lostAndFound.quarantine(dir, 'layer', name, 'fsck: no layer content record names this dir'); });
-      }
-      const chains = new Set(layerRecords.map((r) => r.chainID));
-      const contentIds = new Set(contents.map((c) => c.diffID));
-      for (const r of layerRecords) {
-        if (!contentIds.has(r.diffID)) note(`layer ${r.chainID}`, `its content record ${r.diffID} is missing`, null);
-        if (r.parent !== null && !chains.has(r.parent)) note(`layer ${r.chainID}`, `its parent layer ${r.parent} is missing`, null);
-      }
-      const { add, remove } = await this.referenceDiff();
-      for (const key of add) {
-        const [chainID, holder] = splitRefKey(key);
-        note(`layer ${chainID}`, `${holder} uses it but holds no reference`, 'add the reference', undefined,
-          [{ type: 'put', sublevel: 'refs', key, value: { chainID, holder, since: new Date().toISOString() } satisfies LayerRefRecord }]);
-      }
-      for (const key of remove) {
-        const [chainID, holder] = splitRefKey(key);
-        note(`layer ${chainID}`, `reference by ${holder}, which no record backs`, 'remove the reference', undefined, [{ type: 'del', sublevel: 'refs', key }]);
-      }
-      const images = new Map((snap.get('images') ?? []).map(([k, v]) => [k, v as { id: string; chainIDs: Digest[] }]));
-      for (const image of images.values()) {
-        const missing = image.chainIDs.filter((id) => !chains.has(id));
-        if (missing.length > 0) note(`image ${image.id}`, `layers ${missing.join(', ')} are missing`, null);
-      }
-      for (const [name, id] of snap.get('imageNames') ?? []) {
-        if (!images.has(id as string)) note(`image name ${name}`, `it points at image ${String(id)}, which does not exist`, 'remove the name', undefined, [{ type: 'del', sublevel: 'imageNames', key: name }]);
-      }
-      for (const [, value] of snap.get('mounts') ?? []) {
-        const m = value as { Name: string; LayerIds?: Digest[] };
-        const missing = (m.LayerIds ?? []).filter((id) => !chains.has(id));
-        if (missing.length > 0) note(`mount ${m.Name}`, `layers ${missing.join(', ')} are missing; import its image again`, null);
-      }
-      if (repair) {
-        // Disk first (a rename into place, a move to lost+found), then the records that describe the result.
-        for (const move of moves) await move();
-        await this.metastore.batch(ops);
-        for (const p of problems) p.repaired = p.repair !== null;
-      }
-      return problems;
-    });
+    return this.exclusive(async () => fsckLayerStore(this.recoveryView(), repair));
+  }
+
+  private recoveryView(): RecoveryView {
+    return {
+      metastore: this.metastore, layersDir: this.layersDir, tmpDir: this.tmpDir, lostAndFound: this.lostAndFound, log: this.log,
+      contents: () => this.allContents(), records: () => this.allRecords(), referenceDiff: () => this.referenceDiff(),
+    };
   }
 
   // ---------------------------------------------------------------- helpers
@@ -820,11 +671,6 @@ async function syncFilesystem(dir: string): Promise<void> {
   });
 }
 
-
-function splitRefKey(key: string): [Digest, string] {
-  const bar = key.indexOf('|');
-  return [key.slice(0, bar) as Digest, key.slice(bar + 1)];
-}
 
 /**
  * chainID -> holders, as the image and mount records name them: image `id` holds its `chainIDs` as `image:<id>`,
