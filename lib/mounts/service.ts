@@ -1,5 +1,6 @@
 /**
- * The mount service: creates, starts, stops and removes union mounts, one supervised helper process per mount.
+ * The mount service: creates, starts, stops and removes union mounts (the records and their dirs) and reconciles them
+ * at start-up; the helper process serving each mount is supervised by supervisor.ts.
  *
  * On-disk layout under the state dir:
  *   mounts/<id>/upper, mounts/<id>/work   one writable layer per mount
@@ -16,23 +17,21 @@
  *  - A record and its layer references are written in one batch (LayerProvider.writeWithReferences).
  *  - `Desired` is what the user asked for and survives restarts: start-up remounts every mount whose Desired is
  *    "mounted". Daemon shutdown does not change it.
- *  - At most one helper process serves an upper dir: before a helper starts, anything left mounted at the target is
- *    detached and a helper left by a previous daemon is ended.
+ *  - At most one helper process serves an upper dir (supervisor.ts).
  *  - Operations on one mount are serialised. A create reserves its name and target first: a second create of the
  *    same name or target is refused at once, and creates of other mounts never wait for it.
  *  - A target is checked (lib/mounts/targets.ts) at create and again before every mount of it, and is recorded and
  *    mounted as its real path.
  *  - A mount is nosuid,nodev unless it was created with Suid / Dev.
- *  - Health: a helper whose mount answers nothing for healthTimeoutMs is reported `unhealthy`; nothing in this
- *    service ever touches a mount's files itself (a hung helper would block it), see mountinfo.ts and health.ts.
+ *  - Nothing in this service ever touches a mount's files itself (a hung helper would block it); health is the
+ *    supervisor's.
  *  - Layers are referenced (user "mount:<name>") from creation until removal, in the same batches as the record.
  *  - Attachments (volumes, binds, tmpfs: attachments.ts) are mounted once the helper's mount is live and taken down
  *    before it is unmounted; the record's volume refs are written in the same batch as the record, too.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir, readdir, readFile, rename, rm } from 'node:fs/promises';
+import { mkdir, readdir, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { StrataError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { LostAndFound, fsyncDir } from '../store/lost-found.js';
@@ -40,9 +39,8 @@ import type { FsckProblem } from '../layers/layer-store.js';
 import type { Metastore } from '../store/metastore.js';
 import type { VolumeService } from '../volumes/service.js';
 import { Attachments, type Attachment, type AttachmentRequest, type AttachmentView } from './attachments.js';
-import { describeExit, HelperProcess, type HelperExit } from './helper.js';
-import { describeProcessState, probeMount } from './health.js';
-import { detachMount, forceDetach, mountAt } from './mountinfo.js';
+import { mountAt } from './mountinfo.js';
+import { MountSupervisor, mountLogger, type MountRuntime } from './supervisor.js';
 import { resolveTarget, type TargetPolicy } from './targets.js';
 import { checkUsableDir, resolveSources, type LayerProvider, type ResolvedSource } from './sources.js';
 import { Lock } from '../util/keyed-lock.js';
@@ -128,27 +126,7 @@ export interface CreateMountRequest {
   dev?: boolean;
 }
 
-interface MountRuntime {
-  record: MountRecord;
-  status: MountStatus;
-  helper?: HelperProcess;
-  startedAt?: string;
-  restarts: number;
-  consecutiveFailures: number;
-  error: string;
-  /** The helper being stopped on purpose: its exit is expected and must not trigger a restart. */
-  stoppingHelper?: HelperProcess;
-  restartTimer?: NodeJS.Timeout;
-  /** Operations on this mount run one at a time. */
-  lock: Lock;
-  /** A health probe is outstanding (never two at once: a stuck one holds a child process). */
-  probing?: boolean;
-}
-
 const NAME_PATTERN = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$/;
-const MAX_CONSECUTIVE_FAILURES = 5;
-const MAX_BACKOFF_MS = 30_000;
-const HEALTHY_RUN_MS = 60_000;
 const DEFAULT_HEALTH_TIMEOUT_MS = 10_000;
 const DEFAULT_HEALTH_INTERVAL_MS = 5_000;
 
@@ -167,8 +145,7 @@ export class MountService {
   /** Names and targets of creates in progress (see the create invariant). */
   private readonly reservedNames = new Set<string>();
   private readonly reservedTargets = new Set<string>();
-  private healthTimer: NodeJS.Timeout | undefined;
-  private shuttingDown = false;
+  private readonly supervisor: MountSupervisor;
 
   constructor(store: Metastore, layers: LayerProvider, logger: Logger, options: MountServiceOptions) {
     this.store = store;
@@ -177,6 +154,14 @@ export class MountService {
     this.options = options;
     this.lostAndFound = options.lostAndFound ?? new LostAndFound(options.rootDir, logger);
     this.attachments = new Attachments(options.volumes, options.rootDir, this.logger);
+    this.supervisor = new MountSupervisor(store, this.attachments, this.logger, {
+      mountProgram: options.mountProgram,
+      mountTimeoutMs: options.mountTimeoutMs,
+      helperExitGraceMs: options.helperExitGraceMs,
+      healthTimeoutMs: this.healthTimeoutMs,
+      healthIntervalMs: options.healthIntervalMs ?? DEFAULT_HEALTH_INTERVAL_MS,
+      targetPolicy: this.targetPolicy,
+    }, this.runtimes);
   }
 
   private get mountsDir(): string {
@@ -192,7 +177,7 @@ export class MountService {
   }
 
   private mountLogger(record: MountRecord): Logger {
-    return this.logger.child({ mount: record.Name, mountId: record.Id.slice(0, 12) });
+    return mountLogger(this.logger, record);
   }
 
   // ---- public API ------------------------------------------------------------------------------------------------
@@ -219,9 +204,9 @@ export class MountService {
         log.error({ err }, runtime.error);
         return;
       }
-      await this.clearLeftovers(record, log);
+      await this.supervisor.clearLeftovers(record, log);
       if (record.Desired === 'mounted') {
-        await this.enqueue(runtime, () => this.startHelper(runtime)).catch((err: unknown) => {
+        await this.enqueue(runtime, () => this.supervisor.start(runtime)).catch((err: unknown) => {
           log.error({ err }, 'could not remount at start-up');
         });
       }
@@ -255,11 +240,7 @@ export class MountService {
 
   /** Probes every served mount every healthIntervalMs (see health.ts); stopped by shutdown(). */
   startHealthChecks(): void {
-    if (this.healthTimer !== undefined) return;
-    this.healthTimer = setInterval(() => {
-      for (const runtime of this.runtimes.values()) void this.checkHealth(runtime);
-    }, this.options.healthIntervalMs ?? DEFAULT_HEALTH_INTERVAL_MS);
-    this.healthTimer.unref();
+    this.supervisor.startHealthChecks();
   }
 
   list(): MountView[] {
@@ -276,11 +257,11 @@ export class MountService {
     const runtime = this.find(reference);
     return this.enqueue(runtime, async () => {
       if (runtime.helper !== undefined && !runtime.helper.hasExited && runtime.status === 'mounted') return this.view(runtime);
-      this.cancelRestart(runtime);
+      this.supervisor.cancelRestart(runtime);
       await this.setDesired(runtime, 'mounted');
       runtime.consecutiveFailures = 0;
-      await this.clearLeftovers(runtime.record, this.mountLogger(runtime.record));
-      await this.startHelper(runtime);
+      await this.supervisor.clearLeftovers(runtime.record, this.mountLogger(runtime.record));
+      await this.supervisor.start(runtime);
       return this.view(runtime);
     });
   }
@@ -288,7 +269,7 @@ export class MountService {
   async unmount(reference: string, options: { force: boolean }): Promise<MountView> {
     const runtime = this.find(reference);
     return this.enqueue(runtime, async () => {
-      await this.stopHelper(runtime, { lazyIfBusy: options.force, force: options.force });
+      await this.supervisor.stop(runtime, { lazyIfBusy: options.force, force: options.force });
       await this.attachments.release(runtime.record);
       await this.setDesired(runtime, 'unmounted');
       return this.view(runtime);
@@ -300,7 +281,7 @@ export class MountService {
     const runtime = this.find(reference);
     return this.enqueue(runtime, async () => {
       const { record } = runtime;
-      await this.stopHelper(runtime, { lazyIfBusy: options.force, force: options.force });
+      await this.supervisor.stop(runtime, { lazyIfBusy: options.force, force: options.force });
       await this.attachments.release(record);
       // Record and references go first, in one batch; the dir after. A crash in between leaves a dir without a
       // record, which start-up moves to lost+found: a kept upper is never lost.
@@ -338,20 +319,7 @@ export class MountService {
    */
   async withMount<T>(reference: string, holdWrites: boolean, work: (record: MountRecord, live: boolean) => Promise<T>): Promise<T> {
     const runtime = this.find(reference);
-    return this.enqueue(runtime, async () => {
-      if (runtime.status === 'starting' || runtime.status === 'restarting') {
-        throw new StrataError('STRATA_MOUNT_BUSY', `mount "${runtime.record.Name}" is ${runtime.status}; try again once it is mounted`);
-      }
-      const pid = runtime.status === 'mounted' && runtime.helper !== undefined && !runtime.helper.hasExited ? runtime.helper.pid : undefined;
-      if (!holdWrites || pid === undefined) return work(runtime.record, pid !== undefined);
-      const pids = [pid, ...(await descendantsOf(pid))];
-      for (const p of pids) signalQuietly(p, 'SIGSTOP');
-      try {
-        return await work(runtime.record, true);
-      } finally {
-        for (const p of pids) signalQuietly(p, 'SIGCONT');
-      }
-    });
+    return this.enqueue(runtime, () => this.supervisor.holdWrites(runtime, holdWrites, (live) => work(runtime.record, live)));
   }
 
   /**
@@ -359,18 +327,7 @@ export class MountService {
    * Desired states are left as they are, so the next start remounts the same set.
    */
   async shutdown(): Promise<void> {
-    this.shuttingDown = true;
-    if (this.healthTimer !== undefined) clearInterval(this.healthTimer);
-    this.healthTimer = undefined;
-    await Promise.all([...this.runtimes.values()].map(async (runtime) => {
-      this.cancelRestart(runtime);
-      try {
-        await runtime.lock.idle();
-        await this.stopHelper(runtime, { lazyIfBusy: true, force: runtime.status === 'unhealthy' });
-      } catch (err) {
-        this.mountLogger(runtime.record).error({ err }, 'could not unmount cleanly at shutdown');
-      }
-    }));
+    await this.supervisor.shutdown();
   }
 
   /**
@@ -440,7 +397,7 @@ export class MountService {
     }
     const runtime = this.addRuntime(record);
     try {
-      await this.enqueue(runtime, () => this.startHelper(runtime));
+      await this.enqueue(runtime, () => this.supervisor.start(runtime));
     } catch (err) {
       // Nothing was written into the new upper yet, so rolling the whole creation back loses nothing. If the
       // store cannot take the rollback, the record stays (a failed mount the user can see and remove).
@@ -487,209 +444,6 @@ export class MountService {
     runtime.record = record;
   }
 
-  /** Ends a helper left by a previous daemon and detaches whatever is still mounted at the target. */
-  private async clearLeftovers(record: MountRecord, log: Logger): Promise<void> {
-    const stale = await mountAt(record.Target);
-    if (stale !== undefined) {
-      const outcome = await detachMount(record.Target, { lazyIfBusy: true, timeoutMs: this.healthTimeoutMs })
-        .catch(() => forceDetach(record.Target, this.healthTimeoutMs));
-      if (outcome !== 'unmounted') log.warn({ target: record.Target }, 'a leftover mount was busy or dead and was detached lazily');
-      else log.info({ target: record.Target, outcome }, 'detached a leftover mount');
-    }
-    if (record.HelperPid !== undefined && (await isLeftoverHelper(record.HelperPid, record.Target))) {
-      log.warn({ helperPid: record.HelperPid }, 'ending the mount helper a previous daemon left running');
-      process.kill(record.HelperPid, 'SIGTERM');
-      for (let i = 0; i < 40 && (await isLeftoverHelper(record.HelperPid, record.Target)); i++) await sleep(50);
-      if (await isLeftoverHelper(record.HelperPid, record.Target)) process.kill(record.HelperPid, 'SIGKILL');
-    }
-  }
-
-  /** The target may have changed since it was checked (replaced by a symlink while the daemon was stopped...). */
-  private async checkTarget(record: MountRecord): Promise<void> {
-    const real = await resolveTarget(record.Target, this.targetPolicy);
-    if (real !== record.Target) {
-      throw new StrataError('STRATA_BAD_DIR', `target ${record.Target} now resolves to ${real} (a directory on its path was replaced by a symlink?); not mounting there`);
-    }
-  }
-
-  private async startHelper(runtime: MountRuntime): Promise<void> {
-    const { record } = runtime;
-    const log = this.mountLogger(record);
-    const helper = new HelperProcess({
-      program: this.options.mountProgram,
-      target: record.Target,
-      lowerDirs: record.LowerDirs,
-      upperDir: record.UpperDir,
-      workDir: record.WorkDir,
-      suid: record.Suid === true,
-      dev: record.Dev === true,
-      unmountTimeoutMs: this.healthTimeoutMs,
-    }, log);
-    runtime.status = 'starting';
-    try {
-      await this.checkTarget(record);
-      runtime.helper = helper;
-      await helper.start(this.options.mountTimeoutMs);
-    } catch (err) {
-      runtime.status = 'failed';
-      runtime.error = (err as Error).message;
-      runtime.helper = undefined;
-      throw err;
-    }
-    try {
-      await this.attachments.attach(record, log, { fresh: record.HelperPid === undefined });
-    } catch (err) {
-      runtime.status = 'failed';
-      runtime.error = (err as Error).message;
-      runtime.helper = undefined;
-      runtime.stoppingHelper = helper;
-      await detachMount(record.Target, { lazyIfBusy: true, timeoutMs: this.healthTimeoutMs }).catch(() => forceDetach(record.Target, this.healthTimeoutMs)).catch(() => undefined);
-      if (!(await helper.exitsWithin(this.options.helperExitGraceMs))) helper.kill('SIGKILL');
-      throw err;
-    }
-    runtime.status = 'mounted';
-    runtime.error = '';
-    runtime.startedAt = new Date().toISOString();
-    runtime.record = { ...runtime.record, HelperPid: helper.pid };
-    // The pid only lets a later daemon end a helper this one leaves behind; a store that cannot write must not
-    // turn a live mount into a failed create.
-    await this.store.put('mounts', record.Id, runtime.record).catch((err: unknown) => {
-      log.warn({ err }, 'could not record the helper pid');
-    });
-    log.info({ helperPid: helper.pid, target: record.Target }, 'mounted');
-    void helper.waitForExit().then((exit) => this.onHelperExit(runtime, helper, exit));
-  }
-
-  /**
-   * Stops the helper through an unmount, so that the kernel, not a signal, tells it to finish.
-   * With `force`, a mount that is unhealthy, busy or does not unmount in time has its FUSE connection aborted and is
-   * detached (forceDetach), and a helper that does not exit is killed: every step is bounded.
-   */
-  private async stopHelper(runtime: MountRuntime, options: { lazyIfBusy: boolean; force: boolean }): Promise<void> {
-    this.cancelRestart(runtime);
-    const helper = runtime.helper;
-    const log = this.mountLogger(runtime.record);
-    const target = runtime.record.Target;
-    const timeoutMs = this.healthTimeoutMs;
-    runtime.stoppingHelper = helper;
-    let outcome;
-    try {
-      // Nothing may look up paths inside a hung mount (its attachments' mountpoints included): a forced stop of a
-      // mount that is, or now proves, unresponsive aborts the connection first, and the lazy detach takes the
-      // attachments with it.
-      if (options.force && (runtime.status === 'unhealthy' || (await probeMount(target, timeoutMs).result).state === 'hung')) {
-        outcome = await forceDetach(target, timeoutMs);
-        this.attachments.forget(runtime.record);
-      } else {
-        const detachUnion = options.force
-          ? () => detachMount(target, { lazyIfBusy: false, timeoutMs }).catch((err: unknown) => {
-            log.warn({ err, target }, 'plain unmount failed; aborting the FUSE connection');
-            return forceDetach(target, timeoutMs);
-          })
-          : () => detachMount(target, { lazyIfBusy: options.lazyIfBusy, timeoutMs });
-        outcome = await this.attachments.unmountAll(runtime.record, log, { lazyIfBusy: options.lazyIfBusy }, detachUnion);
-      }
-    } catch (err) {
-      runtime.stoppingHelper = undefined;
-      // The helper may have died while we tried; hand that exit to supervision, which skipped it.
-      if (helper !== undefined && helper.hasExited) void helper.waitForExit().then((exit) => this.onHelperExit(runtime, helper, exit));
-      throw err;
-    }
-    if (outcome === 'lazily-detached') {
-      log.warn({ target }, 'mount was busy and has been detached lazily; processes still inside it lose access when its helper ends');
-    } else if (outcome === 'aborted-and-detached') {
-      log.warn({ target }, 'the FUSE connection was aborted and the mount detached; requests in flight failed with ECONNABORTED');
-    }
-    runtime.helper = undefined;
-    runtime.status = 'unmounted';
-    runtime.error = '';
-    if (helper !== undefined && !(await helper.exitsWithin(this.options.helperExitGraceMs))) {
-      // A stopped or hung helper never acts on SIGTERM: a forced stop goes straight to SIGKILL.
-      if (!options.force) {
-        log.warn({ helperPid: helper.pid }, 'mount helper still running after unmount; sending SIGTERM');
-        helper.kill('SIGTERM');
-      }
-      if (options.force || !(await helper.exitsWithin(this.options.helperExitGraceMs))) {
-        log.warn({ helperPid: helper.pid }, 'mount helper still running after unmount; sending SIGKILL');
-        helper.kill('SIGKILL');
-      }
-      if (!(await helper.exitsWithin(timeoutMs))) log.error({ helperPid: helper.pid }, 'mount helper survived SIGKILL (stuck in the kernel?)');
-    }
-    if (helper !== undefined) log.info({ target: runtime.record.Target, outcome }, 'unmounted');
-  }
-
-  /** Supervision: a helper that ends while it should be serving is restarted with exponential back-off. */
-  private async onHelperExit(runtime: MountRuntime, helper: HelperProcess, exit: HelperExit): Promise<void> {
-    if (runtime.helper !== helper || runtime.stoppingHelper === helper || this.shuttingDown || !this.runtimes.has(runtime.record.Id)) return;
-    const log = this.mountLogger(runtime.record);
-    runtime.helper = undefined;
-    const ranFor = Date.now() - Date.parse(runtime.startedAt ?? new Date().toISOString());
-    runtime.consecutiveFailures = ranFor > HEALTHY_RUN_MS ? 1 : runtime.consecutiveFailures + 1;
-    runtime.error = `mount helper ended unexpectedly (${describeExit(exit)}): ${helper.lastStderr() || 'no output'}`;
-    log.error({ exit, helperPid: helper.pid }, 'mount helper ended unexpectedly');
-    this.attachments.forget(runtime.record);
-    try {
-      await detachMount(runtime.record.Target, { lazyIfBusy: true, timeoutMs: this.healthTimeoutMs });
-    } catch (err) {
-      log.error({ err }, 'could not detach the dead mount');
-    }
-    this.scheduleRestart(runtime, log);
-  }
-
-  private scheduleRestart(runtime: MountRuntime, log: Logger): void {
-    if (runtime.consecutiveFailures > MAX_CONSECUTIVE_FAILURES) {
-      runtime.status = 'failed';
-      log.error({ failures: runtime.consecutiveFailures }, 'giving up restarting; run `strata mount start` after fixing the cause');
-      return;
-    }
-    runtime.status = 'restarting';
-    const delay = Math.min(MAX_BACKOFF_MS, 250 * 2 ** (runtime.consecutiveFailures - 1));
-    runtime.restartTimer = setTimeout(() => {
-      runtime.restartTimer = undefined;
-      void this.enqueue(runtime, async () => {
-        if (this.shuttingDown || runtime.status !== 'restarting') return;
-        runtime.restarts += 1;
-        try {
-          await this.startHelper(runtime);
-        } catch (err) {
-          runtime.consecutiveFailures += 1;
-          log.error({ err }, 'restart failed');
-          this.scheduleRestart(runtime, log);
-        }
-      });
-    }, delay);
-  }
-
-  /** One health probe of a served mount (see health.ts); flips it between `mounted` and `unhealthy`. */
-  private async checkHealth(runtime: MountRuntime): Promise<void> {
-    const helper = runtime.helper;
-    if (runtime.probing || helper === undefined || helper.hasExited || (runtime.status !== 'mounted' && runtime.status !== 'unhealthy')) return;
-    runtime.probing = true;
-    const probe = probeMount(runtime.record.Target, this.healthTimeoutMs);
-    // A probe stuck on a hung connection holds its child until the connection is aborted: never start a second one.
-    void probe.ended.then(() => { runtime.probing = false; });
-    const result = await probe.result;
-    // The mount may have been stopped or restarted while the probe ran: its result is about the old helper.
-    if (runtime.helper !== helper || (runtime.status !== 'mounted' && runtime.status !== 'unhealthy')) return;
-    const log = this.mountLogger(runtime.record);
-    if (result.state === 'hung') {
-      if (runtime.status !== 'unhealthy') {
-        runtime.status = 'unhealthy';
-        runtime.error = `the mount answers nothing: ${result.detail}; ${await describeProcessState(helper.pid)}. \`strata mount unmount --force ${runtime.record.Name}\` aborts its FUSE connection`;
-        log.error({ helperPid: helper.pid, detail: result.detail }, 'mount helper is not answering; mount marked unhealthy');
-      }
-    } else if (result.state === 'ok' && runtime.status === 'unhealthy') {
-      runtime.status = 'mounted';
-      runtime.error = '';
-      log.warn({ helperPid: helper.pid }, 'mount helper answers again; mount healthy');
-    }
-  }
-
-  private cancelRestart(runtime: MountRuntime): void {
-    if (runtime.restartTimer !== undefined) clearTimeout(runtime.restartTimer);
-    runtime.restartTimer = undefined;
-  }
-
   private view(runtime: MountRuntime): MountView {
     const { record } = runtime;
     return {
@@ -717,18 +471,6 @@ export class MountService {
       },
       Mounts: this.attachments.view(record),
     };
-  }
-}
-
-/** True if `pid` is alive and is a helper serving `target` (guards against pid reuse). */
-async function isLeftoverHelper(pid: number, target: string): Promise<boolean> {
-  try {
-    const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
-    if (/\) Z /.test(stat)) return false;
-    const argv = (await readFile(`/proc/${pid}/cmdline`, 'utf8')).split('\0');
-    return argv.includes(target) && argv.some((arg) => arg.includes('lowerdir='));
-  } catch {
-    return false;
   }
 }
 
@@ -778,34 +520,4 @@ async function sweepMountDirs(mountsDir: string, records: readonly MountRecord[]
     }
   }
   return problems;
-}
-
-/** Every process below `pid` (children per /proc/<pid>/task/<tid>/children). */
-async function descendantsOf(pid: number): Promise<number[]> {
-  const out: number[] = [];
-  const queue = [pid];
-  while (queue.length > 0) {
-    const next = queue.shift()!;
-    let tasks: string[] = [];
-    try {
-      tasks = await readdir(`/proc/${next}/task`);
-    } catch {
-      continue;
-    }
-    for (const tid of tasks) {
-      const children = await readFile(`/proc/${next}/task/${tid}/children`, 'utf8').catch(() => '');
-      for (const child of children.split(' ').filter(Boolean).map(Number)) {
-        if (!out.includes(child)) { out.push(child); queue.push(child); }
-      }
-    }
-  }
-  return out;
-}
-
-function signalQuietly(pid: number, signal: NodeJS.Signals): void {
-  try {
-    process.kill(pid, signal);
-  } catch {
-    // Gone already: nothing left to stop or continue.
-  }
 }
