@@ -10,6 +10,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Logger } from '../log.js';
 import { fsError, StrataError } from '../errors.js';
+import { KeyedLock } from '../util/keyed-lock.js';
 import { sys, StatIndex } from '../native/index.js';
 import { S_IFDIR, type Layer, type LayerPath, type UnionEntry } from './layer.js';
 import { findIndexEntry } from './index.js';
@@ -30,7 +31,7 @@ import * as dirOps from './dir.js';
 import * as inodeOps from './inode.js';
 import * as fileOps from './file.js';
 import * as xattrOps from './xattrs.js';
-import { joinRel, O_PATH } from './util.js';
+import { joinRel, O_PATH, parentPath } from './util.js';
 
 /** Who asked: new objects belong to the calling process's fsuid/fsgid. */
 export interface Caller {
@@ -82,6 +83,8 @@ export class UnionFs implements LookupContext {
   readonly workDir: string | undefined;
   readonly indexDir: string | undefined;
   readonly pendingCopyUps = new Map<string, Promise<UnionEntry>>();
+  /** Merged paths held by a running change (see withNames). */
+  private readonly nameLocks = new KeyedLock();
   /** Read-only opens of lower objects, by FUSE handle (see file.ts currentReadFd). */
   readonly lowerReaders = new Map<number, fileOps.LowerReader>();
 
@@ -350,6 +353,22 @@ export class UnionFs implements LookupContext {
     return this.fsUuids.get(layer.dev) ?? null;
   }
 
+  /**
+   * Runs a change holding merged paths, so no other change of those paths interleaves with it. The union is
+   * path-based and a change spans awaits (copy-up): it resolves a name, copies up, then acts on the real path.
+   * Without this an open for writing could resolve a name to its upper file, and an unlink of that name could
+   * put a whiteout there before the open reached the real path (ENXIO from the 0/0 device), or a copy-up could
+   * land after the unlink's whiteout (EEXIST). The kernel excludes these with the parent's i_rwsem (create,
+   * unlink, rename, link) and the inode lock (setattr, the victim of unlink/rmdir/rename); kernel overlayfs
+   * also opens the real object it resolved, never a name again. Here a name change holds its parent's path
+   * and its own (as i_rwsem plus the victim's lock), an attribute change or a write-open holds the object's.
+   * Reads resolve and act without awaiting, so they need nothing. Copy-up takes no lock: it only waits for
+   * other copy-ups, so a holder never waits for a path it does not hold first.
+   */
+  private withNames<T>(paths: readonly string[], work: () => Promise<T>): Promise<T> {
+    return this.nameLocks.withLocks(paths, work);
+  }
+
   // --- operations -----------------------------------------------------------------------------------------
 
   getattr(p: string, out: Float64Array): void {
@@ -374,7 +393,8 @@ export class UnionFs implements LookupContext {
   }
 
   open(p: string, flags: number): Promise<number> {
-    return fileOps.open(this, p, flags);
+    if (!fileOps.isWriteOpen(flags)) return fileOps.open(this, p, flags);
+    return this.withNames([p], () => fileOps.open(this, p, flags));
   }
 
   read(p: string, fd: number, buffer: Buffer, length: number, position: number): number {
@@ -426,64 +446,64 @@ export class UnionFs implements LookupContext {
 
   create(p: string, mode: number, flags: number, caller: Caller): Promise<number> {
     this.assertWritable(p);
-    return dirOps.create(this, p, mode, flags, caller);
+    return this.withNames(nameChange(p), () => dirOps.create(this, p, mode, flags, caller));
   }
 
   mkdir(p: string, mode: number, caller: Caller): Promise<void> {
     this.assertWritable(p);
-    return dirOps.mkdir(this, p, mode, caller);
+    return this.withNames(nameChange(p), () => dirOps.mkdir(this, p, mode, caller));
   }
 
   mknod(p: string, mode: number, dev: number, caller: Caller): Promise<void> {
     this.assertWritable(p);
-    return dirOps.mknod(this, p, mode, dev, caller);
+    return this.withNames(nameChange(p), () => dirOps.mknod(this, p, mode, dev, caller));
   }
 
   symlink(target: string, p: string, caller: Caller): Promise<void> {
     this.assertWritable(p);
-    return dirOps.symlink(this, target, p, caller);
+    return this.withNames(nameChange(p), () => dirOps.symlink(this, target, p, caller));
   }
 
   link(existing: string, p: string): Promise<void> {
     this.assertWritable(p);
-    return dirOps.link(this, existing, p);
+    return this.withNames([existing, ...nameChange(p)], () => dirOps.link(this, existing, p));
   }
 
   unlink(p: string): Promise<void> {
-    return dirOps.unlink(this, p);
+    return this.withNames(nameChange(p), () => dirOps.unlink(this, p));
   }
 
   rmdir(p: string): Promise<void> {
-    return dirOps.rmdir(this, p);
+    return this.withNames(nameChange(p), () => dirOps.rmdir(this, p));
   }
 
   /** renameat2(RENAME_EXCHANGE) of two names of the merged view. */
   exchange(a: string, b: string): Promise<void> {
-    return dirOps.exchange(this, a, b);
+    return this.withNames([...nameChange(a), ...nameChange(b)], () => dirOps.exchange(this, a, b));
   }
 
   rename(from: string, to: string): Promise<void> {
-    return dirOps.rename(this, from, to);
+    return this.withNames([...nameChange(from), ...nameChange(to)], () => dirOps.rename(this, from, to));
   }
 
   chmod(p: string, mode: number): Promise<void> {
     this.assertWritable(p);
-    return inodeOps.chmod(this, p, mode);
+    return this.withNames([p], () => inodeOps.chmod(this, p, mode));
   }
 
   chown(p: string, uid: number, gid: number): Promise<void> {
     this.assertWritable(p);
-    return inodeOps.chown(this, p, uid, gid);
+    return this.withNames([p], () => inodeOps.chown(this, p, uid, gid));
   }
 
   utimens(p: string, atimeSec: number, atimeNsec: number, mtimeSec: number, mtimeNsec: number): Promise<void> {
     this.assertWritable(p);
-    return inodeOps.utimens(this, p, atimeSec, atimeNsec, mtimeSec, mtimeNsec);
+    return this.withNames([p], () => inodeOps.utimens(this, p, atimeSec, atimeNsec, mtimeSec, mtimeNsec));
   }
 
   truncate(p: string, size: number): Promise<void> {
     this.assertWritable(p);
-    return inodeOps.truncate(this, p, size);
+    return this.withNames([p], () => inodeOps.truncate(this, p, size));
   }
 
   getxattr(p: string, name: string): Buffer {
@@ -496,11 +516,11 @@ export class UnionFs implements LookupContext {
 
   /** `caller` (default: root) matters for POSIX ACLs: see xattrs.ts setXattr. */
   setxattr(p: string, name: string, value: Buffer, flags: number, caller?: Caller): Promise<void> {
-    return xattrOps.setXattr(this, p, name, value, flags, caller);
+    return this.withNames([p], () => xattrOps.setXattr(this, p, name, value, flags, caller));
   }
 
   removexattr(p: string, name: string): Promise<void> {
-    return xattrOps.removeXattr(this, p, name);
+    return this.withNames([p], () => xattrOps.removeXattr(this, p, name));
   }
 
   statfs(): StatfsResult {
@@ -512,4 +532,9 @@ export class UnionFs implements LookupContext {
       files: s.files, ffree: s.ffree, favail: s.ffree, fsid: 0, flag: this.readOnly ? 1 : 0, namemax: NAME_MAX,
     };
   }
+}
+
+/** The paths a change of the name `p` holds: its parent directory's (the kernel's i_rwsem) and its own. */
+function nameChange(p: string): string[] {
+  return [parentPath(p), p];
 }
