@@ -12,8 +12,17 @@ import type { UnionFs } from './super.js';
 
 /** Fills `out` with the attributes of `path`. */
 export function getattr(ufs: UnionFs, path: string, out: Float64Array): void {
+  // A name not cached yet is lstat'ed by its lookup: that stat, taken just now, answers (one lstat less per
+  // first lookup, the FUSE LOOKUP path). A cached name is lstat'ed here.
+  const fresh = ufs.foundStat;
+  fresh.real = undefined;
   let entry = ufs.lookup(path);
-  if (sys.lstatRaw(ufs.dataReal(entry), out) < 0) {
+  const real = ufs.dataReal(entry);
+  const reused = fresh.real === real;
+  fresh.real = undefined;
+  if (reused) {
+    out.set(fresh.stat);
+  } else if (sys.lstatRaw(real, out) < 0) {
     // The cached resolution went stale (the object moved within its layer): resolve once more.
     ufs.invalidatePath(path);
     entry = ufs.lookup(path);

@@ -25,6 +25,12 @@ export interface LookupContext {
   readonly followRedirects?: boolean;
   /** Scratch buffer for lstat results; lookups are synchronous so one buffer is enough. */
   readonly statBuf: Float64Array;
+  /**
+   * Where lookupChild leaves the lstat of the object it found (`real` names it), so that a getattr that
+   * had to look the name up answers from it instead of a second lstat. Only getattr reads it, and only
+   * for a lookup made inside that same synchronous call (it clears `real` first): never a stale stat.
+   */
+  readonly foundStat?: { real: string | undefined; readonly stat: Float64Array };
 }
 
 export function layerPath(layer: Layer, rel: string): LayerPath {
@@ -192,6 +198,10 @@ export function lookupChild(ctx: LookupContext, parent: UnionEntry, name: string
         foundType = (stat[StatIndex.mode] ?? 0) & S_IFMT;
         foundIno = stat[StatIndex.ino] ?? 0;
         foundNlink = stat[StatIndex.nlink] ?? 1;
+        if (ctx.foundStat !== undefined) {
+          ctx.foundStat.stat.set(stat);
+          ctx.foundStat.real = candidate.real;
+        }
         if (layer.isUpper && foundType === S_IFDIR) {
           opaque = d.opaque;
           redirect = d.rawRedirect;

@@ -79,6 +79,7 @@ export class UnionFs implements LookupContext {
   /** Mounted with `volatile`: nothing is fsynced (see prepareWorkDir and docs/union.md). */
   readonly volatile: boolean;
   readonly statBuf = new Float64Array(StatIndex.length);
+  readonly foundStat: { real: string | undefined; readonly stat: Float64Array } = { real: undefined, stat: new Float64Array(StatIndex.length) };
   /** The kernel's layout: <workdir>/work for temporaries, <workdir>/index for the hard link index. */
   readonly workDir: string | undefined;
   readonly indexDir: string | undefined;
