@@ -118,7 +118,7 @@ export function readdirplus(s: FuseSession, req: Request): void {
       try {
         const p = childPath(dir, entry.name);
         s.ufs.getattr(p, s.statBuf);
-        uncachedName = s.statBuf[StatIndex.nlink] !== 1 && s.isAmbiguousName(p);
+        uncachedName = s.isAmbiguousName(p, s.statBuf);
         node = s.nodes.lookedUp(dir, entry.name, s.statBuf[StatIndex.ino] ?? 0, (s.statBuf[StatIndex.mode] ?? 0) & 0o170000);
         looked.push(node);
       } catch {

@@ -42,7 +42,7 @@ export function lookup(s: FuseSession, req: Request): void {
     if (isNotFound(err)) return s.replyNegativeEntry(req);
     throw err;
   }
-  s.replyEntry(req, parent, name, s.statBuf, s.statBuf[StatIndex.nlink] !== 1 && s.isAmbiguousName(p));
+  s.replyEntry(req, parent, name, s.statBuf, s.isAmbiguousName(p, s.statBuf));
 }
 
 export function forget(s: FuseSession, req: Request): void {

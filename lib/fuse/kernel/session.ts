@@ -328,7 +328,10 @@ export class FuseSession {
    * setattr...) name only the node; kernel overlayfs copies up the name that was used. With the name
    * uncached, every path walk through it asks LOOKUP first, which makes it the node's current name.
    */
-  isAmbiguousName(path: string): boolean {
+  isAmbiguousName(path: string, st: Float64Array): boolean {
+    // Only a non-directory with several links can be one (a directory's nlink counts its subdirectories):
+    // checked on the stat first, which spares most lookups a second union lookup.
+    if (st[StatIndex.nlink] === 1 || ((st[StatIndex.mode] ?? 0) & S_IFMT) === 0o040000) return false;
     const entry = this.ufs.lookup(path);
     return !entry.inUpper && (entry.lowerNlink ?? 1) > 1;
   }
