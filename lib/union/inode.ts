@@ -12,11 +12,17 @@ import type { UnionFs } from './super.js';
 
 /** Fills `out` with the attributes of `path`. */
 export function getattr(ufs: UnionFs, path: string, out: Float64Array): void {
+  if (!getattrIfExists(ufs, path, out)) throw fsError('ENOENT', path);
+}
+
+/** As getattr, but returns false instead of throwing when the last name of `path` does not exist. */
+export function getattrIfExists(ufs: UnionFs, path: string, out: Float64Array): boolean {
   // A name not cached yet is lstat'ed by its lookup: that stat, taken just now, answers (one lstat less per
   // first lookup, the FUSE LOOKUP path). A cached name is lstat'ed here.
   const fresh = ufs.foundStat;
   fresh.real = undefined;
-  let entry = ufs.lookup(path);
+  let entry = ufs.lookupIfExists(path);
+  if (entry === undefined) return false;
   const real = ufs.dataReal(entry);
   const reused = fresh.real === real;
   fresh.real = undefined;
@@ -36,6 +42,7 @@ export function getattr(ufs: UnionFs, path: string, out: Float64Array): void {
     const nlink = storedUnionNlink(ufs, ufs.dataReal(entry), out[StatIndex.nlink] ?? 1, entry.lowerNlink);
     if (nlink !== undefined) out[StatIndex.nlink] = nlink;
   }
+  return true;
 }
 
 /** Attributes of an open file by fd: used for files already unlinked, where no path is left. */

@@ -268,6 +268,17 @@ export class UnionFs implements LookupContext {
   // --- lookup and cache -------------------------------------------------------------------------------
 
   lookup(p: string): UnionEntry {
+    const entry = this.lookupIfExists(p);
+    if (!entry) throw fsError('ENOENT', p);
+    return entry;
+  }
+
+  /**
+   * As lookup, but a missing last name gives undefined instead of throwing ENOENT (a missing ancestor still
+   * throws). Negative lookups are common (every create is preceded by one), and an error's stack trace costs
+   * more than the lookup itself.
+   */
+  lookupIfExists(p: string): UnionEntry | undefined {
     const cached = this.entries.get(p);
     if (cached) return cached;
     if (p === '/' || p === '') {
@@ -277,10 +288,7 @@ export class UnionFs implements LookupContext {
     }
     const slash = p.lastIndexOf('/');
     const parent = this.lookup(slash <= 0 ? '/' : p.slice(0, slash));
-    const name = p.slice(slash + 1);
-    const entry = this.lookupChildCached(parent, name);
-    if (!entry) throw fsError('ENOENT', p);
-    return entry;
+    return this.lookupChildCached(parent, p.slice(slash + 1));
   }
 
   lookupDir(p: string): UnionEntry {
@@ -373,7 +381,12 @@ export class UnionFs implements LookupContext {
   // --- operations -----------------------------------------------------------------------------------------
 
   getattr(p: string, out: Float64Array): void {
-    inodeOps.getattr(this, p, out);
+    if (!inodeOps.getattrIfExists(this, p, out)) throw fsError('ENOENT', p);
+  }
+
+  /** As getattr, but false (nothing thrown) when the last name of `p` does not exist. */
+  getattrIfExists(p: string, out: Float64Array): boolean {
+    return inodeOps.getattrIfExists(this, p, out);
   }
 
   /** getattr on an open file; `p` is empty when the file was unlinked while open. */

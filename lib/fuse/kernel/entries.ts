@@ -35,13 +35,16 @@ export function lookup(s: FuseSession, req: Request): void {
   const parent = s.node(req);
   const [name] = readName(req.buf, req.body, req.end);
   const p = childPath(parent, name);
+  // A name that does not exist is cached by the kernel as a negative entry: only this server creates names.
+  // The common miss is answered without an error object (its stack trace would cost more than the lookup).
+  let exists: boolean;
   try {
-    s.ufs.getattr(p, s.statBuf);
+    exists = s.ufs.getattrIfExists(p, s.statBuf);
   } catch (err) {
-    // A name that does not exist is cached by the kernel as a negative entry: only this server creates names.
     if (isNotFound(err)) return s.replyNegativeEntry(req);
     throw err;
   }
+  if (!exists) return s.replyNegativeEntry(req);
   s.replyEntry(req, parent, name, s.statBuf, s.isAmbiguousName(p, s.statBuf));
 }
 
