@@ -32,7 +32,12 @@ interface HiddenFile {
 }
 const S_IFDIR = 0o040000;
 
-export function createFuseOps(ufs: UnionFs, logger: Logger, callerOf: CallerSource = () => ROOT_CALLER) {
+/**
+ * What every group of operations shares for one mount: the union, the caller of the current request, one stat
+ * buffer (requests run one at a time on the JS thread, and each op finishes with the buffer before it yields), the
+ * files libfuse hid on unlink, and the error and completion helpers.
+ */
+function createOpsContext(ufs: UnionFs, logger: Logger, callerOf: CallerSource) {
   const statBuf = new Float64Array(StatIndex.length);
   const hiddenFiles = new Map<string, HiddenFile>();
   /**
@@ -78,7 +83,13 @@ export function createFuseOps(ufs: UnionFs, logger: Logger, callerOf: CallerSour
       (err: unknown) => cb(fail(err, op, path)),
     );
   };
+  return { ufs, callerOf, statBuf, hiddenFiles, keepsPageCache, statHidden, hideUnlinkedOpenFile, fail, run, runAsync };
+}
 
+type OpsContext = ReturnType<typeof createOpsContext>;
+
+/** Attributes of an existing object: stat, times, mode, owner, size, link target, and the filesystem's. */
+function attrOps({ ufs, statBuf, hiddenFiles, statHidden, fail, run, runAsync }: OpsContext) {
   return {
     getattr(path: string, cb: DoneWith<Uint32Array>) {
       try {
@@ -100,20 +111,6 @@ export function createFuseOps(ufs: UnionFs, logger: Logger, callerOf: CallerSour
         cb(fail(err, 'fgetattr', path));
       }
     },
-    readdir(path: string, cb: (result: number, names?: string[], stats?: Uint32Array[]) => void) {
-      try {
-        const { entries, dirIno, parentIno } = ufs.readdir(path);
-        const names = ['.', '..'];
-        const stats = [encodeDirentStat(S_IFDIR, dirIno), encodeDirentStat(S_IFDIR, parentIno)];
-        for (const entry of entries) {
-          names.push(entry.name);
-          stats.push(encodeDirentStat(entry.type, entry.ino));
-        }
-        cb(0, names, stats);
-      } catch (err) {
-        cb(fail(err, 'readdir', path));
-      }
-    },
     readlink(path: string, cb: DoneWith<string>) {
       try {
         cb(0, ufs.readlink(path));
@@ -121,6 +118,67 @@ export function createFuseOps(ufs: UnionFs, logger: Logger, callerOf: CallerSour
         cb(fail(err, 'readlink', path));
       }
     },
+    truncate(path: string, size: number, cb: Done) {
+      runAsync('truncate', path, cb, () => ufs.truncate(path, size));
+    },
+    ftruncate(path: string, fd: number, size: number, cb: Done) {
+      run('ftruncate', path, cb, () => ufs.ftruncate(fd, size));
+    },
+    utimens(path: string, atimeSec: number, atimeNsec: number, mtimeSec: number, mtimeNsec: number, cb: Done) {
+      runAsync('utimens', path, cb, () => ufs.utimens(path, atimeSec, atimeNsec, mtimeSec, mtimeNsec));
+    },
+    chmod(path: string, mode: number, cb: Done) {
+      runAsync('chmod', path, cb, () => ufs.chmod(path, mode));
+    },
+    chown(path: string, uid: number, gid: number, cb: Done) {
+      runAsync('chown', path, cb, () => ufs.chown(path, uid, gid));
+    },
+    statfs(path: string, cb: DoneWith<object>) {
+      try {
+        cb(0, ufs.statfs());
+      } catch (err) {
+        cb(fail(err, 'statfs', path));
+      }
+    },
+  };
+}
+
+/** Names in directories: creating, linking, removing and renaming entries (lib/union/dir.ts). */
+function entryOps({ ufs, callerOf, hiddenFiles, hideUnlinkedOpenFile, run, runAsync }: OpsContext) {
+  return {
+    mknod(path: string, mode: number, dev: number, cb: Done) {
+      runAsync('mknod', path, cb, () => ufs.mknod(path, mode, dev, callerOf()));
+    },
+    mkdir(path: string, mode: number, cb: Done) {
+      runAsync('mkdir', path, cb, () => ufs.mkdir(path, mode, callerOf()));
+    },
+    symlink(target: string, path: string, cb: Done) {
+      runAsync('symlink', path, cb, () => ufs.symlink(target, path, callerOf()));
+    },
+    link(existing: string, path: string, cb: Done) {
+      runAsync('link', path, cb, () => ufs.link(existing, path));
+    },
+    unlink(path: string, cb: Done) {
+      const hidden = hiddenFiles.get(path);
+      if (hidden) {
+        hiddenFiles.delete(path);
+        return run('unlink', path, cb, () => fs.closeSync(hidden.fd));
+      }
+      runAsync('unlink', path, cb, () => ufs.unlink(path));
+    },
+    rmdir(path: string, cb: Done) {
+      runAsync('rmdir', path, cb, () => ufs.rmdir(path));
+    },
+    rename(from: string, to: string, cb: Done) {
+      if (LIBFUSE_HIDDEN_NAME.test(to)) return runAsync('rename', from, cb, () => hideUnlinkedOpenFile(from, to));
+      runAsync('rename', from, cb, () => ufs.rename(from, to));
+    },
+  };
+}
+
+/** Open files: open/create, data, sync and release (lib/union/file.ts). */
+function fileOps({ ufs, callerOf, keepsPageCache, fail, run }: OpsContext) {
+  return {
     open(path: string, flags: number, cb: OpenDone) {
       ufs.open(path, flags).then(
         (fd) => cb(0, fd, keepsPageCache(fd)),
@@ -153,51 +211,35 @@ export function createFuseOps(ufs: UnionFs, logger: Logger, callerOf: CallerSour
     fsync(path: string, dataSync: number, fd: number, cb: Done) {
       run('fsync', path, cb, () => ufs.fsync(fd, dataSync !== 0));
     },
+  };
+}
+
+/** Open directories: listing and sync (lib/union/readdir.ts). */
+function dirOps({ ufs, fail, run }: OpsContext) {
+  return {
+    readdir(path: string, cb: (result: number, names?: string[], stats?: Uint32Array[]) => void) {
+      try {
+        const { entries, dirIno, parentIno } = ufs.readdir(path);
+        const names = ['.', '..'];
+        const stats = [encodeDirentStat(S_IFDIR, dirIno), encodeDirentStat(S_IFDIR, parentIno)];
+        for (const entry of entries) {
+          names.push(entry.name);
+          stats.push(encodeDirentStat(entry.type, entry.ino));
+        }
+        cb(0, names, stats);
+      } catch (err) {
+        cb(fail(err, 'readdir', path));
+      }
+    },
     fsyncdir(path: string, dataSync: number, _fd: number, cb: Done) {
       run('fsyncdir', path, cb, () => ufs.fsyncdir(path, dataSync !== 0));
     },
-    truncate(path: string, size: number, cb: Done) {
-      runAsync('truncate', path, cb, () => ufs.truncate(path, size));
-    },
-    ftruncate(path: string, fd: number, size: number, cb: Done) {
-      run('ftruncate', path, cb, () => ufs.ftruncate(fd, size));
-    },
-    utimens(path: string, atimeSec: number, atimeNsec: number, mtimeSec: number, mtimeNsec: number, cb: Done) {
-      runAsync('utimens', path, cb, () => ufs.utimens(path, atimeSec, atimeNsec, mtimeSec, mtimeNsec));
-    },
-    chmod(path: string, mode: number, cb: Done) {
-      runAsync('chmod', path, cb, () => ufs.chmod(path, mode));
-    },
-    chown(path: string, uid: number, gid: number, cb: Done) {
-      runAsync('chown', path, cb, () => ufs.chown(path, uid, gid));
-    },
-    mknod(path: string, mode: number, dev: number, cb: Done) {
-      runAsync('mknod', path, cb, () => ufs.mknod(path, mode, dev, callerOf()));
-    },
-    mkdir(path: string, mode: number, cb: Done) {
-      runAsync('mkdir', path, cb, () => ufs.mkdir(path, mode, callerOf()));
-    },
-    symlink(target: string, path: string, cb: Done) {
-      runAsync('symlink', path, cb, () => ufs.symlink(target, path, callerOf()));
-    },
-    link(existing: string, path: string, cb: Done) {
-      runAsync('link', path, cb, () => ufs.link(existing, path));
-    },
-    unlink(path: string, cb: Done) {
-      const hidden = hiddenFiles.get(path);
-      if (hidden) {
-        hiddenFiles.delete(path);
-        return run('unlink', path, cb, () => fs.closeSync(hidden.fd));
-      }
-      runAsync('unlink', path, cb, () => ufs.unlink(path));
-    },
-    rmdir(path: string, cb: Done) {
-      runAsync('rmdir', path, cb, () => ufs.rmdir(path));
-    },
-    rename(from: string, to: string, cb: Done) {
-      if (LIBFUSE_HIDDEN_NAME.test(to)) return runAsync('rename', from, cb, () => hideUnlinkedOpenFile(from, to));
-      runAsync('rename', from, cb, () => ufs.rename(from, to));
-    },
+  };
+}
+
+/** Extended attributes (lib/union/xattrs.ts). */
+function xattrOps({ ufs, callerOf, fail, runAsync }: OpsContext) {
+  return {
     getxattr(path: string, name: string, _position: number, cb: DoneWith<Buffer>) {
       try {
         cb(0, ufs.getxattr(path, name));
@@ -220,12 +262,14 @@ export function createFuseOps(ufs: UnionFs, logger: Logger, callerOf: CallerSour
     removexattr(path: string, name: string, cb: Done) {
       runAsync('removexattr', path, cb, () => ufs.removexattr(path, name));
     },
-    statfs(path: string, cb: DoneWith<object>) {
-      try {
-        cb(0, ufs.statfs());
-      } catch (err) {
-        cb(fail(err, 'statfs', path));
-      }
-    },
   };
+}
+
+/**
+ * The operation table handed to fuse-native, grouped by concern the way lib/union is split: attributes, entries,
+ * open files, open directories, xattrs.
+ */
+export function createFuseOps(ufs: UnionFs, logger: Logger, callerOf: CallerSource = () => ROOT_CALLER) {
+  const context = createOpsContext(ufs, logger, callerOf);
+  return { ...attrOps(context), ...entryOps(context), ...fileOps(context), ...dirOps(context), ...xattrOps(context) };
 }

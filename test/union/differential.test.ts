@@ -39,6 +39,11 @@ const KNOWN_STRATA_DIVERGENCES: Record<string, string> = {
     'ops/fstat-dir-renamed-over': 'fuse-native: the removed dir has no path left',
     ...Object.fromEntries(['live', 'remount', 'remount-after-ops', 'kernel-over-candidate-upper', 'kernel-over-candidate-upper-fresh-work']
       .map((phase) => [`${phase}/fallocate-modes`, 'follows from fuse-native having no fallocate'])),
+    // libfuse 2 cannot ask for FUSE_DONT_MASK: the kernel applies the umask before the request reaches us, so a
+    // parent's default ACL cannot replace it (the default transport negotiates it).
+    'ops/default-acl-replaces-umask': 'fuse-native gets modes the kernel already masked with the umask',
+    ...Object.fromEntries(['live', 'remount', 'remount-after-ops', 'kernel-over-candidate-upper', 'kernel-over-candidate-upper-fresh-work']
+      .map((phase) => [`${phase}/default-acl-replaces-umask`, 'follows from the umask applied before fuse-native sees the mode'])),
   } : {}),
 };
 
