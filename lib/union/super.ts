@@ -524,6 +524,11 @@ export class UnionFs implements LookupContext {
     return xattrOps.getXattr(this, p, name);
   }
 
+  /** As getxattr, but null (nothing thrown) for an attribute that is not set. */
+  getxattrIfExists(p: string, name: string): Buffer | null {
+    return xattrOps.getXattrIfExists(this, p, name);
+  }
+
   listxattr(p: string): string[] {
     return xattrOps.listXattrs(this, p);
   }

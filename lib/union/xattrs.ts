@@ -62,10 +62,18 @@ function checkXattrName(name: string): void {
 }
 
 export function getXattr(ufs: UnionFs, path: string, name: string): Buffer {
-  checkXattrName(name);
-  const value = sys.lgetxattr(ufs.dataReal(ufs.lookup(path)), realXattrName(ufs.xattrs, name));
+  const value = getXattrIfExists(ufs, path, name);
   if (value === null) throw fsError('ENODATA', name);
   return value;
+}
+
+/**
+ * As getXattr, but null for an attribute that is not set. The kernel asks for security.capability before
+ * every write and chown it sends, and the answer is nearly always "not set": no error object for that.
+ */
+export function getXattrIfExists(ufs: UnionFs, path: string, name: string): Buffer | null {
+  checkXattrName(name);
+  return sys.lgetxattr(ufs.dataReal(ufs.lookup(path)), realXattrName(ufs.xattrs, name));
 }
 
 export function listXattrs(ufs: UnionFs, path: string): string[] {

@@ -4,6 +4,8 @@ import type { FuseSession, Request } from './session.js';
 import { readName } from './codec.js';
 import { OUT_HEADER, XATTR_OUT } from './protocol.js';
 
+const ENODATA = 61;
+
 function pathOf(s: FuseSession, req: Request): string {
   const p = s.node(req).path();
   if (p === '') throw fsError('ENOENT', `node ${req.nodeid}`);
@@ -25,7 +27,10 @@ function replyValue(s: FuseSession, req: Request, size: number, value: Buffer): 
 export function getxattr(s: FuseSession, req: Request): void {
   const size = req.buf.readUInt32LE(req.body);
   const [name] = readName(req.buf, req.body + 8, req.end);
-  replyValue(s, req, size, s.ufs.getxattr(pathOf(s, req), name));
+  // Mostly security.capability, asked by the kernel before writes and chowns, and mostly not set.
+  const value = s.ufs.getxattrIfExists(pathOf(s, req), name);
+  if (value === null) return s.replyError(req, -ENODATA);
+  replyValue(s, req, size, value);
 }
 
 export function listxattr(s: FuseSession, req: Request): void {
