@@ -10,11 +10,11 @@
 import { lstatSync, readdirSync, type BigIntStats } from 'node:fs';
 import path from 'node:path';
 import { sys } from '../native/index.js';
-import { OVL_OPAQUE_XATTR } from '../union/util.js';
+import { OVL_OPAQUE_XATTR, OVL_XATTR_PREFIX } from '../union/util.js';
 
-export const OVL_XATTR_PREFIX = 'trusted.overlay.';
-const OVL_ESCAPED_PREFIX = 'trusted.overlay.overlay.';
-export const OVL_REDIRECT = 'trusted.overlay.redirect';
+/** Layers are stored in the kernel's trusted.overlay.* format (never userxattr), so the names are fixed here. */
+const OVL_ESCAPED_PREFIX = `${OVL_XATTR_PREFIX}overlay.`;
+const OVL_REDIRECT = `${OVL_XATTR_PREFIX}redirect`;
 
 export function lstatOrNull(file: string): BigIntStats | null {
   return lstatSync(file, { bigint: true, throwIfNoEntry: false }) ?? null;
