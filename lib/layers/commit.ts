@@ -15,7 +15,7 @@
 import { createReadStream, readFileSync, readlinkSync, type BigIntStats } from 'node:fs';
 import path from 'node:path';
 import type { Writable } from 'node:stream';
-import { LowerView, isOpaque, isWhiteout, lstatOrNull, redirectOf, redirectOrigin, sortedNames, userXattrs } from './overlay-walk.js';
+import { LowerView, byteOrder, isOpaque, isWhiteout, lstatOrNull, redirectOf, redirectOrigin, sortedNames, userXattrs } from './overlay-walk.js';
 import { TarWriter, type TarHeader, type TarType } from './tar-writer.js';
 
 export interface LayerTarStats {
@@ -95,7 +95,7 @@ export async function writeLayerTar(dir: string, lowerDirs: readonly string[], o
   /** The merged dir of `upper` (or null) over merged lower dir `lowerRel` (or null), written in full. */
   const addAll = async (upper: string | null, lowerRel: string | null, rel: string) => {
     const lowerNames = lowerRel === null || (upper !== null && isOpaque(upper)) ? new Map<string, string>() : lower.list(lowerRel);
-    const names = [...new Set([...(upper === null ? [] : sortedNames(upper)), ...lowerNames.keys()])].sort(byteOrderOf);
+    const names = [...new Set([...(upper === null ? [] : sortedNames(upper)), ...lowerNames.keys()])].sort(byteOrder);
     for (const name of names) {
       const childRel = `${rel}/${name}`;
       const upperReal = upper === null ? null : path.join(upper, name);
@@ -129,10 +129,6 @@ const SMALL_FILE = 1 << 20;
 
 async function* once(chunk: Buffer): AsyncIterable<Buffer> {
   yield chunk;
-}
-
-function byteOrderOf(a: string, b: string): number {
-  return Buffer.compare(Buffer.from(a), Buffer.from(b));
 }
 
 function headerOf(real: string, rel: string, st: BigIntStats): TarHeader | null {

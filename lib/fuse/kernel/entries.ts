@@ -3,7 +3,7 @@
  * the node table in step with what it told the kernel (see nodes.ts).
  */
 import { fsError } from '../../errors.js';
-import { StatIndex } from '../../native/index.js';
+import { RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, StatIndex } from '../../native/index.js';
 import type { Caller } from '../../union/super.js';
 import { joinRel } from '../../union/util.js';
 import type { FuseSession, Request } from './session.js';
@@ -11,10 +11,6 @@ import { readName, readU64 } from './codec.js';
 import type { KernelNode } from './nodes.js';
 import { ENTRY_OUT, OPEN_OUT, OUT_HEADER } from './protocol.js';
 import { openFile, releaseOpen, writeOpenOut } from './files.js';
-
-const RENAME_NOREPLACE = 1;
-const RENAME_EXCHANGE = 2;
-const RENAME_WHITEOUT = 4;
 
 export function childPath(parent: KernelNode, name: string): string {
   const parentPath = parent.path();
