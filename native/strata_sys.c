@@ -230,6 +230,103 @@ static napi_value make_null(napi_env env) {
 }
 
 /* ---------------------------------------------------------------------------------------------------------------
+ * Paths of any length
+ *
+ * A real path is a layer root plus a merged path, and a merged path has no length limit (a process cd'd deep
+ * inside the mount keeps creating entries, each call under PATH_MAX relative to its cwd). The kernel refuses a
+ * path of PATH_MAX bytes or more in one call, so such a path is walked in hops: openat(O_PATH|O_DIRECTORY) of
+ * the longest prefix that fits, then of the next one relative to that fd, until the rest fits; the *at call then
+ * runs relative to the last fd. Shorter paths (nearly all) take no hop: dirfd stays AT_FDCWD and rel is the path,
+ * so the only cost on the fast path is a strlen. The hops follow symlinks in intermediate components exactly as
+ * a one-call path walk would; only the final component keeps each call's own follow rule.
+ * ------------------------------------------------------------------------------------------------------------- */
+
+typedef struct {
+  int dirfd;       /* AT_FDCWD or an O_PATH fd owned by this struct */
+  const char *rel; /* points into the caller's path string */
+} at_path;
+
+/* Fills `out` for `path`; returns 0 or -errno (ENAMETOOLONG for a single component that alone is too long). */
+static int at_resolve(const char *path, at_path *out) {
+  out->dirfd = AT_FDCWD;
+  out->rel = path;
+  if (strlen(path) < PATH_MAX) return 0;
+  char prefix[PATH_MAX];
+  const char *rest = path;
+  int fd = AT_FDCWD;
+  while (strlen(rest) >= PATH_MAX) {
+    /* The last '/' that leaves a prefix of at most PATH_MAX - 1 bytes; the root "/" itself is a valid prefix. */
+    const char *cut = NULL;
+    for (const char *q = rest + PATH_MAX - 1; q >= rest; q--) {
+      if (*q == '/') {
+        cut = q;
+        break;
+      }
+    }
+    if (cut == NULL) {
+      if (fd != AT_FDCWD) close(fd);
+      return -ENAMETOOLONG;
+    }
+    size_t n = cut == rest ? 1 : (size_t) (cut - rest); /* a leading '/' hops to the root */
+    memcpy(prefix, rest, n);
+    prefix[n] = 0;
+    int next = openat(fd, prefix, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    int err = errno;
+    if (fd != AT_FDCWD) close(fd);
+    if (next < 0) return -err;
+    fd = next;
+    rest = cut + 1;
+    while (*rest == '/') rest++;
+  }
+  out->dirfd = fd;
+  out->rel = *rest == 0 ? "." : rest;
+  return 0;
+}
+
+static void at_release(at_path *p) {
+  if (p->dirfd != AT_FDCWD) close(p->dirfd);
+  p->dirfd = AT_FDCWD;
+}
+
+/*
+ * For the path calls that have no *at form (the xattr calls, truncate): a long path is opened O_PATH (without
+ * following a final symlink when `follow_last` is false) and named as /proc/self/fd/N, which the kernel resolves
+ * to exactly that object and, being a magic link, never follows further. `proc` receives that name. Short paths
+ * are returned unchanged with *fd = -1. Returns the path to use, or NULL with errno set.
+ */
+static const char *proc_path_for(const char *path, bool follow_last, char proc[32], int *fd) {
+  *fd = -1;
+  if (strlen(path) < PATH_MAX) return path;
+  at_path ap;
+  int rc = at_resolve(path, &ap);
+  if (rc < 0) {
+    errno = -rc;
+    return NULL;
+  }
+  int opened = openat(ap.dirfd, ap.rel, O_PATH | O_CLOEXEC | (follow_last ? 0 : O_NOFOLLOW));
+  int err = errno;
+  at_release(&ap);
+  if (opened < 0) {
+    errno = err;
+    return NULL;
+  }
+  *fd = opened;
+  snprintf(proc, 32, "/proc/self/fd/%d", opened);
+  return proc;
+}
+
+#define AT_ARG(ap, name)                              \
+  at_path ap;                                         \
+  do {                                                \
+    int at_rc_ = at_resolve(name, &ap);               \
+    if (at_rc_ < 0) {                                 \
+      throw_errno(env, -at_rc_, "openat", name, NULL); \
+      release_string(name, name##_stack);             \
+      return NULL;                                    \
+    }                                                 \
+  } while (0)
+
+/* ---------------------------------------------------------------------------------------------------------------
  * lstatRaw / fstatRaw
  * ------------------------------------------------------------------------------------------------------------- */
 
@@ -274,8 +371,14 @@ static napi_value lstat_raw(napi_env env, napi_callback_info info) {
   if (out == NULL) return NULL;
   PATH_ARG(file, 0, "file");
   struct stat st;
-  int rc = lstat(file, &st);
-  int err = errno;
+  at_path ap;
+  int rc = at_resolve(file, &ap);
+  int err = -rc;
+  if (rc == 0) {
+    rc = fstatat(ap.dirfd, ap.rel, &st, AT_SYMLINK_NOFOLLOW);
+    err = errno;
+    at_release(&ap);
+  }
   release_string(file, file_stack);
   if (rc == 0) fill_stat(out, &st);
   napi_value result;
@@ -307,14 +410,19 @@ static napi_value fstat_raw(napi_env env, napi_callback_info info) {
 typedef struct {
   const char *path; /* NULL when fd names the file */
   int fd;
+  /* path is a /proc/self/fd/N name (a long path opened O_PATH|O_NOFOLLOW): the l* calls would act on the magic
+     link itself, so the following calls are used, which stop at the object the fd holds (a symlink included). */
+  bool via_proc;
 } xattr_target;
 
 static ssize_t target_getxattr(const xattr_target *t, const char *name, void *value, size_t size) {
-  return t->path ? lgetxattr(t->path, name, value, size) : fgetxattr(t->fd, name, value, size);
+  if (t->path == NULL) return fgetxattr(t->fd, name, value, size);
+  return t->via_proc ? getxattr(t->path, name, value, size) : lgetxattr(t->path, name, value, size);
 }
 
 static ssize_t target_listxattr(const xattr_target *t, char *list, size_t size) {
-  return t->path ? llistxattr(t->path, list, size) : flistxattr(t->fd, list, size);
+  if (t->path == NULL) return flistxattr(t->fd, list, size);
+  return t->via_proc ? listxattr(t->path, list, size) : llistxattr(t->path, list, size);
 }
 
 /*
@@ -404,8 +512,16 @@ static napi_value js_lgetxattr(napi_env env, napi_callback_info info) {
   char *name = get_string(env, argv[1], name_stack, sizeof name_stack, "name");
   napi_value result = NULL;
   if (name != NULL) {
-    xattr_target t = {file, -1};
-    result = read_xattr(env, &t, name);
+    char proc[32];
+    int pfd;
+    const char *target = proc_path_for(file, false, proc, &pfd);
+    if (target == NULL) {
+      throw_errno(env, errno, "lgetxattr", file, NULL);
+    } else {
+      xattr_target t = {target, -1, pfd >= 0};
+      result = read_xattr(env, &t, name);
+      if (pfd >= 0) close(pfd);
+    }
     release_string(name, name_stack);
   }
   release_string(file, file_stack);
@@ -419,7 +535,7 @@ static napi_value js_fgetxattr(napi_env env, napi_callback_info info) {
   char name_stack[XATTR_NAME_MAX + 1];
   char *name = get_string(env, argv[1], name_stack, sizeof name_stack, "name");
   if (name == NULL) return NULL;
-  xattr_target t = {NULL, fd};
+  xattr_target t = {NULL, fd, false};
   napi_value result = read_xattr(env, &t, name);
   release_string(name, name_stack);
   return result;
@@ -435,7 +551,12 @@ static napi_value js_lsetxattr(napi_env env, napi_callback_info info) {
   char name_stack[XATTR_NAME_MAX + 1];
   char *name = get_string(env, argv[1], name_stack, sizeof name_stack, "name");
   if (name != NULL) {
-    if (lsetxattr(file, name, value, size, flags) != 0) throw_errno(env, errno, "lsetxattr", file, NULL);
+    char proc[32];
+    int pfd;
+    const char *target = proc_path_for(file, false, proc, &pfd);
+    int rc = target == NULL ? -1 : pfd >= 0 ? setxattr(target, name, value, size, flags) : lsetxattr(target, name, value, size, flags);
+    if (rc != 0) throw_errno(env, errno, "lsetxattr", file, NULL);
+    if (pfd >= 0) close(pfd);
     release_string(name, name_stack);
   }
   release_string(file, file_stack);
@@ -462,8 +583,17 @@ static napi_value js_fsetxattr(napi_env env, napi_callback_info info) {
 static napi_value js_llistxattr(napi_env env, napi_callback_info info) {
   GET_ARGS(1);
   PATH_ARG(file, 0, "file");
-  xattr_target t = {file, -1};
-  napi_value result = list_xattrs(env, &t);
+  char proc[32];
+  int pfd;
+  const char *target = proc_path_for(file, false, proc, &pfd);
+  napi_value result = NULL;
+  if (target == NULL) {
+    throw_errno(env, errno, "llistxattr", file, NULL);
+  } else {
+    xattr_target t = {target, -1, pfd >= 0};
+    result = list_xattrs(env, &t);
+    if (pfd >= 0) close(pfd);
+  }
   release_string(file, file_stack);
   return result;
 }
@@ -472,7 +602,7 @@ static napi_value js_flistxattr(napi_env env, napi_callback_info info) {
   GET_ARGS(1);
   int32_t fd;
   if (!get_int32(env, argv[0], &fd, "fd")) return NULL;
-  xattr_target t = {NULL, fd};
+  xattr_target t = {NULL, fd, false};
   return list_xattrs(env, &t);
 }
 
@@ -482,7 +612,12 @@ static napi_value js_lremovexattr(napi_env env, napi_callback_info info) {
   char name_stack[XATTR_NAME_MAX + 1];
   char *name = get_string(env, argv[1], name_stack, sizeof name_stack, "name");
   if (name != NULL) {
-    if (lremovexattr(file, name) != 0) throw_errno(env, errno, "lremovexattr", file, NULL);
+    char proc[32];
+    int pfd;
+    const char *target = proc_path_for(file, false, proc, &pfd);
+    int rc = target == NULL ? -1 : pfd >= 0 ? removexattr(target, name) : lremovexattr(target, name);
+    if (rc != 0) throw_errno(env, errno, "lremovexattr", file, NULL);
+    if (pfd >= 0) close(pfd);
     release_string(name, name_stack);
   }
   release_string(file, file_stack);
@@ -498,7 +633,9 @@ static napi_value js_mknod(napi_env env, napi_callback_info info) {
   int64_t mode, dev;
   if (!get_int64(env, argv[1], &mode, "mode") || !get_int64(env, argv[2], &dev, "dev")) return NULL;
   PATH_ARG(file, 0, "file");
-  if (mknod(file, (mode_t) mode, (dev_t) dev) != 0) throw_errno(env, errno, "mknod", file, NULL);
+  AT_ARG(ap, file);
+  if (mknodat(ap.dirfd, ap.rel, (mode_t) mode, (dev_t) dev) != 0) throw_errno(env, errno, "mknod", file, NULL);
+  at_release(&ap);
   release_string(file, file_stack);
   return NULL;
 }
@@ -511,10 +648,18 @@ static napi_value js_renameat2(napi_env env, napi_callback_info info) {
   char to_stack[PATH_MAX];
   char *to = get_string(env, argv[1], to_stack, sizeof to_stack, "to");
   if (to != NULL) {
-    /* glibc's renameat2() wrapper is recent; the raw syscall works with any libc. */
-    if (syscall(SYS_renameat2, AT_FDCWD, from, AT_FDCWD, to, (unsigned int) flags) != 0) {
-      throw_errno(env, errno, "rename", from, to);
+    at_path a, b;
+    int rc = at_resolve(from, &a);
+    if (rc == 0) {
+      rc = at_resolve(to, &b);
+      if (rc == 0) {
+        /* glibc's renameat2() wrapper is recent; the raw syscall works with any libc. */
+        rc = syscall(SYS_renameat2, a.dirfd, a.rel, b.dirfd, b.rel, (unsigned int) flags) == 0 ? 0 : -errno;
+        at_release(&b);
+      }
+      at_release(&a);
     }
+    if (rc != 0) throw_errno(env, -rc, "rename", from, to);
     release_string(to, to_stack);
   }
   release_string(from, from_stack);
@@ -545,9 +690,11 @@ static napi_value js_utimensat(napi_env env, napi_callback_info info) {
     return NULL;
   }
   PATH_ARG(file, 0, "file");
-  if (utimensat(AT_FDCWD, file, times, no_follow ? AT_SYMLINK_NOFOLLOW : 0) != 0) {
+  AT_ARG(ap, file);
+  if (utimensat(ap.dirfd, ap.rel, times, no_follow ? AT_SYMLINK_NOFOLLOW : 0) != 0) {
     throw_errno(env, errno, "utimensat", file, NULL);
   }
+  at_release(&ap);
   release_string(file, file_stack);
   return NULL;
 }
@@ -743,9 +890,13 @@ static napi_value js_name_to_handle(napi_env env, napi_callback_info info) {
   } handle;
   handle.fh.handle_bytes = MAX_HANDLE_SZ;
   int mount_id;
+  AT_ARG(ap, file);
   /* flags 0: do not follow a final symlink, so a layer's symlink gets its own handle. */
-  int rc = name_to_handle_at(AT_FDCWD, file, &handle.fh, &mount_id, 0);
+  int rc = name_to_handle_at(ap.dirfd, ap.rel, &handle.fh, &mount_id, 0);
+  if (rc != 0) rc = -errno;
+  at_release(&ap);
   if (rc != 0) {
+    errno = -rc;
     throw_errno(env, errno, "name_to_handle_at", file, NULL);
     release_string(file, file_stack);
     return NULL;
@@ -795,9 +946,12 @@ static napi_value js_get_fs_uuid(napi_env env, napi_callback_info info) {
   GET_ARGS(1);
   PATH_ARG(file, 0, "file");
   /* O_NONBLOCK so that a fifo cannot hang the open; the ioctl needs a real (non-O_PATH) descriptor. */
-  int fd = open(file, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+  AT_ARG(ap, file);
+  int fd = openat(ap.dirfd, ap.rel, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+  if (fd < 0) fd = -errno;
+  at_release(&ap);
   if (fd < 0) {
-    throw_errno(env, errno, "open", file, NULL);
+    throw_errno(env, -fd, "open", file, NULL);
     release_string(file, file_stack);
     return NULL;
   }
@@ -831,9 +985,17 @@ static napi_value js_get_fs_uuid(napi_env env, napi_callback_info info) {
 static napi_value js_readdir_ino(napi_env env, napi_callback_info info) {
   GET_ARGS(1);
   PATH_ARG(dir, 0, "dir");
-  DIR *stream = opendir(dir);
+  AT_ARG(ap, dir);
+  int dfd = openat(ap.dirfd, ap.rel, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  int open_err = errno;
+  at_release(&ap);
+  DIR *stream = dfd < 0 ? NULL : fdopendir(dfd);
   if (stream == NULL) {
-    throw_errno(env, errno, "opendir", dir, NULL);
+    if (dfd >= 0) {
+      open_err = errno;
+      close(dfd);
+    }
+    throw_errno(env, open_err, "opendir", dir, NULL);
     release_string(dir, dir_stack);
     return NULL;
   }
@@ -913,6 +1075,268 @@ static napi_value js_readdir_ino(napi_env env, napi_callback_info info) {
 }
 
 /* ---------------------------------------------------------------------------------------------------------------
+ * Namespace and attribute calls for paths of any length (see "Paths of any length"). Node's fs has the same
+ * calls on plain paths; the union uses those for short paths and these once a path reaches PATH_MAX.
+ * ------------------------------------------------------------------------------------------------------------- */
+
+static napi_value js_mkdir(napi_env env, napi_callback_info info) {
+  GET_ARGS(2);
+  int32_t mode;
+  if (!get_int32(env, argv[1], &mode, "mode")) return NULL;
+  PATH_ARG(file, 0, "file");
+  AT_ARG(ap, file);
+  if (mkdirat(ap.dirfd, ap.rel, (mode_t) mode) != 0) throw_errno(env, errno, "mkdir", file, NULL);
+  at_release(&ap);
+  release_string(file, file_stack);
+  return NULL;
+}
+
+/* unlink(2) or, with AT_REMOVEDIR, rmdir(2). */
+static napi_value unlink_common(napi_env env, napi_callback_info info, int flags, const char *syscall_name) {
+  GET_ARGS(1);
+  PATH_ARG(file, 0, "file");
+  AT_ARG(ap, file);
+  if (unlinkat(ap.dirfd, ap.rel, flags) != 0) throw_errno(env, errno, syscall_name, file, NULL);
+  at_release(&ap);
+  release_string(file, file_stack);
+  return NULL;
+}
+
+static napi_value js_unlink(napi_env env, napi_callback_info info) {
+  return unlink_common(env, info, 0, "unlink");
+}
+
+static napi_value js_rmdir(napi_env env, napi_callback_info info) {
+  return unlink_common(env, info, AT_REMOVEDIR, "rmdir");
+}
+
+static napi_value js_symlink(napi_env env, napi_callback_info info) {
+  GET_ARGS(2);
+  char target_stack[PATH_MAX];
+  char *target = get_string(env, argv[0], target_stack, sizeof target_stack, "target");
+  if (target == NULL) return NULL;
+  char file_stack[PATH_MAX];
+  char *file = get_string(env, argv[1], file_stack, sizeof file_stack, "file");
+  if (file != NULL) {
+    at_path ap;
+    int rc = at_resolve(file, &ap);
+    if (rc == 0) {
+      rc = symlinkat(target, ap.dirfd, ap.rel) == 0 ? 0 : -errno;
+      at_release(&ap);
+    }
+    if (rc != 0) throw_errno(env, -rc, "symlink", target, file);
+    release_string(file, file_stack);
+  }
+  release_string(target, target_stack);
+  return NULL;
+}
+
+static napi_value js_link(napi_env env, napi_callback_info info) {
+  GET_ARGS(2);
+  PATH_ARG(existing, 0, "existing");
+  char file_stack[PATH_MAX];
+  char *file = get_string(env, argv[1], file_stack, sizeof file_stack, "file");
+  if (file != NULL) {
+    at_path a, b;
+    int rc = at_resolve(existing, &a);
+    if (rc == 0) {
+      rc = at_resolve(file, &b);
+      if (rc == 0) {
+        rc = linkat(a.dirfd, a.rel, b.dirfd, b.rel, 0) == 0 ? 0 : -errno;
+        at_release(&b);
+      }
+      at_release(&a);
+    }
+    if (rc != 0) throw_errno(env, -rc, "link", existing, file);
+    release_string(file, file_stack);
+  }
+  release_string(existing, existing_stack);
+  return NULL;
+}
+
+/* open(2) with O_CLOEXEC added (as libuv adds it); returns the fd, usable with every fd call of Node's fs. */
+static napi_value js_open(napi_env env, napi_callback_info info) {
+  GET_ARGS(3);
+  int32_t flags, mode;
+  if (!get_int32(env, argv[1], &flags, "flags") || !get_int32(env, argv[2], &mode, "mode")) return NULL;
+  PATH_ARG(file, 0, "file");
+  AT_ARG(ap, file);
+  int fd = openat(ap.dirfd, ap.rel, flags | O_CLOEXEC, (mode_t) mode);
+  int err = errno;
+  at_release(&ap);
+  napi_value result = NULL;
+  if (fd < 0) {
+    throw_errno(env, err, "open", file, NULL);
+  } else if (napi_create_int32(env, fd, &result) != napi_ok) {
+    close(fd);
+    throw_last_napi_error(env);
+    result = NULL;
+  }
+  release_string(file, file_stack);
+  return result;
+}
+
+/* lchown(2): -1 leaves that id unchanged. */
+static napi_value js_lchown(napi_env env, napi_callback_info info) {
+  GET_ARGS(3);
+  int64_t uid, gid;
+  if (!get_int64(env, argv[1], &uid, "uid") || !get_int64(env, argv[2], &gid, "gid")) return NULL;
+  PATH_ARG(file, 0, "file");
+  AT_ARG(ap, file);
+  if (fchownat(ap.dirfd, ap.rel, (uid_t) uid, (gid_t) gid, AT_SYMLINK_NOFOLLOW) != 0) throw_errno(env, errno, "lchown", file, NULL);
+  at_release(&ap);
+  release_string(file, file_stack);
+  return NULL;
+}
+
+/* chmod(2) (follows a final symlink, as chmod does; the union never chmods a symlink). */
+static napi_value js_chmod(napi_env env, napi_callback_info info) {
+  GET_ARGS(2);
+  int32_t mode;
+  if (!get_int32(env, argv[1], &mode, "mode")) return NULL;
+  PATH_ARG(file, 0, "file");
+  AT_ARG(ap, file);
+  if (fchmodat(ap.dirfd, ap.rel, (mode_t) mode, 0) != 0) throw_errno(env, errno, "chmod", file, NULL);
+  at_release(&ap);
+  release_string(file, file_stack);
+  return NULL;
+}
+
+/* truncate(2) itself (not open + ftruncate, which would differ for a file being executed or without write
+   permission), through /proc/self/fd for a long path. */
+static napi_value js_truncate(napi_env env, napi_callback_info info) {
+  GET_ARGS(2);
+  int64_t size;
+  if (!get_int64(env, argv[1], &size, "size")) return NULL;
+  PATH_ARG(file, 0, "file");
+  char proc[32];
+  int pfd;
+  const char *target = proc_path_for(file, true, proc, &pfd);
+  if (target == NULL || truncate(target, (off_t) size) != 0) throw_errno(env, errno, "truncate", file, NULL);
+  if (pfd >= 0) close(pfd);
+  release_string(file, file_stack);
+  return NULL;
+}
+
+/* readlink(2), as a UTF-8 string (as Node's readlinkSync returns it). */
+static napi_value js_readlink(napi_env env, napi_callback_info info) {
+  GET_ARGS(1);
+  PATH_ARG(file, 0, "file");
+  AT_ARG(ap, file);
+  char target[PATH_MAX];
+  ssize_t n = readlinkat(ap.dirfd, ap.rel, target, sizeof target);
+  int err = errno;
+  at_release(&ap);
+  napi_value result = NULL;
+  if (n < 0) {
+    throw_errno(env, err, "readlink", file, NULL);
+  } else if (napi_create_string_utf8(env, target, (size_t) n, &result) != napi_ok) {
+    throw_last_napi_error(env);
+    result = NULL;
+  }
+  release_string(file, file_stack);
+  return result;
+}
+
+/*
+ * Removes `path` and everything below it, of any depth, ignoring a path that does not exist (rm -rf). Only for
+ * trees nobody else changes (the union's work dir). It walks down with one dir fd at a time, never building a
+ * path: each dir is read, its non-dirs unlinked, and the first subdir entered; an emptied dir is left through
+ * "..", which is its parent since nothing moves it meanwhile, and removed from there. The names on the way down
+ * are the only state, so depth costs memory, not fds.
+ */
+static int remove_tree(const char *path) {
+  at_path ap;
+  int rc = at_resolve(path, &ap);
+  if (rc < 0) return rc == -ENOENT ? 0 : rc;
+  if (unlinkat(ap.dirfd, ap.rel, 0) == 0 || errno == ENOENT) {
+    at_release(&ap);
+    return 0;
+  }
+  if (errno != EISDIR) {
+    rc = -errno;
+    at_release(&ap);
+    return rc;
+  }
+  int cur = openat(ap.dirfd, ap.rel, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (cur < 0) {
+    rc = errno == ENOENT ? 0 : -errno;
+    at_release(&ap);
+    return rc;
+  }
+  char **names = NULL;
+  size_t depth = 0, capacity = 0;
+  rc = 0;
+  for (;;) {
+    int listing = dup(cur);
+    DIR *stream = listing < 0 ? NULL : fdopendir(listing);
+    if (stream == NULL) {
+      rc = -errno;
+      if (listing >= 0) close(listing);
+      break;
+    }
+    char *subdir = NULL;
+    struct dirent *entry;
+    while (rc == 0 && (errno = 0, entry = readdir(stream)) != NULL) {
+      const char *n = entry->d_name;
+      if (n[0] == '.' && (n[1] == 0 || (n[1] == '.' && n[2] == 0))) continue;
+      if (unlinkat(cur, n, 0) == 0 || errno == ENOENT) continue;
+      if (errno != EISDIR) {
+        rc = -errno;
+        break;
+      }
+      subdir = strdup(n);
+      if (subdir == NULL) rc = -ENOMEM;
+      break;
+    }
+    if (rc == 0 && subdir == NULL && errno != 0) rc = -errno;
+    closedir(stream);
+    if (rc != 0) break;
+    if (subdir != NULL) {
+      int child = openat(cur, subdir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+      if (child < 0 || (depth == capacity && (capacity = capacity ? capacity * 2 : 64,
+                                              names = realloc(names, capacity * sizeof *names)) == NULL)) {
+        rc = child < 0 ? -errno : -ENOMEM;
+        if (child >= 0) close(child);
+        free(subdir);
+        break;
+      }
+      names[depth++] = subdir;
+      close(cur);
+      cur = child;
+      continue;
+    }
+    if (depth == 0) break; /* the top dir is empty */
+    int parent = openat(cur, "..", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (parent < 0) {
+      rc = -errno;
+      break;
+    }
+    close(cur);
+    cur = parent;
+    char *name = names[--depth];
+    if (unlinkat(cur, name, AT_REMOVEDIR) != 0 && errno != ENOENT) rc = -errno;
+    free(name);
+    if (rc != 0) break;
+  }
+  close(cur);
+  while (depth > 0) free(names[--depth]);
+  free(names);
+  if (rc == 0 && unlinkat(ap.dirfd, ap.rel, AT_REMOVEDIR) != 0 && errno != ENOENT) rc = -errno;
+  at_release(&ap);
+  return rc;
+}
+
+static napi_value js_remove_tree(napi_env env, napi_callback_info info) {
+  GET_ARGS(1);
+  PATH_ARG(file, 0, "file");
+  int rc = remove_tree(file);
+  if (rc != 0) throw_errno(env, -rc, "rm", file, NULL);
+  release_string(file, file_stack);
+  return NULL;
+}
+
+/* ---------------------------------------------------------------------------------------------------------------
  * CPU affinity
  *
  * A FUSE request hops from a libfuse thread to the JS thread and back. On a VM, waking a thread that sleeps on
@@ -962,6 +1386,17 @@ NAPI_MODULE_INIT() {
     {"getFsUuid", NULL, js_get_fs_uuid, NULL, NULL, NULL, napi_enumerable, NULL},
     {"readdirIno", NULL, js_readdir_ino, NULL, NULL, NULL, napi_enumerable, NULL},
     {"pinThreadToCpu", NULL, js_pin_thread_to_cpu, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"mkdir", NULL, js_mkdir, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"rmdir", NULL, js_rmdir, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"unlink", NULL, js_unlink, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"symlink", NULL, js_symlink, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"link", NULL, js_link, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"open", NULL, js_open, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"lchown", NULL, js_lchown, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"chmod", NULL, js_chmod, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"truncate", NULL, js_truncate, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"readlink", NULL, js_readlink, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"removeTree", NULL, js_remove_tree, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   if (napi_define_properties(env, exports, sizeof functions / sizeof functions[0], functions) != napi_ok) {
     return NULL;

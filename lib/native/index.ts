@@ -6,6 +6,10 @@
  *    `syscall` and `path`, exactly like Node's own fs errors, so callers can test `err.code`.
  *  - Functions named *Raw never throw for an errno: they return 0 or a negative errno. They exist for hot paths.
  *  - All calls are synchronous except copyData, which runs on the libuv threadpool.
+ *  - Every call that takes a path accepts a path of any length: one of PATH_MAX bytes or more is walked in hops
+ *    (openat(O_PATH|O_DIRECTORY) of prefixes that fit, each relative to the last) and the call is made relative
+ *    to the deepest dir fd (the *at form, or /proc/self/fd/N of an O_PATH fd where no *at form exists: xattrs,
+ *    truncate). Shorter paths take no hop. The union's real paths (layer root + merged path) have no limit.
  */
 import { createRequire } from 'node:module';
 import path from 'node:path';
@@ -88,6 +92,30 @@ export interface StrataSys {
 
   /** readdir(3) of a directory in one call, without "." and "..". */
   readdirIno(dir: string): DirListing;
+
+  // The calls Node's fs has too, for paths Node cannot pass (PATH_MAX and longer). Same semantics and errors.
+  /** mkdir(2). */
+  mkdir(file: string, mode: number): void;
+  /** rmdir(2). */
+  rmdir(file: string): void;
+  /** unlink(2). */
+  unlink(file: string): void;
+  /** symlink(2): `file` becomes a symlink to `target`. */
+  symlink(target: string, file: string): void;
+  /** link(2), not following a final symlink of `existing`. */
+  link(existing: string, file: string): void;
+  /** open(2) with O_CLOEXEC; the fd works with every fd call of Node's fs (read, write, close...). */
+  open(file: string, flags: number, mode: number): number;
+  /** lchown(2); -1 leaves an id unchanged. */
+  lchown(file: string, uid: number, gid: number): void;
+  /** chmod(2). */
+  chmod(file: string, mode: number): void;
+  /** truncate(2). */
+  truncate(file: string, size: number): void;
+  /** readlink(2), decoded as UTF-8 (as fs.readlinkSync does). */
+  readlink(file: string): string;
+  /** rm -rf: removes `file` and everything below it, of any depth, with one dir fd at a time; a missing path is fine. */
+  removeTree(file: string): void;
 
   /** sched_setaffinity(2) of the calling thread to one CPU; threads it creates later inherit it. */
   pinThreadToCpu(cpu: number): void;

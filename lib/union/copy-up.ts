@@ -14,7 +14,7 @@ import { encodeOrigin } from './origin.js';
 import { indexPathFor, storeUnionNlink, unionNlinkOf } from './index.js';
 import { isCopiedXattr } from './xattrs.js';
 import type { UnionFs } from './super.js';
-import { parentPath } from './util.js';
+import { openReal, parentPath, readlinkReal } from './util.js';
 
 export interface CopyUpOptions {
   /** Skip copying file data (the caller is about to truncate to zero, e.g. open with O_TRUNC). */
@@ -72,7 +72,7 @@ async function copyUpOne(ufs: UnionFs, entry: UnionEntry, options: CopyUpOptions
       } else if (type === S_IFREG) {
         await copyFileData(ufs, source.real, temp, options.skipData ? 0 : (stat[StatIndex.size] ?? 0));
       } else if (type === S_IFLNK) {
-        realfs.symlink(fs.readlinkSync(source.real), temp);
+        realfs.symlink(readlinkReal(source.real), temp);
       } else {
         realfs.mknod(temp, mode, stat[StatIndex.rdev] ?? 0);
       }
@@ -129,7 +129,7 @@ async function copyUpOne(ufs: UnionFs, entry: UnionEntry, options: CopyUpOptions
 }
 
 async function copyFileData(ufs: UnionFs, sourceReal: string, temp: string, length: number): Promise<void> {
-  const sourceFd = fs.openSync(sourceReal, fs.constants.O_RDONLY);
+  const sourceFd = openReal(sourceReal, fs.constants.O_RDONLY);
   let targetFd: number | undefined;
   try {
     targetFd = ufs.realfs.openCreate(temp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);

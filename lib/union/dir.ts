@@ -353,7 +353,7 @@ export async function rename(ufs: UnionFs, from: string, to: string): Promise<vo
   }
   if (dest && dest.type === S_IFDIR && dest.inUpper && !destPureUpper) {
     // The destination is empty in the merged view, so its upper dir holds only whiteouts: clear them.
-    for (const name of fs.readdirSync(dest.top.real)) ufs.realfs.unlink(`${dest.top.real}/${name}`);
+    for (const name of sys.readdirIno(dest.top.real).names) ufs.realfs.unlink(`${dest.top.real}/${name}`);
   }
   const targetState = upperState(ufs, targetReal);
   if (sourceIsDir && targetState === 'whiteout') {

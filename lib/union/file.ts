@@ -7,6 +7,7 @@ import { fsError } from '../errors.js';
 import { S_IFDIR } from './layer.js';
 import { copyUp } from './copy-up.js';
 import type { UnionFs } from './super.js';
+import { openReal } from './util.js';
 
 const { O_WRONLY, O_RDWR, O_TRUNC, O_CREAT, O_EXCL, O_NOCTTY, O_DIRECT } = fs.constants;
 /** O_ACCMODE, which Node does not export. */
@@ -27,7 +28,7 @@ export async function open(ufs: UnionFs, path: string, flags: number): Promise<n
   // O_DIRECT needs aligned buffers the FUSE request buffers do not guarantee; creation flags were handled.
   const realFlags = flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_DIRECT);
   const dataReal = ufs.dataReal(entry);
-  const fd = fs.openSync(dataReal, realFlags);
+  const fd = openReal(dataReal, realFlags);
   if (!entry.inUpper && entry.type !== S_IFDIR) ufs.lowerReaders.set(fd, { dataReal, fd, realFlags });
   return fd;
 }
@@ -54,7 +55,7 @@ export function currentReadFd(ufs: UnionFs, path: string, handle: number): numbe
     return reader.fd; // renamed away or removed: keep reading what was opened
   }
   if (dataReal !== reader.dataReal) {
-    const fd = fs.openSync(dataReal, reader.realFlags);
+    const fd = openReal(dataReal, reader.realFlags);
     if (reader.fd !== handle) fs.closeSync(reader.fd);
     reader.fd = fd;
     reader.dataReal = dataReal;

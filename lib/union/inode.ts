@@ -2,13 +2,13 @@
  * Attributes (fs/overlayfs/inode.c): getattr reports the visible object's attributes with the union's
  * inode number; every attribute change copies the object up first and then changes the upper copy.
  */
-import fs from 'node:fs';
 import { sys, StatIndex } from '../native/index.js';
 import { fsError } from '../errors.js';
 import { S_IFDIR, type UnionEntry } from './layer.js';
 import { copyUp } from './copy-up.js';
 import { indexEntryOf, storedUnionNlink } from './index.js';
 import type { UnionFs } from './super.js';
+import { readlinkReal } from './util.js';
 
 /** Fills `out` with the attributes of `path`. */
 export function getattr(ufs: UnionFs, path: string, out: Float64Array): void {
@@ -82,7 +82,7 @@ export async function truncate(ufs: UnionFs, path: string, size: number): Promis
 }
 
 export function readlink(ufs: UnionFs, path: string): string {
-  return fs.readlinkSync(ufs.dataReal(ufs.lookup(path)));
+  return readlinkReal(ufs.dataReal(ufs.lookup(path)));
 }
 
 function isIndexed(ufs: UnionFs, entry: UnionEntry): boolean {

@@ -2,10 +2,15 @@
  * Wrappers for every change made to a real layer (like the ovl_do_* helpers): each call is logged at debug
  * level with its result, so a trace of what Strata did to the upper dir can be read back from the logs.
  * Errors are Node-style (err.code is the errno name) and pass through unchanged.
+ *
+ * Paths may be of any length (see util.ts PATH_MAX): a long one goes to the addon's *at calls, which walk it in
+ * openat hops; the others keep Node's plain path calls. The addon's own calls (renameat2, mknod, xattrs,
+ * utimensat) take any length themselves.
  */
 import fs from 'node:fs';
 import type { Logger } from '../log.js';
 import { sys, RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT } from '../native/index.js';
+import { isLongPath, openReal } from './util.js';
 
 const WHITEOUT_MODE = 0o020000; // S_IFCHR, permission bits 0 as the kernel makes them
 
@@ -36,24 +41,24 @@ export class RealFs {
   }
 
   mkdir(path: string, mode: number): void {
-    this.run('mkdir', { path, mode }, () => fs.mkdirSync(path, { mode }));
+    this.run('mkdir', { path, mode }, () => (isLongPath(path) ? sys.mkdir(path, mode) : fs.mkdirSync(path, { mode })));
   }
 
   rmdir(path: string): void {
-    this.run('rmdir', { path }, () => fs.rmdirSync(path));
+    this.run('rmdir', { path }, () => (isLongPath(path) ? sys.rmdir(path) : fs.rmdirSync(path)));
   }
 
   unlink(path: string): void {
-    this.run('unlink', { path }, () => fs.unlinkSync(path));
+    this.run('unlink', { path }, () => (isLongPath(path) ? sys.unlink(path) : fs.unlinkSync(path)));
   }
 
-  /** Removes a tree that only Strata writes to (a directory moved into the work dir). */
+  /** Removes a tree that only Strata writes to (a directory moved into the work dir), of any depth (fd-based, never a full path). */
   removeTree(path: string): void {
-    this.run('removeTree', { path }, () => fs.rmSync(path, { recursive: true, force: true }));
+    this.run('removeTree', { path }, () => sys.removeTree(path));
   }
 
   rename(from: string, to: string): void {
-    this.run('rename', { from, to }, () => fs.renameSync(from, to));
+    this.run('rename', { from, to }, () => (isLongPath(from) || isLongPath(to) ? sys.renameat2(from, to, 0) : fs.renameSync(from, to)));
   }
 
   renameNoReplace(from: string, to: string): void {
@@ -79,27 +84,27 @@ export class RealFs {
   }
 
   symlink(target: string, path: string): void {
-    this.run('symlink', { target, path }, () => fs.symlinkSync(target, path));
+    this.run('symlink', { target, path }, () => (isLongPath(path) ? sys.symlink(target, path) : fs.symlinkSync(target, path)));
   }
 
   link(existing: string, path: string): void {
-    this.run('link', { existing, path }, () => fs.linkSync(existing, path));
+    this.run('link', { existing, path }, () => (isLongPath(existing) || isLongPath(path) ? sys.link(existing, path) : fs.linkSync(existing, path)));
   }
 
   openCreate(path: string, flags: number, mode: number): number {
-    return this.run('open_create', { path, flags, mode }, () => fs.openSync(path, flags, mode));
+    return this.run('open_create', { path, flags, mode }, () => openReal(path, flags, mode));
   }
 
   lchown(path: string, uid: number, gid: number): void {
-    this.run('lchown', { path, uid, gid }, () => fs.lchownSync(path, uid, gid));
+    this.run('lchown', { path, uid, gid }, () => (isLongPath(path) ? sys.lchown(path, uid, gid) : fs.lchownSync(path, uid, gid)));
   }
 
   chmod(path: string, mode: number): void {
-    this.run('chmod', { path, mode }, () => fs.chmodSync(path, mode));
+    this.run('chmod', { path, mode }, () => (isLongPath(path) ? sys.chmod(path, mode) : fs.chmodSync(path, mode)));
   }
 
   truncate(path: string, size: number): void {
-    this.run('truncate', { path, size }, () => fs.truncateSync(path, size));
+    this.run('truncate', { path, size }, () => (isLongPath(path) ? sys.truncate(path, size) : fs.truncateSync(path, size)));
   }
 
   utimens(path: string, atimeSec: number, atimeNsec: number, mtimeSec: number, mtimeNsec: number): void {
@@ -117,7 +122,7 @@ export class RealFs {
   /** fsync(2) of a real directory, so that the names created, renamed or removed in it are on disk. */
   fsyncDir(path: string, dataOnly: boolean): void {
     this.run('fsyncdir', { path, dataOnly }, () => {
-      const fd = fs.openSync(path, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY | fs.constants.O_NOFOLLOW);
+      const fd = openReal(path, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY | fs.constants.O_NOFOLLOW);
       try {
         if (dataOnly) fs.fdatasyncSync(fd);
         else fs.fsyncSync(fd);

@@ -135,7 +135,8 @@ export class UnionFs implements LookupContext {
   prepareWorkDir(): void {
     if (!this.workDir || this.readOnly) return;
     this.refuseIncompatFeatures();
-    fs.rmSync(this.workDir, { recursive: true, force: true });
+    // fd-based: a dir removed through a deep merged path was moved here whole, so work/ can be deeper than PATH_MAX.
+    sys.removeTree(this.workDir);
     fs.mkdirSync(this.workDir, { mode: 0 });
     fs.chmodSync(this.workDir, 0);
     if (this.volatile) {

@@ -11,7 +11,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { run } from './sandbox.js';
-import { normalizeTime } from './tree.js';
+import { inDir, normalizeTime } from './tree.js';
 
 export type Op =
   | ['create', string, string?]
@@ -62,7 +62,12 @@ export type Op =
   | ['fsyncWrite', string, string]
   | ['statfsTotals', string]
   | ['readOldFdAfterWrite', string, string]
-  | ['renameWhileOpen', string, string, string];
+  | ['renameWhileOpen', string, string, string]
+  /**
+   * Runs the inner op from inside the dir (relative to the op root, any depth), its paths relative to that dir:
+   * how a process cd'd deep inside a mount reaches entries whose full path is PATH_MAX or longer.
+   */
+  | ['at', string, Op];
 
 export type FallocateMode = 'default' | 'keep-size' | 'punch-hole' | 'zero-range' | 'collapse-range' | 'insert-range';
 /** fallocate(1)'s flag for each mode. */
@@ -384,6 +389,9 @@ async function perform(ctx: OpContext, op: Op, p: (rel: string) => string): Prom
       } finally { fs.closeSync(fd); }
       return fs.readFileSync(p(op[2]), 'latin1');
     }
+    case 'at':
+      // The cwd is walked there in short steps; the inner op's paths (and tools' cwd) are then relative to it.
+      return inDir(p(op[1]), () => perform({ ...ctx, root: '.' }, op[2], (rel) => path.join('.', rel)));
     case 'sparseness': {
       const st = fs.statSync(p(op[1]));
       return st.blocks * 512 < st.size / 2 ? 'sparse' : 'dense';

@@ -36,6 +36,17 @@ const NAMES = ['a', 'b', 'c', 'd'];
 /** The small pool every random path comes from: depth 1 and 2, so renames and rmdirs collide often. */
 export const PATH_POOL: string[] = [...NAMES, ...NAMES.flatMap((n) => NAMES.map((m) => `${n}/${m}`))];
 
+/**
+ * Long paths (issue 12 §3): names of 250 bytes, DEEP_LEVELS of them make a relative path just under PATH_MAX. The
+ * generator builds chains of them (in steps of at most DEEP_LEVELS, each step a relative mkdir from the deepest
+ * dir so far) and runs ordinary ops from inside, so real paths reach twice PATH_MAX below the layer roots.
+ */
+export const LONG_NAME = 'L'.repeat(250);
+export const DEEP_LEVELS = 15;
+export const longChain = (n: number): string => Array.from({ length: n }, () => LONG_NAME).join('/');
+/** The deepest dir below a top-level name: two chains of DEEP_LEVELS, about 7.5 KB. */
+export const deepDirOf = (name: string): string => `${name}/${longChain(DEEP_LEVELS)}/${longChain(DEEP_LEVELS)}`;
+
 /** Two random lower layers (top first) over the pool, including whiteouts and an opaque dir in the top one. */
 export function randomLayers(rand: () => number): [LayerSpec, LayerSpec] {
   const pick = <T>(items: readonly T[]): T => items[Math.floor(rand() * items.length)]!;
@@ -69,6 +80,14 @@ export function randomLayers(rand: () => number): [LayerSpec, LayerSpec] {
   for (let i = 0; i < 2 && files.length && free.length; i++) {
     const at = free.splice(Math.floor(rand() * free.length), 1)[0]!;
     bottom[at] = { type: 'hardlink', target: pick(files) };
+  }
+  // Deep lower dirs (longer than PATH_MAX below the layer root), where the ops' deep chains run into them.
+  for (const name of NAMES) {
+    if (bottom[name]?.type !== 'dir' || rand() < 0.5) continue;
+    const deep = deepDirOf(name);
+    bottom[`${deep}/a`] = { type: 'file', content: `deep ${name} ${Math.floor(rand() * 1000)}`, xattrs: rand() < 0.5 ? { 'user.r': 'deep' } : undefined };
+    bottom[`${deep}/b`] = { type: 'dir' };
+    bottom[`${deep}/b/c`] = { type: 'file', content: 'deep c' };
   }
   return [layer(true, bottom), bottom];
 }
@@ -109,7 +128,30 @@ export function randomOps(rand: () => number, count: number): Op[] {
     () => ['readdir', pick(['.', ...NAMES])],
     () => ['readlink', p()],
   ];
-  return Array.from({ length: count }, () => pick(makers)());
+  // The long-path shapes: build a deep chain under a top-level name, act from inside it, move things between
+  // depths, and move whole chains. A chain is built by DEEP_LEVELS relative mkdirs from the name, then as many
+  // from the middle of the chain (each path under PATH_MAX; the ones below a missing dir fail on both sides).
+  const deepMakers: (() => Op | Op[])[] = [
+    () => {
+      const name = pick(NAMES);
+      const steps = (from: string): Op[] => Array.from({ length: DEEP_LEVELS }, (_, i): Op => ['at', from, ['mkdir', longChain(i + 1)]]);
+      return [...steps(name), ...steps(`${name}/${longChain(DEEP_LEVELS)}`)];
+    },
+    () => ['at', deepDirOf(pick(NAMES)), pick(makers)()],
+    () => ['at', deepDirOf(pick(NAMES)), pick(makers)()],
+    () => ['at', deepDirOf(pick(NAMES)), pick(makers)()],
+    () => ['at', `${pick(NAMES)}/${longChain(DEEP_LEVELS)}`, ['rename', `${longChain(DEEP_LEVELS)}/${p()}`, p()]],
+    () => ['at', deepDirOf(pick(NAMES)), ['rename', p(), `${'../'.repeat(DEEP_LEVELS)}${p()}`]],
+    () => ['rename', `${pick(NAMES)}/${LONG_NAME}`, `${pick(NAMES)}/${LONG_NAME}`],
+  ];
+  const ops: Op[] = [];
+  while (ops.length < count) {
+    // About one op in eight is a long-path shape.
+    const made = rand() < 0.125 ? pick(deepMakers)() : pick(makers)();
+    if (Array.isArray(made[0])) ops.push(...(made as Op[]));
+    else ops.push(made as Op);
+  }
+  return ops.slice(0, count);
 }
 
 /**

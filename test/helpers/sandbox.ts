@@ -288,8 +288,21 @@ export class Sandbox {
     for (const mnt of mountedPaths().filter((p) => p.startsWith(this.root + path.sep)).reverse()) {
       try { unmountRobustly(mnt); } catch (err) { errors.push(err); }
     }
-    if (errors.length === 0) fs.rmSync(this.root, { recursive: true, force: true });
+    if (errors.length === 0) removeTree(this.root);
     if (errors.length) throw new Error(`sandbox ${this.root} cleanup failed: ${errors.map(String).join('; ')}`);
+  }
+}
+
+/**
+ * rm -rf of a test's temp dir. Node's rmSync builds every path in full and fails (ENAMETOOLONG) on trees deeper
+ * than PATH_MAX, which the long-path scenarios make; coreutils rm walks by fd, so it takes over then.
+ */
+export function removeTree(dir: string): void {
+  try {
+    fs.rmSync(dir, { recursive: true, force: true });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENAMETOOLONG') throw err;
+    runOk('rm', ['-rf', '--', dir]);
   }
 }
 

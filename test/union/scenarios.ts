@@ -19,6 +19,18 @@ const long = (c: string, n: number) => c.repeat(n);
 const T1 = '1200000000.111111111';
 const T2 = '1200000000.987654321';
 const MiB = 1024 * 1024;
+
+// Long paths (issue 12 §3): `n` names of 127 bytes, as in the issue (31 of them plus a 127-byte name make 4095 bytes).
+const chain = (n: number, c = 'd', len = 127) => Array.from({ length: n }, () => c.repeat(len)).join('/');
+const N127 = 'n'.repeat(127);
+/** testdir/<31 dirs>: the issue's example dir, made through the mount by relative mkdirs. */
+const DEEP = `testdir/${chain(31)}`;
+/** Ten levels more: deeper than PATH_MAX below the scenario dir, let alone the layer roots. */
+const DEEP2 = `${DEEP}/${chain(10, 'e')}`;
+/** A lower dir 25 * 201 bytes below the layer root, built in the lower itself (relative mkdirs). */
+const LOWER_DEEP = `lower/${chain(25, 'L', 200)}`;
+/** Ops run from inside `dir`, with paths relative to it (see the 'at' op). */
+const at = (dir: string, ops: Op[]): Op[] => ops.map((op) => ['at', dir, op]);
 const GiB = 1024 * MiB;
 
 export const scenarios: Scenario[] = [
@@ -380,6 +392,59 @@ export const scenarios: Scenario[] = [
       ['withUmask', '027', 'mkdir', 'plain/d', 100, 100], ['stat', 'plain/d'], ['setfaclDefault', 'ad/sub', 'u::rwx,u:200:rwx,g::r-x,m::rwx,o::r-x'],
       ['withUmask', '777', 'touch', 'ad/sub/f'], ['stat', 'ad/sub/f'], ['getfacl', 'ad/sub/f'], ['withUmask', '777', 'touch', 'ad/sub/g', 100, 100], ['getfacl', 'ad/sub/g'],
       ['withUmask', '000', 'mkdir', 'ad/sub/d', 100, 100], ['getfacl', 'ad/sub/d'],
+    ],
+  },
+  {
+    // Issue 12 §3: paths longer than PATH_MAX below the layer roots, reached relatively from inside the mount.
+    // The issue's example (a 4095-byte relative path from testdir), every kind of change ten levels deeper, and a
+    // lower dir deeper than PATH_MAX below its layer root: lookup, readdir, xattrs, copy-up of data, dirs and hard
+    // links, whiteouts, redirects (a relative one, and the absolute one that is too long and gives EXDEV).
+    name: 'long-paths',
+    layers: [
+      { [`${LOWER_DEEP}/wh`]: { type: 'whiteout' }, [`${LOWER_DEEP}/top`]: { type: 'file', content: 'top' }, [`${LOWER_DEEP}/sub/y`]: { type: 'file', content: 'y' } },
+      {
+        testdir: { type: 'dir' },
+        [`${LOWER_DEEP}/f`]: { type: 'file', content: 'deep lower f', mode: 0o640, xattrs: { 'user.x': 'lx' } },
+        [`${LOWER_DEEP}/g`]: { type: 'file', content: 'deep lower g' },
+        [`${LOWER_DEEP}/h1`]: { type: 'file', content: 'hard' },
+        [`${LOWER_DEEP}/h2`]: { type: 'hardlink', target: `${LOWER_DEEP}/h1` },
+        [`${LOWER_DEEP}/sub/x`]: { type: 'file', content: 'x' },
+        [`${LOWER_DEEP}/sl`]: { type: 'symlink', target: 'f' },
+        [`${LOWER_DEEP}/wh`]: { type: 'file', content: 'hidden' },
+        [`${LOWER_DEEP}/emptyd`]: { type: 'dir', mode: 0o750 },
+      },
+    ],
+    ops: [
+      ...Array.from({ length: 31 }, (_, i): Op => ['at', 'testdir', ['mkdir', chain(i + 1)]]),
+      ...at('testdir', [
+        ['create', `${chain(31)}/${N127}`, 'issue 12'], ['stat', `${chain(31)}/${N127}`], ['read', `${chain(31)}/${N127}`],
+        ['create', `${chain(31)}/${N127}x`, 'one byte too many'], ['readdir', chain(31)],
+      ]),
+      ...Array.from({ length: 10 }, (_, i): Op => ['at', DEEP, ['mkdir', chain(i + 1, 'e')]]),
+      ...at(DEEP2, [
+        ['create', 'f', 'a'], ['write', 'f', 'written'], ['append', 'f', '+'], ['stat', 'f'], ['read', 'f'], ['mkdir', 'sub', 0o750], ['create', 'sub/g', 'g'],
+        ['rename', 'f', 'sub/f2'], ['rename', 'sub/f2', '../f3'], ['read', '../f3'], ['link', 'sub/g', 'hl'], ['stat', 'hl'], ['sameIno', 'hl', 'sub/g'],
+        ['symlink', 'some/target', 's'], ['readlink', 's'], ['chmod', 'sub/g', 0o600], ['chown', 'sub/g', 1, 2], ['setTimes', 'sub/g', T1, T2], ['stat', 'sub/g'],
+        ['setxattr', 'sub/g', 'user.k', 'v'], ['setxattr', 's', 'trusted.k', 'sv'], ['getxattr', 'sub/g', 'user.k'], ['listxattr', 'sub/g'], ['listxattr', 's'],
+        ['removexattr', 'sub/g', 'user.k'], ['listxattr', 'sub/g'], ['truncate', 'sub/g', 1], ['read', 'sub/g'], ['mkfifo', 'p'], ['mknod', 'c', 'c', 1, 3],
+        ['socket', 'so'], ['stat', 'p'], ['readdir', '.'], ['unlink', 'hl'], ['rmdir', 'sub'], ['unlink', 'sub/g'], ['rmdir', 'sub'], ['readdir', '.'],
+        ['rename', 'p', `${N127}`], ['statfsTotals', '.'], ['fsyncWrite', 'synced', 'data'],
+      ]),
+      ...at(DEEP, [['rename', 'eee'.repeat(42) + 'e', 'moved'], ['readdir', 'moved'], ['rename', 'moved', 'eee'.repeat(42) + 'e'], ['readdir', '.']]),
+      ...at(LOWER_DEEP, [
+        ['readdir', '.'], ['stat', 'f'], ['read', 'f'], ['getxattr', 'f', 'user.x'], ['listxattr', 'f'], ['readlink', 'sl'], ['read', 'sl'], ['stat', 'wh'],
+        ['readdir', 'sub'], ['rememberIno', 'g', 'deep-g'], ['write', 'g', 'new g'], ['read', 'g'], ['stat', 'g'], ['sameIno', 'deep-g', 'g'],
+        ['setxattr', 'f', 'user.y', 'yv'], ['listxattr', 'f'], ['stat', 'f'], ['chmod', 'sub', 0o700], ['stat', 'sub'], ['readdir', 'sub'],
+        ['link', 'h1', 'h3'], ['writeViaOtherLink', 'h1', 'h2', 'changed'], ['stat', 'h2'], ['sameIno', 'h1', 'h2'], ['stat', 'h1'],
+        ['unlink', 'top'], ['unlink', 'sub/x'], ['rename', 'sub', 'sub2'], ['readdir', 'sub2'], ['read', 'sub2/y'], ['stat', 'sub'], ['rmdir', 'emptyd'],
+        ['mkdir', 'emptyd'], ['readdir', 'emptyd'], ['rename', 'sub2', '../sub3'], ['rename', 'f', '../f-moved'], ['read', '../f-moved'], ['readdir', '.'],
+        ['dirInoMatchesStat', '.'],
+      ]),
+    ],
+    afterRemount: [
+      ...at(LOWER_DEEP, [['readdir', '.'], ['read', 'g'], ['read', 'h2'], ['sameIno', 'h1', 'h2'], ['sameIno', 'deep-g', 'g'], ['readdir', 'sub2'], ['readdir', 'emptyd']]),
+      ...at('testdir', [['read', `${chain(31)}/${N127}`]]),
+      ...at(DEEP2, [['readdir', '.'], ['unlink', 'c'], ['rename', 's', '../s'], ['readdir', '.']]),
     ],
   },
 ];
