@@ -13,6 +13,9 @@ import { createLogger } from '../lib/log.js';
 import { Metastore } from '../lib/store/metastore.js';
 import { Scratch, craftTar, listDir, run, runOk, strata, strataJs, strataJson, tarDir } from './fixtures/store-fixtures.js';
 
+/** ISA-L's igzip, the fast gzip decoder, when installed (Debian package isal); node:zlib is used otherwise. */
+const IGZIP = ['/usr/bin/igzip', '/usr/local/bin/igzip'].find((f) => fs.existsSync(f)) ?? null;
+
 interface LayerJson { chainID: string; diffID: string; parent: string | null; path: string; holders: string[]; children: string[]; size: number; mediaType: string }
 
 /** A source tree with every kind of entry an image layer can carry, including OCI whiteouts. */
@@ -95,6 +98,12 @@ t.test('plain, gzip and zstd tars of one layer, and the same tree as a dir, are 
     return r.stdout.trim();
   });
   t.equal(new Set(ids).size, 1, 'all three give the same chainID (diffID of the uncompressed tar)');
+  // gzip has two decoders: igzip (ISA-L, when installed) and node:zlib; both must give the same layer.
+  for (const decoder of IGZIP === null ? ['zlib'] : ['zlib', 'igzip']) {
+    const r = run(process.execPath, [strataJs, '--root', root, 'layer', 'import', `${tar}.gz`], { env: { ...process.env, STRATA_GUNZIP: decoder } });
+    t.equal(r.status, 0, `import the gzip tar with ${decoder}: ${r.stderr}`);
+    t.equal(r.stdout.trim(), ids[0], `${decoder} gives the same chainID`);
+  }
   t.equal(listDir(path.join(root, 'layers')).length, 1, 'one content dir on disk');
   const layers = strataJson<LayerJson[]>(root, 'layer', 'ls');
   t.equal(layers.length, 1, 'one layer record');
@@ -116,7 +125,7 @@ t.test('hostile tars fail naming the entry, and nothing lands', async (t) => {
   fs.mkdirSync(outside);
   const good = await craftTar([{ name: 'etc/', type: 'directory' }, { name: 'etc/a', data: 'aaaa'.repeat(2000) }, { name: 'etc/b', data: 'bbbb'.repeat(2000) }]);
 
-  const cases: Array<{ label: string; bytes: Buffer; code: string; mentions: RegExp }> = [
+  const cases: Array<{ label: string; bytes: Buffer; code: string; mentions: RegExp; env?: Record<string, string> }> = [
     { label: 'dotdot', bytes: await craftTar([{ name: 'ok', data: 'x' }, { name: '../escape', data: 'x' }]), code: 'STRATA_BAD_ARCHIVE', mentions: /"\.\.\/escape".*\.\./ },
     { label: 'nested dotdot', bytes: await craftTar([{ name: 'a/../../escape', data: 'x' }]), code: 'STRATA_BAD_ARCHIVE', mentions: /a\/\.\.\/\.\.\/escape/ },
     { label: 'absolute', bytes: await craftTar([{ name: `${outside}/abs`, data: 'x' }]), code: 'STRATA_BAD_ARCHIVE', mentions: /absolute path/ },
@@ -166,10 +175,15 @@ t.test('hostile tars fail naming the entry, and nothing lands', async (t) => {
     cases.push({ label: `sparse ${format}`, bytes: fs.readFileSync(file), code: 'STRATA_UNSUPPORTED', mentions: /holey.*(sparse|unsupported tar entry type)/ });
   }
 
+  // The gzip cases again through the other decoder (node:zlib here; igzip is the default when installed).
+  if (IGZIP !== null) {
+    for (const c of cases.filter((x) => x.label.endsWith(' gzip'))) cases.push({ ...c, label: `${c.label} (zlib)`, env: { STRATA_GUNZIP: 'zlib' } });
+  }
+
   for (const c of cases) {
-    const file = s.path(`${c.label.replace(/ /g, '-')}.tar`);
+    const file = s.path(`${c.label.replace(/[ ()]/g, '-')}.tar`);
     fs.writeFileSync(file, c.bytes);
-    const r = strata(root, 'layer', 'import', file);
+    const r = run(process.execPath, [strataJs, '--root', root, 'layer', 'import', file], { env: { ...process.env, ...(c.env ?? {}) } });
     t.equal(r.status, 1, `${c.label}: exit 1`);
     t.match(r.stderr, new RegExp(`^strata: ${c.code}: `), `${c.label}: stable code ${c.code}`);
     t.match(r.stderr, c.mentions, `${c.label}: the error names the entry/problem (${r.stderr.trim()})`);

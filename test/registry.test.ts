@@ -386,7 +386,7 @@ function fakeImage(s: Scratch): FakeImage {
   return { manifest, config, layer, configDigest: sha(config), layerDigest: sha(layer) };
 }
 
-type Mode = 'ok' | 'wrong-digest' | 'truncated' | 'status-401' | 'status-403' | 'status-404' | 'status-429' | 'status-500' | 'huge-manifest' | 'bearer';
+type Mode = 'ok' | 'wrong-digest' | 'wrong-digest-header' | 'truncated' | 'status-401' | 'status-403' | 'status-404' | 'status-429' | 'status-500' | 'huge-manifest' | 'bearer';
 
 async function fakeRegistry(t: Test, image: FakeImage) {
   const state = { mode: 'ok' as Mode, tokenRequests: [] as Array<{ auth?: string; query: string }> };
@@ -412,9 +412,10 @@ async function fakeRegistry(t: Test, image: FakeImage) {
     }
     if (url.pathname === `/v2/app/blobs/${image.configDigest}`) return void res.writeHead(200, { 'content-length': image.config.length }).end(image.config);
     if (url.pathname === `/v2/app/blobs/${image.layerDigest}`) {
-      if (state.mode === 'wrong-digest') {
+      if (state.mode === 'wrong-digest' || state.mode === 'wrong-digest-header') {
         const bad = Buffer.from(image.layer);
-        bad[600] = bad[600]! ^ 0xff;
+        const at = state.mode === 'wrong-digest' ? 600 : 100; // file data, or the first header's mode field
+        bad[at] = bad[at]! ^ 0xff;
         return void res.writeHead(200, { 'content-length': bad.length }).end(bad);
       }
       if (state.mode === 'truncated') {
@@ -439,6 +440,8 @@ t.test('bad input: each failure names the ref and the step, and nothing half-pul
   const root = s.path('root');
   const cases: Array<[Mode, RegExp]> = [
     ['wrong-digest', /STRATA_DIGEST_MISMATCH: pull 127\.0\.0\.1:\d+\/app:1: fetching blob sha256:[0-9a-f]{64}: the registry served \d+ bytes with digest sha256:/],
+    // The layer is extracted while it downloads: a blob whose tar breaks early is still told as the wrong digest.
+    ['wrong-digest-header', /STRATA_DIGEST_MISMATCH: pull 127\.0\.0\.1:\d+\/app:1: fetching blob sha256:[0-9a-f]{64}: the registry served \d+ bytes with digest sha256:/],
     ['truncated', /STRATA_REGISTRY_FAILED: pull 127\.0\.0\.1:\d+\/app:1: fetching blob sha256:[0-9a-f]{64}: the connection broke off after 1024 bytes/],
     ['status-401', /STRATA_REGISTRY_AUTH: pull 127\.0\.0\.1:\d+\/app:1: fetching manifest app:1: the registry answered 401/],
     ['status-403', /STRATA_REGISTRY_AUTH: pull 127\.0\.0\.1:\d+\/app:1: fetching manifest app:1: the registry answered 403 Forbidden \(TEST: injected 403\): this user may not do that/],

@@ -2,9 +2,10 @@
  * The image store: images (by id = config digest) with their names, manifest, config and layer chain, on top of
  * the LayerStore. An image holds every layer of its chain as holder `image:<id>`.
  *
- * Import is all or nothing: every layer blob is extracted and verified into layer-tmp first; then one batch
- * writes the layers, the image record, its names and its references (LayerStore.commit), and only then is
- * content renamed into place (finished by recovery after a crash).
+ * Import is all or nothing: every layer blob is extracted and verified into layer-tmp first (up to
+ * STAGE_CONCURRENCY layers at once, unsynced); then one syncfs makes them durable, one batch writes the layers,
+ * the image record, its names and its references (LayerStore.commit), and only then is content renamed into
+ * place (finished by recovery after a crash). importStaged is the same commit for layers a caller staged itself.
  */
 import { mkdir, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
@@ -15,7 +16,8 @@ import type { BatchOp, Metastore } from '../store/metastore.js';
 import { chainIdsOf, type Digest } from '../layers/digest.js';
 import { refOpsFor, type CommitItem, type LayerStore, type StagedLayer } from '../layers/layer-store.js';
 import type { ProgressListener } from '../layers/types.js';
-import { normalizeName, readDockerArchive, readOciLayout, sniffSource, unpackArchive, type ImageConfig, type SourceImage } from './sources.js';
+import { normalizeName, readDockerArchive, readOciLayout, sniffSource, unpackArchive, validateConfig, type ImageConfig, type SourceImage } from './sources.js';
+import { mapLimit } from './map-limit.js';
 import { Lock } from '../util/keyed-lock.js';
 
 export interface ImageRecord {
@@ -49,6 +51,23 @@ export interface RemoveImageResult {
   /** The image ids removed (their layers are released; prune deletes unused layers). */
   deleted: Digest[];
 }
+
+/** An image whose layers the caller staged (ImageStore.importStaged). */
+export interface StagedImage {
+  configDigest: Digest;
+  /** The parsed config; validated again here. */
+  config: unknown;
+  manifestDigest: Digest | null;
+  manifest: unknown;
+  /** Names to give the image (normalized here). */
+  names: string[];
+}
+
+/**
+ * Layers an import stages at once: gunzip runs on the threadpool and the untar on the main thread, so two or three
+ * layers keep two cores busy, without holding many half-extracted layers in layer-tmp.
+ */
+const STAGE_CONCURRENCY = 3;
 
 /** Archives unpack into layer-tmp; the bound guards against a zip bomb of a different kind. */
 const MAX_ARCHIVE_BYTES = 512 * 2 ** 30;
@@ -134,66 +153,94 @@ export class ImageStore {
   private async importOne(image: SourceImage, kind: ImageRecord['source'], onProgress?: ProgressListener): Promise<ImageRecord> {
     const staged: StagedLayer[] = [];
     try {
-      const items: CommitItem[] = [];
-      for (const [i, layer] of image.layers.entries()) {
-        if (await this.layers.hasContent(layer.diffID)) {
-          items.push({ existingDiffID: layer.diffID });
-          continue;
-        }
+      // Layers stage side by side, each left unsynced: the commit syncs them all with one syncfs before its batch.
+      const items = await mapLimit(image.layers, STAGE_CONCURRENCY, async (layer, i): Promise<CommitItem> => {
+        if (await this.layers.hasContent(layer.diffID)) return { existingDiffID: layer.diffID };
         const stagedLayer = await this.layers.stageTarFile(layer.file, {
           what: layer.what,
           mediaType: layer.mediaType,
           expectDigest: layer.digest,
           expectSize: layer.size,
           expectDiffID: layer.diffID,
+          sync: false,
           onProgress: (bytes) => onProgress?.({ layer: i + 1, layers: image.layers.length, bytes, totalBytes: layer.size ?? null }),
         });
         staged.push(stagedLayer);
-        items.push({ staged: stagedLayer });
-      }
-      const chainIDs = chainIdsOf(image.layers.map((l) => l.diffID));
-      const holder = holderOf(image.configDigest);
-      return await this.exclusive(async () => {
-        const id = image.configDigest;
-        const existing = await this.metastore.get<ImageRecord>('images', id);
-        const ops: BatchOp[] = [];
-        for (const name of image.names) {
-          const owner = await this.metastore.get<Digest>('imageNames', name);
-          if (owner !== undefined && owner !== id) {
-            // The name moves to the new image (like docker tag); the old image stays, addressable by id.
-            const other = await this.metastore.get<ImageRecord>('images', owner);
-            if (other !== undefined) ops.push({ type: 'put', sublevel: 'images', key: owner, value: { ...other, names: other.names.filter((n) => n !== name) } });
-          }
-          ops.push({ type: 'put', sublevel: 'imageNames', key: name, value: id });
-        }
-        let size = 0;
-        for (const layer of image.layers) {
-          const s = staged.find((x) => x.diffID === layer.diffID);
-          size += s !== undefined ? s.size : (await this.layers.getContent(layer.diffID)).size;
-        }
-        const record: ImageRecord = {
-          id,
-          names: [...new Set([...(existing?.names ?? []), ...image.names])].sort(),
-          manifestDigest: image.manifestDigest ?? existing?.manifestDigest ?? null,
-          manifest: image.manifest,
-          config: image.config,
-          diffIDs: image.layers.map((l) => l.diffID),
-          chainIDs,
-          size,
-          created: typeof image.config.created === 'string' ? image.config.created : null,
-          importedAt: existing?.importedAt ?? new Date().toISOString(),
-          source: kind,
-        };
-        ops.push({ type: 'put', sublevel: 'images', key: id, value: record });
-        ops.push(...refOpsFor(chainIDs, holder, 'put'));
-        await this.layers.commit(null, items, () => ops);
-        this.log.info({ id, names: record.names, layers: chainIDs.length }, 'imported image');
-        return record;
+        return { staged: stagedLayer };
       });
+      return await this.commitImage(image, image.layers.map((l) => l.diffID), items, kind);
     } catch (err) {
       for (const s of staged) await this.layers.discard(s);
       throw err;
     }
+  }
+
+  /**
+   * Commits an image whose layers the caller staged itself (a registry pull extracts each layer while it
+   * downloads it, lib/registry/service.ts). `items[i]` is layer i of the config's diff_ids: staged content
+   * verified against that diffID, or a diffID the store holds. All or nothing, as import: from this call on the
+   * staged layers are the store's, committed or else discarded.
+   */
+  async importStaged(image: StagedImage, items: readonly CommitItem[]): Promise<ImageRecord> {
+    try {
+      const config = validateConfig(image.config, `config ${image.configDigest}`);
+      const diffIDs = config.rootfs.diff_ids;
+      if (items.length !== diffIDs.length) {
+        throw new StrataError('STRATA_BAD_ARCHIVE', `config ${image.configDigest} lists ${diffIDs.length} diff_ids for ${items.length} layers`);
+      }
+      items.forEach((item, i) => {
+        const diffID = 'staged' in item ? item.staged.diffID : item.existingDiffID;
+        if (diffID !== diffIDs[i]) throw new StrataError('STRATA_INTERNAL', `layer ${i + 1} was staged as ${diffID}, the config says ${diffIDs[i]}`);
+      });
+      const source = { configDigest: image.configDigest, config, manifestDigest: image.manifestDigest, manifest: image.manifest, names: image.names.map(normalizeName) };
+      return await this.commitImage(source, diffIDs, items, 'oci-layout');
+    } catch (err) {
+      for (const item of items) if ('staged' in item) await this.layers.discard(item.staged);
+      throw err;
+    }
+  }
+
+  /** The commit half of an import: one batch writes the layers, the image record, its names and references. */
+  private async commitImage(image: Omit<SourceImage, 'layers'>, diffIDs: Digest[], items: readonly CommitItem[], kind: ImageRecord['source']): Promise<ImageRecord> {
+    const chainIDs = chainIdsOf(diffIDs);
+    const holder = holderOf(image.configDigest);
+    return this.exclusive(async () => {
+      const id = image.configDigest;
+      const existing = await this.metastore.get<ImageRecord>('images', id);
+      const ops: BatchOp[] = [];
+      for (const name of image.names) {
+        const owner = await this.metastore.get<Digest>('imageNames', name);
+        if (owner !== undefined && owner !== id) {
+          // The name moves to the new image (like docker tag); the old image stays, addressable by id.
+          const other = await this.metastore.get<ImageRecord>('images', owner);
+          if (other !== undefined) ops.push({ type: 'put', sublevel: 'images', key: owner, value: { ...other, names: other.names.filter((n) => n !== name) } });
+        }
+        ops.push({ type: 'put', sublevel: 'imageNames', key: name, value: id });
+      }
+      let size = 0;
+      for (const diffID of diffIDs) {
+        const s = items.find((x): x is { staged: StagedLayer } => 'staged' in x && x.staged.diffID === diffID);
+        size += s !== undefined ? s.staged.size : (await this.layers.getContent(diffID)).size;
+      }
+      const record: ImageRecord = {
+        id,
+        names: [...new Set([...(existing?.names ?? []), ...image.names])].sort(),
+        manifestDigest: image.manifestDigest ?? existing?.manifestDigest ?? null,
+        manifest: image.manifest,
+        config: image.config,
+        diffIDs,
+        chainIDs,
+        size,
+        created: typeof image.config.created === 'string' ? image.config.created : null,
+        importedAt: existing?.importedAt ?? new Date().toISOString(),
+        source: kind,
+      };
+      ops.push({ type: 'put', sublevel: 'images', key: id, value: record });
+      ops.push(...refOpsFor(chainIDs, holder, 'put'));
+      await this.layers.commit(null, items, () => ops);
+      this.log.info({ id, names: record.names, layers: chainIDs.length }, 'imported image');
+      return record;
+    });
   }
 
   // ---------------------------------------------------------------- queries

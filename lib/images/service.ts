@@ -6,9 +6,11 @@
  */
 import path from 'node:path';
 import { mkdir, stat } from 'node:fs/promises';
+import { StrataError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { Metastore } from '../store/metastore.js';
 import { LayerStore } from '../layers/layer-store.js';
+import type { GunzipChoice } from '../layers/compression.js';
 import { ImageStore, type ImageRecord, type ImageSummary, type RemoveImageResult } from './image-store.js';
 import type { Digest } from '../layers/digest.js';
 import type { LayerInfo, ProgressListener } from '../layers/types.js';
@@ -62,7 +64,7 @@ export interface ImageServices {
 
 /** Opens the layer and image store on an already-open metastore, running crash recovery first. */
 export async function openImageServices(metastore: Metastore, rootDir: string, logger: Logger, registry: RegistrySettings = {}): Promise<ImageServices> {
-  const layers = new LayerStore(metastore, rootDir, logger);
+  const layers = new LayerStore(metastore, rootDir, logger, { gunzip: gunzipChoice(process.env.STRATA_GUNZIP) });
   await layers.open();
   const images = new ImageStore(metastore, rootDir, logger, layers);
   await images.open();
@@ -123,4 +125,14 @@ export class LocalImageBackend implements ImageBackend {
   async close(): Promise<void> {
     await this.metastore.close();
   }
+}
+
+/**
+ * STRATA_GUNZIP picks the gzip decoder of layer imports and pulls: `auto` (default: igzip when installed, else
+ * node:zlib), `zlib` or `igzip`. For comparing the two and for tests; the default is the fast one.
+ */
+function gunzipChoice(value: string | undefined): GunzipChoice {
+  if (value === undefined || value === '') return 'auto';
+  if (value === 'auto' || value === 'zlib' || value === 'igzip') return value;
+  throw new StrataError('STRATA_BAD_OPTION', `STRATA_GUNZIP="${value}" is not auto, zlib or igzip`);
 }

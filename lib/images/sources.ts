@@ -182,7 +182,8 @@ async function readJsonBlob(dir: string, desc: Descriptor, kind: string): Promis
   return parseJson(bytes, `${kind} ${desc.digest}`);
 }
 
-function validateConfig(value: unknown, what: string): ImageConfig {
+/** Checks that a parsed image config has the rootfs an image needs (diff_ids, each a sha256 digest). */
+export function validateConfig(value: unknown, what: string): ImageConfig {
   const config = value as Partial<ImageConfig> | null;
   const rootfs = config?.rootfs;
   if (!rootfs || rootfs.type !== 'layers' || !Array.isArray(rootfs.diff_ids)) {

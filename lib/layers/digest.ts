@@ -53,7 +53,8 @@ export class HashingStream extends Transform {
   bytes = 0;
   private finalDigest: Digest | null = null;
 
-  constructor(private readonly limitBytes: number, private readonly what: string) {
+  /** `hashing` false: only count and limit (for bytes whose digest the source already checks). */
+  constructor(private readonly limitBytes: number, private readonly what: string, private readonly hashing = true) {
     super();
   }
 
@@ -63,12 +64,12 @@ export class HashingStream extends Transform {
       callback(new StrataError('STRATA_BAD_ARCHIVE', `${this.what} is larger than the limit of ${this.limitBytes} bytes`));
       return;
     }
-    this.hash.update(chunk);
+    if (this.hashing) this.hash.update(chunk);
     callback(null, chunk);
   }
 
   override _flush(callback: TransformCallback): void {
-    this.finalDigest = `sha256:${this.hash.digest('hex')}`;
+    if (this.hashing) this.finalDigest = `sha256:${this.hash.digest('hex')}`;
     callback();
   }
 

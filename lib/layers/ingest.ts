@@ -15,14 +15,14 @@ import { randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { mkdir, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
-import { PassThrough, type Readable } from 'node:stream';
+import { PassThrough, Readable } from 'node:stream';
 import { StrataError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { StrataSys } from '../native/index.js';
 import { fsyncDir } from '../store/lost-found.js';
 import type { BatchOp, Metastore } from '../store/metastore.js';
 import { applyLayerTar } from './apply-tar.js';
-import { decompressor, detectCompression, type Compression } from './compression.js';
+import { HEAD_BYTES, compressionOf, decompressor, detectCompression, type Compression, type GunzipTool } from './compression.js';
 import { HashingStream, chainIdOf, hexOf, type Digest } from './digest.js';
 import type { LayerQueries } from './queries.js';
 import type { LayerContentRecord, LayerRecord } from './types.js';
@@ -66,6 +66,16 @@ export interface StageOptions {
   expectDiffID?: Digest;
   /** When given, the blob must have exactly this many bytes. */
   expectSize?: number;
+  /**
+   * The source checks the blob against `expectDigest` itself and fails (destroys the stream) instead of ending
+   * when it does not match, as RegistryClient.downloadBlob's sink does: the blob is then not hashed a second time.
+   */
+  sourceVerifiesDigest?: boolean;
+  /**
+   * false: leave the syncfs to the commit, which does one for all the unsynced layers it commits (commitLayers);
+   * for callers that stage several layers at once. Default true: the staged layer is durable when returned.
+   */
+  sync?: boolean;
   onProgress?: (bytes: number) => void;
 }
 
@@ -78,6 +88,8 @@ export interface StagedLayer {
   size: number;
   entries: number;
   mediaType: string;
+  /** False until a syncfs made the staged files durable; commitLayers syncs before its batch when any is false. */
+  synced: boolean;
 }
 
 /** One layer to commit: either newly staged content, or a diffID whose content the store already holds. */
@@ -92,6 +104,8 @@ export interface IngestContext {
   limits: LayerStoreLimits;
   /** The native addon, loaded on first use (a store that only reads never loads it). */
   native(): Promise<StrataSys>;
+  /** The gzip decoder (igzip or node:zlib), found on first use. */
+  gunzipTool(): Promise<GunzipTool>;
 }
 
 /** Extracts and verifies a layer blob (plain, gzip or zstd) into layer-tmp. The caller commits or discards it. */
@@ -104,6 +118,49 @@ export async function stageTarFile(ctx: IngestContext, file: string, options: St
     }
   }
   return stage(ctx, createReadStream(file, { highWaterMark: 1 << 20 }), compression, options);
+}
+
+/**
+ * Extracts and verifies a layer blob (plain, gzip or zstd, told apart by its first bytes) read from a stream, e.g.
+ * straight off a registry download: decompression, both digests and the untar are one pass over the bytes.
+ * The caller commits or discards the result.
+ */
+export async function stageBlobStream(ctx: IngestContext, source: Readable, options: StageOptions): Promise<StagedLayer> {
+  const { head, stream } = await peek(source, HEAD_BYTES);
+  let compression: Compression;
+  try {
+    compression = compressionOf(head, options.what);
+  } catch (err) {
+    stream.destroy();
+    throw err;
+  }
+  return stage(ctx, stream, compression, options);
+}
+
+/** Reads the first `bytes` of a stream (fewer if it ends first) and gives back a stream of all of it. */
+async function peek(source: Readable, bytes: number): Promise<{ head: Buffer; stream: Readable }> {
+  const iterator = (source as AsyncIterable<Buffer>)[Symbol.asyncIterator]();
+  const first: Buffer[] = [];
+  let have = 0;
+  while (have < bytes) {
+    const next = await iterator.next();
+    if (next.done === true) break;
+    first.push(next.value);
+    have += next.value.length;
+  }
+  async function* replay(): AsyncGenerator<Buffer> {
+    try {
+      yield* first;
+      for (;;) {
+        const next = await iterator.next();
+        if (next.done === true) return;
+        yield next.value;
+      }
+    } finally {
+      await iterator.return?.(); // a consumer that stops early stops (destroys) the source too
+    }
+  }
+  return { head: Buffer.concat(first), stream: Readable.from(replay(), { objectMode: false, highWaterMark: 1 << 20 }) };
 }
 
 /** Extracts and verifies an uncompressed layer tar read from a stream into layer-tmp. */
@@ -151,13 +208,17 @@ async function stage(ctx: IngestContext, source: Readable, compression: Compress
   const stagingDir = path.join(ctx.tmpDir, stagingName);
   await mkdir(stagingDir, { mode: 0o755 });
   try {
-    const blobHash = new HashingStream(ctx.limits.maxBlobBytes, `${options.what}`);
+    const trusted = options.sourceVerifiesDigest === true ? options.expectDigest : undefined;
+    if (options.sourceVerifiesDigest === true && trusted === undefined) {
+      throw new StrataError('STRATA_INTERNAL', `${options.what}: a source that verifies the digest needs expectDigest`);
+    }
+    const blobHash = new HashingStream(ctx.limits.maxBlobBytes, `${options.what}`, trusted === undefined);
     const tarHash = new HashingStream(ctx.limits.maxTarBytes, `${options.what} (uncompressed)`);
     if (options.onProgress) {
       const report = options.onProgress;
       blobHash.on('data', () => report(blobHash.bytes));
     }
-    const decoder = decompressor(compression, options.what);
+    const decoder = decompressor(compression, options.what, compression === 'gzip' ? await ctx.gunzipTool() : null);
     const result = await applyLayerTar(source, [blobHash, decoder.stream, tarHash], stagingDir, {
       what: options.what,
       maxEntryBytes: ctx.limits.maxEntryBytes,
@@ -166,21 +227,27 @@ async function stage(ctx: IngestContext, source: Readable, compression: Compress
     });
     await decoder.checked;
     if (tarHash.bytes === 0) throw new StrataError('STRATA_BAD_ARCHIVE', `${options.what} is empty, not a tar`);
-    if (options.expectDigest !== undefined && blobHash.digest !== options.expectDigest) {
-      throw new StrataError('STRATA_DIGEST_MISMATCH', `${options.what}: blob digest is ${blobHash.digest}, expected ${options.expectDigest}`);
+    const blobDigest = trusted ?? blobHash.digest;
+    if (options.expectDigest !== undefined && blobDigest !== options.expectDigest) {
+      throw new StrataError('STRATA_DIGEST_MISMATCH', `${options.what}: blob digest is ${blobDigest}, expected ${options.expectDigest}`);
+    }
+    if (options.expectSize !== undefined && blobHash.bytes !== options.expectSize) {
+      throw new StrataError('STRATA_DIGEST_MISMATCH', `${options.what}: blob has ${blobHash.bytes} bytes, its descriptor says ${options.expectSize}`);
     }
     if (options.expectDiffID !== undefined && tarHash.digest !== options.expectDiffID) {
       throw new StrataError('STRATA_DIGEST_MISMATCH', `${options.what}: uncompressed tar has diffID ${tarHash.digest}, the image config says ${options.expectDiffID}`);
     }
-    await syncFilesystem(stagingDir);
+    const synced = options.sync !== false;
+    if (synced) await syncFilesystem(stagingDir);
     const staged: StagedLayer = {
       stagingName,
       diffID: tarHash.digest,
-      compressedDigest: blobHash.digest,
+      compressedDigest: blobDigest,
       compressedSize: blobHash.bytes,
       size: result.contentBytes,
       entries: result.entries,
       mediaType,
+      synced,
     };
     ctx.log.debug({ what: options.what, diffID: staged.diffID, entries: staged.entries }, 'staged layer');
     return staged;
@@ -237,6 +304,8 @@ export async function commitLayers(ctx: IngestContext, queries: LayerQueries, pa
     below = chainID;
   }
   if (extraOps) ops.push(...extraOps(chainIDs));
+  // Layer data is durable before the record that makes it visible: one syncfs covers every layer staged unsynced.
+  if (items.some((item) => 'staged' in item && !item.staged.synced)) await syncFilesystem(ctx.tmpDir);
   await ctx.metastore.batch(ops);
   await moveIntoPlace(ctx, toRename);
   for (const s of toDiscard) await discardStaged(ctx, s);

@@ -3,7 +3,8 @@
  * metadata in LevelDB (chain records, content records, references).
  *
  * Lifecycle of an import (crash-safe; kill -9 at any point leaves the whole layer or nothing):
- *  1. stage:  extract into <root>/layer-tmp/<stagingName>, verify digests, syncfs;
+ *  1. stage:  extract into <root>/layer-tmp/<stagingName>, verify digests, syncfs (or leave the syncfs to step 2,
+ *             which then does one for all the layers it commits, before its batch);
  *  2. commit: one batch() writes the content record (with stagingName), the chain records and whatever the caller
  *             adds (an image record, references);
  *  3. rename: <root>/layer-tmp/<stagingName> -> <root>/layers/<dirName>, fsync <root>/layers, clear stagingName.
@@ -34,10 +35,11 @@ import { StrataError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { StrataSys } from '../native/index.js';
 import { LostAndFound } from '../store/lost-found.js';
+import { findGunzipTool, type GunzipChoice, type GunzipTool } from './compression.js';
 import type { BatchOp, Metastore } from '../store/metastore.js';
 import type { Digest } from './digest.js';
 import {
-  DEFAULT_LIMITS, commitLayers, discardStaged, stageDirectory, stageStream, stageTarFile, statOrThrow,
+  DEFAULT_LIMITS, commitLayers, discardStaged, stageBlobStream, stageDirectory, stageStream, stageTarFile, statOrThrow,
   type CommitItem, type IngestContext, type LayerStoreLimits, type StageOptions, type StagedLayer,
 } from './ingest.js';
 import { pruneLayers, removeLayer, type PruneContext } from './prune.js';
@@ -61,6 +63,8 @@ export class LayerStore {
   private readonly lostAndFound: LostAndFound;
   private readonly queries: LayerQueries;
   private sysModule: StrataSys | null = null;
+  private readonly gunzipChoice: GunzipChoice;
+  private gunzip: Promise<GunzipTool> | null = null;
   /** Serialises commits and removals, which read-then-write the metastore. */
   private readonly writeLock = new Lock();
 
@@ -68,13 +72,15 @@ export class LayerStore {
     private readonly metastore: Metastore,
     readonly rootDir: string,
     logger: Logger,
-    limits: Partial<LayerStoreLimits> = {},
+    limits: Partial<LayerStoreLimits> & { gunzip?: GunzipChoice } = {},
     lostAndFound?: LostAndFound,
   ) {
     this.layersDir = path.join(rootDir, 'layers');
     this.tmpDir = path.join(rootDir, 'layer-tmp');
     this.log = logger.child({ component: 'layers' });
-    this.limits = { ...DEFAULT_LIMITS, ...limits };
+    const { gunzip = 'auto', ...sizeLimits } = limits;
+    this.limits = { ...DEFAULT_LIMITS, ...sizeLimits };
+    this.gunzipChoice = gunzip;
     this.lostAndFound = lostAndFound ?? new LostAndFound(rootDir, logger);
     this.queries = new LayerQueries(metastore, this.layersDir);
   }
@@ -120,6 +126,14 @@ export class LayerStore {
   /** Extracts and verifies a layer blob into layer-tmp. The caller commits or discards the result. */
   async stageTarFile(file: string, options: StageOptions): Promise<StagedLayer> {
     return stageTarFile(this.ingest, file, options);
+  }
+
+  /**
+   * Extracts and verifies a layer blob (plain, gzip or zstd) read from a stream (a registry download) into
+   * layer-tmp, in one pass. The caller commits or discards the result.
+   */
+  async stageBlobStream(source: Readable, options: StageOptions): Promise<StagedLayer> {
+    return stageBlobStream(this.ingest, source, options);
   }
 
   /** Extracts and verifies an uncompressed layer tar read from a stream (a commit's output) into layer-tmp. */
@@ -272,6 +286,7 @@ export class LayerStore {
     return {
       metastore: this.metastore, layersDir: this.layersDir, tmpDir: this.tmpDir, log: this.log, limits: this.limits,
       native: () => this.native(),
+      gunzipTool: () => (this.gunzip ??= findGunzipTool(this.gunzipChoice)),
     };
   }
 

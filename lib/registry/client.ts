@@ -11,12 +11,12 @@
  * headers, never in errors or logs.
  */
 import { createHash, type Hash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
+import { createReadStream, writeSync } from 'node:fs';
 import { open, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import http, { type IncomingMessage, type OutgoingHttpHeaders } from 'node:http';
 import https from 'node:https';
-import type { Readable } from 'node:stream';
-import { StrataError, type StrataCode } from '../errors.js';
+import type { Readable, Writable } from 'node:stream';
+import { StrataError, fsError, type StrataCode } from '../errors.js';
 import type { Logger } from '../log.js';
 import { sha256Of, type Digest } from '../layers/digest.js';
 import type { CredentialStore } from './credentials.js';
@@ -66,6 +66,15 @@ interface TransferState {
   offset: number;
   /** Bytes moved over the network by this download. */
   transferred: number;
+}
+
+export interface BlobDownloadOptions {
+  /** Bytes of the blob held so far (cached and downloaded). */
+  onProgress?: (done: number) => void;
+  /** Receives the blob's bytes as they arrive; ended once verified, destroyed on failure (see downloadBlob). */
+  sink?: Writable;
+  /** Stops the download (no retry); what arrived stays in the cache for the next attempt. */
+  signal?: AbortSignal;
 }
 
 interface Challenge {
@@ -179,14 +188,48 @@ export class RegistryClient {
    * Downloads a blob into `file`, verified. Bytes arrive in `file.partial`; an interrupted download (here, or in
    * an earlier run) resumes from its end with `Range`, and the partial bytes are hashed again first, so the
    * digest always covers the whole blob. Only a verified blob is renamed to `file`.
+   *
+   * With `sink`, every byte of the blob also goes to it, in order (bytes from the cache first, then the
+   * network's), as it arrives: a pull extracts the layer while it downloads. The sink is ended only once the whole
+   * blob matched its digest and destroyed with the error otherwise, so its consumer may rely on this call's
+   * verification. A consumer that gives up early (destroys the sink) does not stop the download: it completes
+   * into the cache, so that a wrong blob is reported as a wrong digest and a good one stays for the next attempt.
+   * Cache files are not fsynced: they are never trusted, every byte is hashed again whenever it is used.
+   *
    * Returns the bytes transferred by this call.
    */
-  async downloadBlob(repository: string, desc: Descriptor, file: string, onProgress?: (done: number) => void): Promise<number> {
+  async downloadBlob(repository: string, desc: Descriptor, file: string, options: BlobDownloadOptions = {}): Promise<number> {
+    const { sink } = options;
+    try {
+      const transferred = await this.downloadInto(repository, desc, file, options);
+      if (sink !== undefined && !sink.destroyed) sink.end();
+      return transferred;
+    } catch (err) {
+      sink?.destroy(err as Error);
+      throw err;
+    }
+  }
+
+  private async downloadInto(repository: string, desc: Descriptor, file: string, options: BlobDownloadOptions): Promise<number> {
+    const { onProgress, sink, signal } = options;
     const step = `fetching blob ${desc.digest}`;
     const done = await stat(file).then((s) => s.size, () => -1);
     if (done === desc.size) {
-      onProgress?.(desc.size);
-      return 0;
+      const hash = createHash('sha256');
+      // Another pull may delete a finished blob between the stat and the read: then it is downloaded again.
+      const read = await feedFile(file, hash, sink, signal).then(() => true, (err: unknown) => {
+        if ((err as { code?: string }).code === 'ENOENT') return false;
+        throw err;
+      });
+      if (read) {
+        const digest = `sha256:${hash.digest('hex')}`;
+        if (digest !== desc.digest) {
+          await rm(file, { force: true });
+          throw this.fail('STRATA_DIGEST_MISMATCH', `${step}: the cached copy has digest ${digest} (deleted; pull again)`);
+        }
+        onProgress?.(desc.size);
+        return 0;
+      }
     }
     const partial = `${file}.partial`;
     let offset = await stat(partial).then((s) => s.size, () => 0);
@@ -195,10 +238,12 @@ export class RegistryClient {
       offset = 0;
     }
     const state: TransferState = { hash: createHash('sha256'), offset, transferred: 0 };
-    if (offset > 0) await hashFile(partial, state.hash);
     if (offset === desc.size) {
-      // Complete but never verified (a crash before the rename): check it; a bad one is fetched again.
+      // Complete but never verified (a crash before the rename): check it before a byte goes to the sink; a bad
+      // one is fetched again.
+      await hashFile(partial, state.hash);
       if (`sha256:${state.hash.copy().digest('hex')}` === desc.digest) {
+        await feedFile(partial, null, sink, signal);
         await rename(partial, file);
         onProgress?.(desc.size);
         return 0;
@@ -206,16 +251,19 @@ export class RegistryClient {
       await rm(partial, { force: true });
       state.hash = createHash('sha256');
       state.offset = 0;
+    } else if (offset > 0) {
+      await feedFile(partial, state.hash, sink, signal);
+      onProgress?.(offset);
     }
     const handle = await open(partial, 'a', 0o600);
     try {
       for (let attempt = 0; ; attempt += 1) {
         try {
-          await this.fetchRange(repository, desc, state, handle, step, onProgress);
+          await this.fetchRange(repository, desc, state, handle, step, options);
           if (state.offset === desc.size) break;
           throw this.fail('STRATA_REGISTRY_FAILED', `${step}: the registry ended the blob after ${state.offset} of ${desc.size} bytes`);
         } catch (err) {
-          if (!(err instanceof StrataError) || err.code !== 'STRATA_REGISTRY_FAILED') throw err;
+          if (!(err instanceof StrataError) || err.code !== 'STRATA_REGISTRY_FAILED' || signal?.aborted === true) throw err;
           if (attempt + 1 >= RESUME_ATTEMPTS) {
             // The partial file stays: the next pull of this blob resumes from its end.
             throw new StrataError(err.code, `${err.message} (${state.offset} of ${desc.size} bytes kept for the next attempt)`, { cause: err.cause });
@@ -224,7 +272,6 @@ export class RegistryClient {
           await new Promise((r) => setTimeout(r, 250 * (attempt + 1)));
         }
       }
-      await handle.sync();
     } catch (err) {
       await handle.close();
       // Bytes that cannot be part of the blob are not worth resuming from.
@@ -242,38 +289,64 @@ export class RegistryClient {
   }
 
   /** One GET of the rest of a blob, from state.offset; appends to the partial file and hashes as it goes. */
-  private async fetchRange(repository: string, desc: Descriptor, state: TransferState, handle: FileHandle, step: string, onProgress?: (done: number) => void): Promise<void> {
+  private async fetchRange(repository: string, desc: Descriptor, state: TransferState, handle: FileHandle, step: string, options: BlobDownloadOptions): Promise<void> {
+    const { onProgress, sink, signal } = options;
+    if (isAborted(signal)) throw this.aborted(step, signal);
     const headers: Record<string, string> = state.offset > 0 ? { range: `bytes=${state.offset}-` } : {};
     const res = await this.request('GET', `/v2/${repository}/blobs/${desc.digest}`, { headers, step, ok: [200, 206], follow: true });
-    if (state.offset > 0 && res.statusCode === 200) {
-      // The registry ignored Range: start over with what it sends.
-      await handle.truncate(0);
-      state.hash = createHash('sha256');
-      state.offset = 0;
-    } else if (res.statusCode === 206) {
+    // A registry that ignores Range sends the blob from its start: the bytes already held are skipped (the digest
+    // over held + rest still covers every byte, and what went to the sink cannot be taken back).
+    let skip = state.offset > 0 && res.statusCode === 200 ? state.offset : 0;
+    if (res.statusCode === 206) {
       const range = /^bytes (\d+)-/.exec(String(res.headers['content-range'] ?? ''));
       if (range === null || Number(range[1]) !== state.offset) {
         res.destroy();
         throw this.fail('STRATA_REGISTRY_FAILED', `${step}: asked for bytes from ${state.offset}, the registry sent range "${String(res.headers['content-range'])}"`);
       }
     }
+    const onAbort = () => res.destroy();
+    signal?.addEventListener('abort', onAbort, { once: true });
     try {
-      for await (const chunk of res as AsyncIterable<Buffer>) {
+      for await (const received of res as AsyncIterable<Buffer>) {
+        state.transferred += received.length;
+        let chunk = received;
+        if (skip > 0) {
+          const n = Math.min(skip, chunk.length);
+          skip -= n;
+          chunk = chunk.subarray(n);
+          if (chunk.length === 0) continue;
+        }
         if (state.offset + chunk.length > desc.size) {
           res.destroy();
           throw this.fail('STRATA_DIGEST_MISMATCH', `${step}: the registry sent more than the ${desc.size} bytes the manifest says`);
         }
         state.hash.update(chunk);
-        await handle.write(chunk);
+        // Synchronous: an append to the page cache takes microseconds, a threadpool round trip per 64 KiB chunk
+        // costs more than that.
+        writeAll(handle.fd, chunk);
         state.offset += chunk.length;
-        state.transferred += chunk.length;
         onProgress?.(state.offset);
+        if (sink !== undefined) await feed(sink, chunk);
       }
+      if (isAborted(signal)) throw this.aborted(step, signal);
     } catch (err) {
+      if (isAborted(signal)) throw this.aborted(step, signal);
       if (err instanceof StrataError) throw err;
+      const e = err as { syscall?: string; code?: string; message?: string };
+      if (e.syscall === 'write') throw fsError(e.code ?? 'EIO', `${this.what}: ${step}: cannot write the download cache: ${e.message ?? e.code}`, err);
       // What arrived is on disk and hashed: the retry continues from state.offset.
       throw this.fail('STRATA_REGISTRY_FAILED', `${step}: the connection broke off after ${state.offset} bytes`, err);
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
     }
+  }
+
+  /**
+   * The error of a download stopped because the pull gave up (another layer failed first, and that error is the
+   * one reported); its bytes stay cached.
+   */
+  private aborted(step: string, signal: AbortSignal | undefined): StrataError {
+    return this.fail('STRATA_REGISTRY_FAILED', `${step}: stopped because the pull failed`, signal?.reason);
   }
 
   async blobExists(repository: string, digest: Digest): Promise<boolean> {
@@ -511,6 +584,42 @@ async function readBody(res: IncomingMessage, limit: number, tooLarge: () => Str
 
 async function hashFile(file: string, hash: Hash): Promise<void> {
   for await (const chunk of createReadStream(file, { highWaterMark: 1 << 20 }) as AsyncIterable<Buffer>) hash.update(chunk);
+}
+
+/** Reads a cached (part of a) blob, hashing it (`hash`) and handing it to `sink`, both when given. */
+async function feedFile(file: string, hash: Hash | null, sink: Writable | undefined, signal: AbortSignal | undefined): Promise<void> {
+  for await (const chunk of createReadStream(file, { highWaterMark: 1 << 20, signal }) as AsyncIterable<Buffer>) {
+    hash?.update(chunk);
+    if (sink !== undefined) await feed(sink, chunk);
+  }
+}
+
+/**
+ * Writes to the sink with backpressure. A sink its consumer destroyed takes nothing more (the download goes on
+ * into the cache; see downloadBlob).
+ */
+async function feed(sink: Writable, chunk: Buffer): Promise<void> {
+  if (sink.destroyed) return;
+  if (sink.write(chunk)) return;
+  await new Promise<void>((resolve) => {
+    const done = () => {
+      sink.off('drain', done);
+      sink.off('close', done);
+      resolve();
+    };
+    sink.on('drain', done);
+    sink.on('close', done);
+  });
+}
+
+/** A function, not an inline test: TypeScript would keep `aborted` narrowed to false across awaits. */
+function isAborted(signal: AbortSignal | undefined): boolean {
+  return signal?.aborted === true;
+}
+
+function writeAll(fd: number, chunk: Buffer): void {
+  let done = 0;
+  while (done < chunk.length) done += writeSync(fd, chunk, done, chunk.length - done);
 }
 
 function progressStream(stream: Readable, onProgress?: (done: number) => void): Readable {

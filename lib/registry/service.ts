@@ -3,25 +3,29 @@
  *
  * Pull lifecycle (a failed pull leaves no image, layer or record visible):
  *  1. manifest (an index narrows to one platform), then the config: both verified by digest in memory;
- *  2. layer blobs the store lacks (by diffID) download, 3 at a time, into <root>/registry-cache/blobs/, each
- *     verified by digest before it is renamed to its final name; an interrupted download resumes with Range,
- *     in this pull or the next one;
- *  3. the manifest, config and blobs form an OCI layout in <root>/registry-cache/pull-*, which ImageStore.import
- *     stages, checks against the config's diffIDs and commits in one batch (its all-or-nothing path);
- *  4. the cache entries and the layout are deleted. Layers the store already has are named in the layout by a
- *     sparse placeholder of the blob's size: import skips staging any layer whose diffID it holds.
+ *  2. layers the store lacks (by diffID) are fetched 3 at a time, each in one pass (fetchLayer): the bytes are
+ *     appended to <root>/registry-cache/blobs/<digest>.partial and streamed on through decompression, the diffID
+ *     hash and the untar into layer-tmp (LayerStore.stageBlobStream). The download verifies the blob digest
+ *     before it ends the stream, and the stage checks the diffID, so a layer is only staged if both match; an
+ *     interrupted download resumes with Range, in this pull or the next one, replaying the cached bytes first;
+ *  3. once every layer is staged the cached blobs are deleted (their dirty pages never reach the disk), and
+ *     ImageStore.importStaged makes the staged layers durable with one syncfs and commits the layers and the
+ *     image in one batch (its all-or-nothing path); on any failure the staged dirs are discarded, and the cache
+ *     keeps what was downloaded. Layers the store already has are never fetched.
  * Push: the store keeps extracted layers, not blobs. A layer whose original blob the registry has (HEAD) or can
  * mount from another repository is not sent; any other layer is tarred again by the deterministic writer of
  * commit and export (lib/layers/commit.ts) and uploaded; the config then names the diffIDs of what was sent.
  */
 import { randomBytes } from 'node:crypto';
-import { link, mkdir, open, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { PassThrough } from 'node:stream';
 import { StrataError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Metastore } from '../store/metastore.js';
 import type { ImageRecord, ImageStore } from '../images/image-store.js';
-import { DEFAULT_LIMITS, LAYER_MEDIA_TYPES, type LayerStore } from '../layers/layer-store.js';
+import { DEFAULT_LIMITS, LAYER_MEDIA_TYPES, type CommitItem, type LayerStore, type StagedLayer } from '../layers/layer-store.js';
+import { mapLimit } from '../images/map-limit.js';
 import { hexOf, parseDigest, sha256Of, type Digest } from '../layers/digest.js';
 import { BlobRecords, type RememberedBlob } from './blob-records.js';
 import { MAX_MANIFEST_BYTES, MEDIA_TYPES, RegistryClient, type Descriptor } from './client.js';
@@ -106,7 +110,7 @@ export class RegistryService {
   private readonly records: BlobRecords;
   private readonly insecure: readonly string[];
   /** One download per blob at a time in this process (two pulls sharing a layer wait for each other). */
-  private readonly downloads = new Map<Digest, Promise<number>>();
+  private readonly downloads = new Map<Digest, Promise<unknown>>();
 
   constructor(private readonly options: RegistryServiceOptions) {
     this.log = options.logger.child({ component: 'registry' });
@@ -152,8 +156,6 @@ export class RegistryService {
     const client = this.client(ref, what);
     client.setScopes([`repository:${ref.repository}:pull`]);
     await this.prepareCache();
-    const workDir = path.join(this.cacheDir, `pull-${randomBytes(6).toString('hex')}`);
-    const downloaded: string[] = [];
     try {
       let manifest = await client.getManifest(ref.repository, ref.digest ?? ref.tag!);
       if (manifest.mediaType === MEDIA_TYPES.ociIndex || manifest.mediaType === MEDIA_TYPES.dockerList) {
@@ -169,61 +171,99 @@ export class RegistryService {
       const configBytes = await client.getJsonBlob(ref.repository, configDesc, MAX_CONFIG_BYTES, 'config');
       const diffIDs = diffIdsOf(configBytes, layerDescs.length, `${what}: config ${configDesc.digest}`);
 
-      const blobDir = path.join(this.cacheDir, 'blobs');
       const present = await Promise.all(diffIDs.map((d) => this.options.layers.hasContent(d)));
       const layersOut: PullResult['layers'] = [];
       let downloadedBytes = 0;
-      await mapLimit(layerDescs, options.concurrency ?? DEFAULT_CONCURRENCY, async (desc, i) => {
-        const progress = (phase: TransferPhase, bytes: number) => options.onProgress?.({ layer: i + 1, layers: layerDescs.length, digest: desc.digest, phase, bytes, totalBytes: desc.size });
-        if (present[i]) {
-          progress('exists', desc.size);
-          layersOut[i] = { digest: desc.digest, diffID: diffIDs[i]!, size: desc.size, action: 'present' };
-          return;
-        }
-        const file = path.join(blobDir, `sha256-${hexOf(desc.digest)}`);
-        progress('downloading', 0);
-        downloadedBytes += await this.downloadOnce(desc.digest, () => client.downloadBlob(ref.repository, desc, file, (n) => progress('downloading', n)));
-        downloaded.push(file);
-        progress('done', desc.size);
-        layersOut[i] = { digest: desc.digest, diffID: diffIDs[i]!, size: desc.size, action: 'downloaded' };
-      });
-
-      // The layout ImageStore.import reads: verified bytes only.
-      await mkdir(path.join(workDir, 'blobs', 'sha256'), { recursive: true, mode: 0o700 });
-      const blob = (digest: Digest) => path.join(workDir, 'blobs', 'sha256', hexOf(digest));
-      await writeFile(path.join(workDir, 'oci-layout'), JSON.stringify({ imageLayoutVersion: '1.0.0' }));
-      await writeFile(blob(manifest.digest), manifest.bytes);
-      await writeFile(blob(configDesc.digest), configBytes);
-      for (const [i, desc] of layerDescs.entries()) {
-        if (await exists(blob(desc.digest))) continue;
-        if (present[i]) await sparseFile(blob(desc.digest), desc.size);
-        else await link(path.join(blobDir, `sha256-${hexOf(desc.digest)}`), blob(desc.digest));
+      const staged: StagedLayer[] = [];
+      const cacheFiles: string[] = [];
+      let record: ImageRecord;
+      try {
+        const items = await mapLimit(layerDescs, options.concurrency ?? DEFAULT_CONCURRENCY, async (desc, i, signal): Promise<CommitItem> => {
+          const diffID = diffIDs[i]!;
+          const progress = (phase: TransferPhase, bytes: number) => options.onProgress?.({ layer: i + 1, layers: layerDescs.length, digest: desc.digest, phase, bytes, totalBytes: desc.size });
+          if (present[i]) {
+            progress('exists', desc.size);
+            layersOut[i] = { digest: desc.digest, diffID, size: desc.size, action: 'present' };
+            return { existingDiffID: diffID };
+          }
+          // A layer listed twice is fetched once: the commit finds the earlier place's content in its own batch.
+          if (diffIDs.indexOf(diffID) < i) {
+            progress('done', desc.size);
+            layersOut[i] = { digest: desc.digest, diffID, size: desc.size, action: 'downloaded' };
+            return { existingDiffID: diffID };
+          }
+          progress('downloading', 0);
+          const got = await this.downloadOnce(desc.digest, () => this.fetchLayer(client, ref.repository, desc, diffID, progress, signal));
+          downloadedBytes += got.transferred;
+          cacheFiles.push(got.file);
+          progress('done', desc.size);
+          layersOut[i] = { digest: desc.digest, diffID, size: desc.size, action: 'downloaded' };
+          if (got.staged === null) return { existingDiffID: diffID };
+          staged.push(got.staged);
+          return { staged: got.staged };
+        });
+        // Every layer is staged and verified, so the cached blobs have served their purpose. They go before the
+        // commit's syncfs, which then drops their dirty pages instead of writing them; a commit that fails from
+        // here on costs a new download, never a wrong image.
+        for (const file of cacheFiles) await rm(file, { force: true });
+        const name = ref.tag !== null ? formatReference({ ...ref, digest: null }) : undefined;
+        staged.length = 0; // importStaged owns them now: committed, or discarded by it
+        record = await this.options.images.importStaged({
+          configDigest: configDesc.digest,
+          config: JSON.parse(configBytes.toString('utf8')) as unknown,
+          manifestDigest: manifest.digest,
+          manifest: JSON.parse(manifest.bytes.toString('utf8')) as unknown,
+          names: name === undefined ? [] : [name],
+        }, items);
+      } catch (err) {
+        for (const s of staged) await this.options.layers.discard(s);
+        throw err;
       }
-      await writeFile(path.join(workDir, 'index.json'), JSON.stringify({
-        schemaVersion: 2, manifests: [{ mediaType: manifest.mediaType, digest: manifest.digest, size: manifest.bytes.length }],
-      }));
-      const name = ref.tag !== null ? formatReference({ ...ref, digest: null }) : undefined;
-      const [record] = await this.options.images.import(workDir, {
-        name,
-        onProgress: (p) => options.onProgress?.({
-          layer: p.layer, layers: p.layers, digest: layerDescs[p.layer - 1]?.digest ?? '', phase: 'extracting', bytes: p.bytes, totalBytes: p.totalBytes,
-        }),
-      });
-      if (record === undefined) throw new StrataError('STRATA_INTERNAL', `${what}: the import produced no image`);
       await this.records.remember(`${ref.registry}/${ref.repository}`, [
         { digest: configDesc.digest, size: configDesc.size, mediaType: configDesc.mediaType },
         ...layerDescs.map((d, i) => ({ digest: d.digest, size: d.size, mediaType: d.mediaType, diffID: diffIDs[i]! })),
       ]);
-      for (const file of downloaded) await rm(file, { force: true });
       this.log.info({ ref: formatReference(ref), id: record.id, downloadedBytes }, 'pulled image');
       return { reference: formatReference(ref), id: record.id, names: record.names, manifestDigest: manifest.digest, layers: layersOut, downloadedBytes };
     } finally {
       client.close();
-      await rm(workDir, { recursive: true, force: true });
     }
   }
 
-  private async downloadOnce(digest: Digest, work: () => Promise<number>): Promise<number> {
+  /**
+   * Downloads one layer blob and extracts it in the same pass: each byte goes to the cache file (what a resumed
+   * pull starts from) and on through decompression, the diffID hash and the untar into layer-tmp. The download
+   * verifies the blob digest and only then ends the stream, so the layer is staged only if the digest matched;
+   * otherwise the staged dir is deleted (by the stage). Staged unsynced: the commit syncs every layer at once.
+   * Returns staged null when the store got the layer meanwhile (another pull of it finished first).
+   */
+  private async fetchLayer(client: RegistryClient, repository: string, desc: Descriptor, diffID: Digest, progress: (phase: TransferPhase, bytes: number) => void, signal: AbortSignal): Promise<{ staged: StagedLayer | null; transferred: number; file: string }> {
+    const file = path.join(this.cacheDir, 'blobs', `sha256-${hexOf(desc.digest)}`);
+    if (await this.options.layers.hasContent(diffID)) return { staged: null, transferred: 0, file };
+    const sink = new PassThrough({ highWaterMark: 1 << 20 });
+    const staging = this.options.layers.stageBlobStream(sink, {
+      what: `layer ${desc.digest}`,
+      mediaType: desc.mediaType,
+      expectDigest: desc.digest,
+      expectSize: desc.size,
+      expectDiffID: diffID,
+      sourceVerifiesDigest: true,
+      sync: false,
+    });
+    // A stage that fails before reading must not leave the download waiting on a full sink.
+    staging.catch(() => sink.destroy());
+    const downloading = client.downloadBlob(repository, desc, file, { sink, signal, onProgress: (n) => progress('downloading', n) });
+    const [download, stage] = await Promise.allSettled([downloading, staging]);
+    // The download's failure (network, wrong digest) is the cause; a stage failure alone is the layer's own.
+    if (download.status === 'rejected') {
+      if (stage.status === 'fulfilled') await this.options.layers.discard(stage.value);
+      throw download.reason;
+    }
+    if (stage.status === 'rejected') throw stage.reason;
+    return { staged: stage.value, transferred: download.value, file };
+  }
+
+  private async downloadOnce<T>(digest: Digest, work: () => Promise<T>): Promise<T> {
     for (;;) {
       const running = this.downloads.get(digest);
       if (running === undefined) break;
@@ -465,35 +505,4 @@ function manifestFamily(image: ImageRecord, layers: PushResult['layers']): { man
     && layers.every((l, i) => l.diffID === image.diffIDs[i]);
   if (docker) return { manifest: MEDIA_TYPES.dockerManifest, config: MEDIA_TYPES.dockerConfig, layer: (t) => t };
   return { manifest: MEDIA_TYPES.ociManifest, config: MEDIA_TYPES.ociConfig, layer: (t) => OCI_OF_DOCKER[t] ?? t };
-}
-
-async function mapLimit<T>(items: readonly T[], limit: number, work: (item: T, index: number) => Promise<void>): Promise<void> {
-  if (!Number.isSafeInteger(limit) || limit < 1 || limit > 32) throw new StrataError('STRATA_BAD_OPTION', `concurrency ${limit} must be between 1 and 32`);
-  let next = 0;
-  let failed: unknown = null;
-  const worker = async () => {
-    while (failed === null && next < items.length) {
-      const i = next++;
-      try {
-        await work(items[i]!, i);
-      } catch (err) {
-        failed ??= err;
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-  if (failed !== null) throw failed;
-}
-
-async function sparseFile(file: string, size: number): Promise<void> {
-  const handle = await open(file, 'wx', 0o600);
-  try {
-    await handle.truncate(size);
-  } finally {
-    await handle.close();
-  }
-}
-
-async function exists(file: string): Promise<boolean> {
-  return stat(file).then(() => true, () => false);
 }

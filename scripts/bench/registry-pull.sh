@@ -5,7 +5,8 @@
 # skopeo, hyperfine, a build). The layers are files from /usr split into 5 groups of about TOTAL_MIB/5 each,
 # gzip-compressed. Prints hyperfine's table and the ratio strata / skopeo (wall-clock and CPU).
 # skopeo only stores the blobs; strata also verifies, extracts and syncs every layer (what a pull is for), so the
-# ratio includes the extraction. Leaves nothing behind.
+# ratio includes the extraction. strata inflates gzip with igzip when it is installed (Debian package isal), else
+# with node:zlib; STRATA_GUNZIP=zlib|igzip picks one, and the script prints which one ran. Leaves nothing behind.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 total_mib=${1:-600}
@@ -80,6 +81,11 @@ skopeo copy --quiet --dest-tls-verify=false "oci:$work/layout:x" "docker://127.0
 rm -rf "$work/layout"
 
 strata="node $(pwd)/dist/lib/cli/strata.js"
+case "${STRATA_GUNZIP:-auto}" in
+  zlib) decoder=node:zlib ;;
+  *) if command -v igzip >/dev/null; then decoder="igzip ($(command -v igzip))"; else decoder=node:zlib; fi ;;
+esac
+echo "strata's gzip decoder: $decoder; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 hyperfine --runs "$runs" --export-json "$work/result.json" \
   --prepare "rm -rf $work/sk $work/root" \
   -n 'skopeo copy' "skopeo copy --quiet --src-tls-verify=false docker://127.0.0.1:$port/bench:1 oci:$work/sk:x" \
@@ -91,3 +97,4 @@ node -e '
   const s = get("strata image pull"), k = get("skopeo copy");
   console.log(`ratio strata / skopeo  wall ${(s.mean / k.mean).toFixed(2)}  cpu ${((s.user + s.system) / (k.user + k.system)).toFixed(2)}`);
 ' "$work/result.json"
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
