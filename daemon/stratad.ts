@@ -147,6 +147,8 @@ async function run(argv: string[]): Promise<void> {
     allowedTargets: config.allowedTargets,
     healthTimeoutMs: config.healthTimeoutMs,
     healthIntervalMs: config.healthIntervalMs,
+    // Beside the socket (a tmpfs under /run by default): the journals are memory-mapped and rewritten constantly.
+    sessionDir: path.join(path.dirname(config.socket), 'sessions'),
   });
   const maintenance = new StoreMaintenance(store, services.layers, mounts, lostAndFound, volumes);
   const commits = new CommitService(store, mounts, services.images, services.layers, logger);

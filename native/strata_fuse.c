@@ -32,7 +32,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -408,6 +410,52 @@ static napi_value start_reader(napi_env env, napi_callback_info info) {
   return out;
 }
 
+/*
+ * mapShared(path, bytes): a Buffer over a MAP_SHARED mapping of `path` (created 0600 and grown to `bytes`).
+ * Stores into it reach the file's page cache at once, with no syscall, and survive the process being killed:
+ * that is how the node journal (lib/fuse/kernel/journal.ts) outlives a crashed server. Throws on failure
+ * (this is set-up, not a per-request path).
+ */
+static void unmap_finalize(napi_env env, void *data, void *hint) {
+  munmap(data, (size_t)(uintptr_t)hint);
+}
+
+static napi_value map_shared(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int64_t bytes = 0;
+  if (argc < 2 || napi_get_value_int64(env, argv[1], &bytes) != napi_ok || bytes <= 0) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "mapShared(path, bytes)");
+    return NULL;
+  }
+  char *path = dup_string(env, argv[0]);
+  if (path == NULL) return NULL;
+  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  free(path);
+  if (fd < 0) {
+    napi_throw_error(env, "EIO", strerror(errno));
+    return NULL;
+  }
+  struct stat st;
+  if (fstat(fd, &st) < 0 || (st.st_size < bytes && ftruncate(fd, (off_t)bytes) < 0)) {
+    int err = errno;
+    close(fd);
+    napi_throw_error(env, "EIO", strerror(err));
+    return NULL;
+  }
+  void *memory = mmap(NULL, (size_t)bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  int err = errno;
+  close(fd);
+  if (memory == MAP_FAILED) {
+    napi_throw_error(env, "EIO", strerror(err));
+    return NULL;
+  }
+  napi_value out;
+  CHECK(napi_create_external_buffer(env, (size_t)bytes, memory, unmap_finalize, (void *)(uintptr_t)bytes, &out));
+  return out;
+}
+
 NAPI_MODULE_INIT() {
   napi_property_descriptor functions[] = {
       {"openDevice", NULL, open_device, NULL, NULL, NULL, napi_default, NULL},
@@ -417,6 +465,7 @@ NAPI_MODULE_INIT() {
       {"backingClose", NULL, backing_close, NULL, NULL, NULL, napi_default, NULL},
       {"reply", NULL, reply, NULL, NULL, NULL, napi_default, NULL},
       {"startReader", NULL, start_reader, NULL, NULL, NULL, napi_default, NULL},
+      {"mapShared", NULL, map_shared, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof functions / sizeof functions[0], functions);
   return exports;

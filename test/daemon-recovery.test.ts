@@ -24,6 +24,12 @@ function pidOf(daemon: DaemonHandle, name: string): number {
  */
 const DEAD_CONNECTION = ['ENOTCONN', 'ECONNABORTED'];
 
+/** The mountinfo id of the mount at `target` (a remount gets a new one). */
+function mountIdOf(target: string): number | undefined {
+  const line = fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').find((l) => l.split(' ')[4] === target);
+  return line === undefined ? undefined : Number(line.split(' ')[0]);
+}
+
 function statError(file: string): string | undefined {
   try {
     fs.statSync(file);
@@ -121,6 +127,62 @@ t.test('one helper crashing does not disturb the other mount, and is restarted',
   t.equal(pidOf(daemon, 'b'), bystander, 'the other helper was never touched');
   t.ok(await daemon.waitForLog(/"mount":"a".*mount helper ended unexpectedly/), 'the crash is logged in the mount\'s logger');
   await daemon.kill('SIGTERM');
+});
+
+t.test('kill -9 of a helper while processes write through the mount: the mount lives on and nobody sees an error', async (t) => {
+  const { dir, targets, daemon } = await setUp(t, 'daemon-helper-handover');
+  const mnt = targets.a;
+  const mountIdBefore = mountIdOf(mnt);
+  // Three writers: by absolute path, by path relative to a cwd inside the mount, and through one fd held open
+  // across every crash (a lower file opened for append: its handle is one the next helper must adopt).
+  const script = [
+    'set -u; fails=0',
+    `exec 9>>${mnt}/data/base`,
+    `cd ${mnt}/data`,
+    'for i in $(seq 1 600); do',
+    `  echo "abs $i" > ${mnt}/abs-$i || fails=$((fails+1))`,
+    '  echo "rel $i" > rel-$i || fails=$((fails+1))',
+    '  cat rel-$i > /dev/null || fails=$((fails+1))',
+    '  echo "held $i" >&9 || fails=$((fails+1))',
+    '  mkdir -p dir-$i/sub && echo x > dir-$i/sub/f || fails=$((fails+1))',
+    '  sleep 0.002',
+    'done',
+    'echo "fails=$fails"',
+  ].join('\n');
+  const writer = spawn('bash', ['-c', script], { stdio: ['ignore', 'pipe', 'pipe'] });
+  t.teardown(() => { writer.kill('SIGKILL'); });
+  let out = '';
+  let err = '';
+  writer.stdout.on('data', (c: Buffer) => { out += c.toString(); });
+  writer.stderr.on('data', (c: Buffer) => { err += c.toString(); });
+  const done = new Promise<number | null>((resolve) => writer.on('exit', (code) => resolve(code)));
+  const victims: number[] = [];
+  for (let round = 0; round < 3; round++) {
+    await new Promise((resolve) => setTimeout(resolve, 400));
+    const pid = pidOf(daemon, 'a');
+    victims.push(pid);
+    process.kill(pid, 'SIGKILL');
+    await waitFor(`a new helper for mount a (round ${round})`, () => {
+      const view = daemon.json<MountView[]>(['mount', 'inspect', 'a'])[0];
+      return view?.State.Status === 'mounted' && !victims.includes(view.State.Pid) ? view : undefined;
+    });
+  }
+  t.equal(await done, 0, 'the writer finished');
+  t.equal(out.trim(), 'fails=0', 'no write, read or mkdir failed while helpers were killed');
+  t.equal(err, '', 'the writer printed no error');
+  t.equal(mountIdOf(mnt), mountIdBefore, 'the very same mount stayed in place (never detached and remounted)');
+  const view = daemon.json<MountView[]>(['mount', 'inspect', 'a'])[0];
+  t.equal(view?.State.Restarts, 3, 'each take-over is counted as a restart');
+  t.equal(fs.readFileSync(path.join(mnt, 'abs-600'), 'utf8'), 'abs 600\n');
+  t.equal(fs.readFileSync(path.join(mnt, 'data/rel-600'), 'utf8'), 'rel 600\n');
+  const held = fs.readFileSync(path.join(mnt, 'data/base'), 'utf8').split('\n').filter(Boolean);
+  t.equal(held.length, 601, 'every write through the held fd landed (base + 600 lines)');
+  t.equal(held[600], 'held 600');
+  t.ok(await daemon.waitForLog(/"mount":"a".*a new mount helper took over the live mount/), 'the take-over is logged');
+  await daemon.kill('SIGTERM');
+  // Nothing ever landed in the directory under the mountpoint: the mount was never gone.
+  t.same(fs.readdirSync(mnt), [], 'the mountpoint dir itself is empty after unmount');
+  t.same(fs.readdirSync(path.join(dir, 'sessions')).filter(Boolean), [], 'no node journal is left behind');
 });
 
 t.test('SIGTERM with a shell inside a mount: lazy detach with a warning, exit 0, remounted on next start', async (t) => {

@@ -17,7 +17,7 @@ import { createLogger, type Logger } from '../log.js';
 import { StrataError } from '../errors.js';
 import { effectiveOptions, parseOptions, validateParams, type UnionParams } from '../union/params.js';
 import { UnionFs } from '../union/super.js';
-import { FuseMount, KernelFuseMount, isMountPoint, type Mount } from '../fuse/mount.js';
+import { FuseMount, KernelFuseMount, isMountPoint, journalDescribesLiveConnection, type Mount } from '../fuse/mount.js';
 import { sys } from '../native/index.js';
 import { fuseDeviceAvailable } from '../fuse/kernel/device.js';
 
@@ -76,7 +76,14 @@ export function parseCommandLine(argv: string[]): CommandLine {
   return line;
 }
 
-function checkMountpoint(mountpoint: string): string {
+function checkMountpoint(mountpoint: string, resuming: boolean): string {
+  if (resuming) {
+    // The mount is live and served by nobody until this process starts reading: touching it would hang.
+    if (!path.isAbsolute(mountpoint) || !isMountPoint(mountpoint)) {
+      throw new StrataError('STRATA_BAD_DIR', `node_journal= describes a live connection, but "${mountpoint}" is not a mount point (give its absolute path)`);
+    }
+    return mountpoint;
+  }
   let stat: fs.Stats;
   try {
     stat = fs.statSync(mountpoint);
@@ -94,20 +101,22 @@ function checkMountpoint(mountpoint: string): string {
 }
 
 /** Validates everything that can be validated before mounting, so failures leave nothing behind. */
-function prepare(line: CommandLine): { params: UnionParams; mountpoint: string } {
+function prepare(line: CommandLine): { params: UnionParams; mountpoint: string; resuming: boolean } {
   const parsed = parseOptions(line.optionStrings);
   if (line.source !== undefined && !parsed.fsnameGiven) parsed.fsname = line.source;
   // Without a name from the user, the mount source says which overlay options are in effect: FUSE has no
   // other place in /proc/mounts for them (kernel overlayfs lists them among the mount options).
   else if (!parsed.fsnameGiven) parsed.fsname = `${PROGRAM}:${effectiveOptions(parsed).join(',')}`;
   const params = validateParams(parsed);
-  const mountpoint = checkMountpoint(line.mountpoint);
+  // A server given the fd and journal of a live connection takes it over instead of mounting (a restart).
+  const resuming = params.fuseFd !== undefined && params.nodeJournal !== undefined && journalDescribesLiveConnection(params.nodeJournal);
+  const mountpoint = checkMountpoint(line.mountpoint, resuming);
   for (const dir of [...params.lowerDirs, params.upperDir, params.workDir]) {
     if (dir !== undefined && (dir === mountpoint || dir.startsWith(`${mountpoint}/`))) {
       throw new StrataError('STRATA_BAD_DIR', `"${dir}" is inside the mountpoint "${mountpoint}"`);
     }
   }
-  return { params, mountpoint };
+  return { params, mountpoint, resuming };
 }
 
 /**
@@ -173,22 +182,25 @@ function createMount(ufs: UnionFs, mountpoint: string, params: UnionParams, logg
     nosuid: params.nosuid,
     nodev: params.nodev,
     noexec: params.noexec,
+    deviceFd: params.fuseFd,
+    journalPath: params.nodeJournal,
   }, logger);
 }
 
 /** Serves the mount in this process until it is unmounted or signalled. */
 async function serve(line: CommandLine): Promise<number> {
-  const { params, mountpoint } = prepare(line);
+  const { params, mountpoint, resuming } = prepare(line);
   const level = line.debug ? 'debug' : params.logLevel;
   const logger: Logger = createLogger({ level, name: PROGRAM }).child({ mountpoint });
   process.umask(0); // modes arrive with the caller's umask applied already
   pinToCpu(params.cpu, logger);
   const ufs = new UnionFs(params, logger.child({ component: 'union' }));
-  ufs.prepareWorkDir();
+  ufs.prepareWorkDir({ resuming });
   const fuse = createMount(ufs, mountpoint, params, logger);
   await fuse.mount();
-  logger.info({ lowers: params.lowerDirs, upper: params.upperDir, readOnly: params.readOnly, options: effectiveOptions(params) }, 'mounted');
-  reportReady('READY');
+  const started = fuse instanceof KernelFuseMount ? fuse.started : 'mounted';
+  logger.info({ lowers: params.lowerDirs, upper: params.upperDir, readOnly: params.readOnly, options: effectiveOptions(params) }, started);
+  reportReady(started === 'resumed' ? 'READY resumed' : 'READY');
 
   let stopping = false;
   const stop = (signal: string) => {

@@ -23,6 +23,12 @@ import type { UnionFs } from '../union/super.js';
 import { loadFuseNative } from './binding.js';
 import { createFuseOps, type CallerSource } from './ops.js';
 import { FuseSession } from './kernel/session.js';
+import { NodeJournal } from './kernel/journal.js';
+
+/** True when a server given this node journal (and the connection's fd) would resume a live connection. */
+export function journalDescribesLiveConnection(journalPath: string): boolean {
+  return NodeJournal.describesLiveConnection(journalPath);
+}
 
 /** What strata-overlay needs of a mounted transport. */
 export interface Mount {
@@ -43,6 +49,9 @@ export interface KernelMountOptions {
   nosuid?: boolean;
   nodev?: boolean;
   noexec?: boolean;
+  /** See SessionOptions: an inherited /dev/fuse fd, and the node journal that lets a new server resume. */
+  deviceFd?: number;
+  journalPath?: string;
 }
 
 /** Strata's own transport: see lib/fuse/kernel/session.ts and docs/native.md. */
@@ -59,6 +68,11 @@ export class KernelFuseMount implements Mount {
 
   mount(): Promise<void> {
     return this.session.mount();
+  }
+
+  /** 'resumed' when this server took over a connection an earlier one left (see session.ts resume). */
+  get started(): 'mounted' | 'resumed' {
+    return this.session.started;
   }
 
   unmount(): Promise<void> {

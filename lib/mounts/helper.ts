@@ -25,6 +25,12 @@ export interface HelperSpec {
   dev: boolean;
   /** How long the clean-up `umount` of a helper that failed to start may take. */
   unmountTimeoutMs: number;
+  /**
+   * The mount's FUSE connection, when the helper is strata-overlay: the daemon's open /dev/fuse fd (the
+   * helper gets it as fd 3 and serves it) and the node journal. The daemon's copy keeps the mount alive when
+   * the helper dies, and a new helper given both resumes it (lib/fuse/kernel/journal.ts).
+   */
+  connection?: { deviceFd: number; journalPath: string };
 }
 
 export interface HelperExit {
@@ -33,11 +39,16 @@ export interface HelperExit {
 }
 
 const STDERR_TAIL_LINES = 20;
+/** Where a helper finds the connection's /dev/fuse fd, and the pipe it reports readiness on (strata-overlay's STRATA_OVERLAY_READY_FD). */
+const HELPER_DEVICE_FD = 3;
+const HELPER_READY_FD = 4;
+const READY_FD_ENV = 'STRATA_OVERLAY_READY_FD';
 const READY_POLL_MS = 25;
 
 export function helperArgv(spec: HelperSpec): { command: string; args: string[] } {
   const flags = `${spec.suid ? 'suid' : 'nosuid'},${spec.dev ? 'dev' : 'nodev'}`;
-  const options = `lowerdir=${spec.lowerDirs.join(':')},upperdir=${spec.upperDir},workdir=${spec.workDir},${flags}`;
+  let options = `lowerdir=${spec.lowerDirs.join(':')},upperdir=${spec.upperDir},workdir=${spec.workDir},${flags}`;
+  if (spec.connection !== undefined) options += `,fuse_fd=${HELPER_DEVICE_FD},node_journal=${spec.connection.journalPath}`;
   const helperArgs = ['-f', '-o', options, spec.target];
   if (/\.[cm]?js$/.test(spec.program)) return { command: process.execPath, args: [spec.program, ...helperArgs] };
   return { command: spec.program, args: helperArgs };
@@ -73,11 +84,24 @@ export class HelperProcess {
     return this.exited;
   }
 
-  async start(timeoutMs: number): Promise<void> {
+  /**
+   * Starts the helper. With `resume`, the mount is live already (its connection outlived the previous helper):
+   * the helper is ready once it says so on its ready pipe, and nothing at the target is ever removed on failure.
+   */
+  async start(timeoutMs: number, options: { resume?: boolean } = {}): Promise<void> {
+    const resume = options.resume === true && this.spec.connection !== undefined;
     const before = await mountAt(this.spec.target);
     const { command, args } = helperArgv(this.spec);
-    this.logger.debug({ command, args }, 'starting mount helper');
-    const child = spawn(command, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    this.logger.debug({ command, args, resume }, 'starting mount helper');
+    const connection = this.spec.connection;
+    const child = connection === undefined
+      ? spawn(command, args, { stdio: ['ignore', 'ignore', 'pipe'] })
+      : spawn(command, args, {
+        stdio: ['ignore', 'ignore', 'pipe', connection.deviceFd, 'pipe'],
+        env: { ...process.env, [READY_FD_ENV]: String(HELPER_READY_FD) },
+      });
+    let readyText = '';
+    (child.stdio[HELPER_READY_FD] as NodeJS.ReadableStream | null | undefined)?.on('data', (chunk: Buffer) => { readyText += chunk.toString(); });
     this.child = child;
     let spawnError: Error | undefined;
     child.on('error', (err) => { spawnError = err; });
@@ -97,17 +121,24 @@ export class HelperProcess {
         throw new StrataError('STRATA_MOUNT_FAILED', `cannot run the mount helper ${command}: ${spawnError.message} (check the mountProgram setting)`, { cause: spawnError });
       }
       if (this.exitResult !== undefined) {
-        await this.removeOwnMount(before?.mountId);
-        throw new StrataError('STRATA_MOUNT_FAILED', `mount helper exited (${describeExit(this.exitResult)}) before ${this.spec.target} was mounted: ${this.stderrTail.join(' | ') || 'no output'}`);
+        if (!resume) await this.removeOwnMount(before?.mountId);
+        throw new StrataError('STRATA_MOUNT_FAILED', `mount helper exited (${describeExit(this.exitResult)}) before ${this.spec.target} was ${resume ? 'resumed' : 'mounted'}: ${this.stderrTail.join(' | ') || 'no output'}`);
       }
-      const now = await mountAt(this.spec.target);
-      if (now !== undefined && now.fsType.startsWith('fuse') && now.mountId !== before?.mountId) {
-        this.mountSource = now.source;
-        return;
+      if (resume) {
+        if (readyText.includes('READY resumed')) {
+          this.mountSource = before?.source;
+          return;
+        }
+      } else {
+        const now = await mountAt(this.spec.target);
+        if (now !== undefined && now.fsType.startsWith('fuse') && now.mountId !== before?.mountId) {
+          this.mountSource = now.source;
+          return;
+        }
       }
       if (Date.now() > deadline) {
         this.kill('SIGKILL');
-        await this.removeOwnMount(before?.mountId);
+        if (!resume) await this.removeOwnMount(before?.mountId);
         throw new StrataError('STRATA_MOUNT_FAILED', `mount helper did not mount ${this.spec.target} within ${timeoutMs} ms: ${this.stderrTail.join(' | ') || 'no output'}`);
       }
       await sleep(READY_POLL_MS);

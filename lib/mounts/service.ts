@@ -114,6 +114,8 @@ export interface MountServiceOptions {
   healthTimeoutMs?: number;
   /** How often mounts are probed (startHealthChecks). */
   healthIntervalMs?: number;
+  /** Where the node journals of the mounts' FUSE connections live (default <rootDir>/run/sessions; see supervisor.ts). */
+  sessionDir?: string;
 }
 
 export interface CreateMountRequest {
@@ -161,6 +163,7 @@ export class MountService {
       healthTimeoutMs: this.healthTimeoutMs,
       healthIntervalMs: options.healthIntervalMs ?? DEFAULT_HEALTH_INTERVAL_MS,
       targetPolicy: this.targetPolicy,
+      sessionDir: options.sessionDir ?? path.join(options.rootDir, 'run', 'sessions'),
     }, this.runtimes);
   }
 

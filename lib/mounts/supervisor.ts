@@ -15,7 +15,9 @@
  *    touches a mount's files itself (a hung helper would block it), see mountinfo.ts and health.ts. At most one
  *    probe per mount is outstanding.
  */
-import { readdir, readFile } from 'node:fs/promises';
+import { closeSync, openSync } from 'node:fs';
+import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
+import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { StrataError } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -44,6 +46,18 @@ export interface MountRuntime {
   lock: Lock;
   /** A health probe is outstanding (never two at once: a stuck one holds a child process). */
   probing?: boolean;
+  /**
+   * The mount's FUSE connection, held by the daemon while the mount lives (helpers that can take it over only):
+   * our duplicate of the /dev/fuse fd keeps the mount alive when its helper dies, and a new helper resumes it.
+   */
+  connection?: HeldConnection;
+}
+
+interface HeldConnection {
+  deviceFd: number;
+  journalPath: string;
+  /** The mount the connection serves (its mountinfo id), to tell it from a mount made later at the target. */
+  mountId: number | undefined;
 }
 
 export interface SupervisorOptions {
@@ -58,6 +72,8 @@ export interface SupervisorOptions {
   /** How often mounts are probed (startHealthChecks). */
   healthIntervalMs: number;
   targetPolicy: TargetPolicy;
+  /** Where the node journals of held connections live (a tmpfs is best: they are rewritten constantly). */
+  sessionDir: string;
 }
 
 const MAX_CONSECUTIVE_FAILURES = 5;
@@ -140,6 +156,8 @@ export class MountSupervisor {
   async start(runtime: MountRuntime): Promise<void> {
     const { record } = runtime;
     const log = mountLogger(this.logger, record);
+    this.releaseConnection(runtime);
+    const connection = this.canHandOver() ? await this.openConnection(record) : undefined;
     const helper = new HelperProcess({
       program: this.options.mountProgram,
       target: record.Target,
@@ -149,6 +167,7 @@ export class MountSupervisor {
       suid: record.Suid === true,
       dev: record.Dev === true,
       unmountTimeoutMs: this.options.healthTimeoutMs,
+      connection,
     }, log);
     runtime.status = 'starting';
     try {
@@ -159,7 +178,12 @@ export class MountSupervisor {
       runtime.status = 'failed';
       runtime.error = (err as Error).message;
       runtime.helper = undefined;
+      if (connection !== undefined) closeConnection(connection);
       throw err;
+    }
+    if (connection !== undefined) {
+      connection.mountId = (await mountAt(record.Target))?.mountId;
+      runtime.connection = connection;
     }
     try {
       await this.attachments.attach(record, log, { fresh: record.HelperPid === undefined });
@@ -240,7 +264,67 @@ export class MountSupervisor {
       }
       if (!(await helper.exitsWithin(timeoutMs))) log.error({ helperPid: helper.pid }, 'mount helper survived SIGKILL (stuck in the kernel?)');
     }
+    this.releaseConnection(runtime);
     if (helper !== undefined) log.info({ target: runtime.record.Target, outcome }, 'unmounted');
+  }
+
+  /** Whether the helper program can take over a live connection (strata-overlay can; fuse-overlayfs cannot). */
+  private canHandOver(): boolean {
+    return path.basename(this.options.mountProgram).startsWith('strata-overlay');
+  }
+
+  private async openConnection(record: MountRecord): Promise<HeldConnection> {
+    await mkdir(this.options.sessionDir, { recursive: true, mode: 0o700 });
+    const journalPath = path.join(this.options.sessionDir, `${record.Id}.nodes`);
+    // A journal left by an earlier daemon describes a connection nobody holds any more.
+    await rm(journalPath, { force: true });
+    try {
+      return { deviceFd: openSync('/dev/fuse', 'r+'), journalPath, mountId: undefined };
+    } catch (err) {
+      throw new StrataError('STRATA_MOUNT_FAILED', `cannot open /dev/fuse for mount "${record.Name}": ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  /** Closes our copy of the connection (the mount is gone, or is being replaced by a fresh one). */
+  private releaseConnection(runtime: MountRuntime): void {
+    if (runtime.connection === undefined) return;
+    closeConnection(runtime.connection);
+    runtime.connection = undefined;
+  }
+
+  /**
+   * The mount whose helper just died is still there, on the connection we hold: a new helper takes it over and
+   * the processes using the mount only wait. Returns false when that is not possible (then the mount is
+   * detached and started afresh).
+   */
+  private async resume(runtime: MountRuntime, exited: HelperProcess, log: Logger): Promise<boolean> {
+    const connection = runtime.connection;
+    if (connection === undefined) return false;
+    const now = await mountAt(runtime.record.Target);
+    if (now === undefined || now.mountId !== connection.mountId) return false;
+    const { record } = runtime;
+    const helper = new HelperProcess({ ...exited.spec, connection }, log);
+    runtime.status = 'restarting';
+    runtime.helper = helper;
+    runtime.restarts += 1;
+    try {
+      await helper.start(this.options.mountTimeoutMs, { resume: true });
+    } catch (err) {
+      log.error({ err }, 'a new helper could not take over the mount; starting it afresh');
+      runtime.helper = undefined;
+      helper.kill('SIGKILL');
+      return false;
+    }
+    runtime.status = 'mounted';
+    runtime.error = '';
+    runtime.startedAt = new Date().toISOString();
+    runtime.record = { ...record, HelperPid: helper.pid };
+    await this.store.put('mounts', record.Id, runtime.record).catch((err: unknown) => {
+      log.warn({ err }, 'could not record the helper pid');
+    });
+    log.warn({ helperPid: helper.pid, restarts: runtime.restarts }, 'a new mount helper took over the live mount');
+    void helper.waitForExit().then((exit) => this.onHelperExit(runtime, helper, exit));
+    return true;
   }
 
   /**
@@ -286,6 +370,15 @@ export class MountSupervisor {
     runtime.consecutiveFailures = ranFor > HEALTHY_RUN_MS ? 1 : runtime.consecutiveFailures + 1;
     runtime.error = `mount helper ended unexpectedly (${describeExit(exit)}): ${helper.lastStderr() || 'no output'}`;
     log.error({ exit, helperPid: helper.pid }, 'mount helper ended unexpectedly');
+    // A helper that keeps dying at once is not resumed forever: after a few tries the mount starts afresh.
+    if (runtime.connection !== undefined && runtime.consecutiveFailures <= MAX_CONSECUTIVE_FAILURES) {
+      const resumed = await runtime.lock.run(async () => {
+        if (runtime.helper !== undefined || this.shuttingDown || !this.runtimes.has(runtime.record.Id)) return true;
+        return this.resume(runtime, helper, log);
+      });
+      if (resumed) return;
+    }
+    this.releaseConnection(runtime);
     this.attachments.forget(runtime.record);
     try {
       await detachMount(runtime.record.Target, { lazyIfBusy: true, timeoutMs: this.options.healthTimeoutMs });
@@ -377,6 +470,15 @@ async function descendantsOf(pid: number): Promise<number[]> {
     }
   }
   return out;
+}
+
+function closeConnection(connection: HeldConnection): void {
+  try {
+    closeSync(connection.deviceFd);
+  } catch {
+    // closed already
+  }
+  void rm(connection.journalPath, { force: true }).catch(() => undefined);
 }
 
 function signalQuietly(pid: number, signal: NodeJS.Signals): void {

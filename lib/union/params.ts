@@ -40,6 +40,13 @@ export interface UnionParams {
   /** FUSE passthrough where the kernel offers it and it is safe (kernel transport only); off forces it off. */
   passthrough: boolean;
   /**
+   * fuse_fd=N: serve an open /dev/fuse fd inherited from the parent instead of opening one (kernel transport).
+   * The daemon keeps a duplicate, so the mount outlives this server; with node_journal= a new server resumes it.
+   */
+  fuseFd?: number;
+  /** node_journal=PATH: where the node table is journaled for a server that takes over the connection. */
+  nodeJournal?: string;
+  /**
    * redirect_dir: 'on' (Strata's default) creates and follows trusted.overlay.redirect, so merged and lower
    * dirs can be renamed; 'follow' (also what "off" means, with the kernel's redirect_always_follow=Y) follows
    * redirects already there but renaming such a dir gives EXDEV; 'nofollow' neither follows nor creates them.
@@ -209,6 +216,16 @@ export function parseOptions(optionStrings: string[]): UnionParams {
         params.passthrough = value === 'on';
         break;
       }
+      case 'fuse_fd': {
+        if (value === undefined || !/^\d+$/.test(value)) throw badOption(`fuse_fd= needs a file descriptor number, got "${value ?? ''}"`);
+        params.fuseFd = Number(value);
+        break;
+      }
+      case 'node_journal': {
+        if (value === undefined || !value.startsWith('/')) throw badOption(`node_journal= needs an absolute path, got "${value ?? ''}"`);
+        params.nodeJournal = value;
+        break;
+      }
       case 'attr_timeout':
       case 'entry_timeout': {
         const seconds = Number(value);
@@ -245,6 +262,8 @@ export function parseOptions(optionStrings: string[]): UnionParams {
   if (params.upperDir !== undefined && params.workDir === undefined) throw badOption('upperdir= needs workdir= as well');
   if (params.workDir !== undefined && params.upperDir === undefined) throw badOption('workdir= needs upperdir= as well');
   params.readOnly = forceReadOnly || params.upperDir === undefined;
+  if (params.nodeJournal !== undefined && params.fuseFd === undefined) throw badOption('node_journal= needs fuse_fd= (a connection someone else keeps open)');
+  if (params.fuseFd !== undefined && params.transport !== 'kernel') throw badOption('fuse_fd= works only with transport=kernel');
   if (params.userxattr) {
     // As the kernel: redirects in user.* xattrs would let an unprivileged upper point lookups anywhere below.
     if (redirectGiven !== undefined && params.redirectDir !== 'nofollow') throw badOption(`conflicting options: userxattr,redirect_dir=${redirectGiven} (userxattr needs redirect_dir=nofollow)`);

@@ -132,9 +132,11 @@ export class UnionFs implements LookupContext {
    * Prepares <workdir>/work the way the kernel does at mount: whatever an earlier mount left there (temps
    * of an interrupted copy-up, removed directories) is garbage and is deleted.
    */
-  prepareWorkDir(): void {
+  prepareWorkDir(options: { resuming?: boolean } = {}): void {
     if (!this.workDir || this.readOnly) return;
-    this.refuseIncompatFeatures();
+    // A server taking over a live connection of its own mount (a restart, see lib/fuse/kernel/journal.ts)
+    // finds that mount's volatile marker: that is not an earlier mount's.
+    if (options.resuming !== true) this.refuseIncompatFeatures();
     // fd-based: a dir removed through a deep merged path was moved here whole, so work/ can be deeper than PATH_MAX.
     sys.removeTree(this.workDir);
     fs.mkdirSync(this.workDir, { mode: 0 });

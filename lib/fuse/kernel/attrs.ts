@@ -10,21 +10,23 @@ import {
   FUSE_GETATTR_FH, OUT_HEADER, STATFS_OUT,
 } from './protocol.js';
 import { writeU64 } from './codec.js';
+import { fdOfHandle } from './files.js';
 
 const UNCHANGED = 0xffffffff;
 
 /** An fd of an open node without a name (unlinked while open): the handle given, or any open one. */
-function fdOfUnlinked(node: KernelNode, fh: number | undefined): number {
-  if (fh !== undefined) return fh;
-  for (const fd of node.openFds ?? []) return fd;
-  throw fsError('ENOENT', `node ${node.id}`);
+function fdOfUnlinked(s: FuseSession, node: KernelNode, fh: number | undefined): number {
+  const fd = fh === undefined ? undefined : fdOfHandle(s, fh);
+  if (fd !== undefined) return fd;
+  for (const open of node.openFds ?? []) return open;
+  throw fsError(fh === undefined ? 'ENOENT' : 'ESTALE', `node ${node.id}`);
 }
 
 /** Fills s.statBuf with the node's attributes and returns the inode number to report. */
 function statNode(s: FuseSession, node: KernelNode, fh: number | undefined): number {
   const p = node.path();
   if (p === '') {
-    s.ufs.fgetattr('', fdOfUnlinked(node, fh), s.statBuf);
+    s.ufs.fgetattr('', fdOfUnlinked(s, node, fh), s.statBuf);
     return node.ino;
   }
   s.ufs.getattr(p, s.statBuf);
@@ -59,7 +61,7 @@ export async function setattr(s: FuseSession, req: Request): Promise<void> {
   const p = node.path();
   if (p === '') {
     // Unlinked while open: only the open file is left to change.
-    const fd = fdOfUnlinked(node, fh);
+    const fd = fdOfUnlinked(s, node, fh);
     if (uid !== UNCHANGED || gid !== UNCHANGED) fs.fchownSync(fd, uid === UNCHANGED ? -1 : uid, gid === UNCHANGED ? -1 : gid);
     if ((valid & FATTR_SIZE) !== 0) s.ufs.ftruncate(fd, size);
     if ((valid & FATTR_MODE) !== 0) fs.fchmodSync(fd, mode & 0o7777);
@@ -68,7 +70,8 @@ export async function setattr(s: FuseSession, req: Request): Promise<void> {
     // The order of a real filesystem's setattr: owner first (it clears setuid bits), then size, mode, times.
     if (uid !== UNCHANGED || gid !== UNCHANGED) await s.ufs.chown(p, uid, gid);
     if ((valid & FATTR_SIZE) !== 0) {
-      if (fh !== undefined && s.openFiles.has(fh)) s.ufs.ftruncate(fh, size);
+      const open = fh === undefined ? undefined : s.openFiles.get(fh);
+      if (open !== undefined) s.ufs.ftruncate(open.fd, size);
       else await s.ufs.truncate(p, size);
     }
     if ((valid & FATTR_MODE) !== 0) await s.ufs.chmod(p, mode);

@@ -26,6 +26,8 @@ export interface FuseDevice {
   backingClose(devFd: number, backingId: number): number;
   /** One writev of head[0, headLength) and payload. */
   reply(fd: number, head: Buffer, headLength: number, payload?: Buffer): number;
+  /** A Buffer over a MAP_SHARED mapping of `path`, created 0600 and grown to `bytes`; throws on failure. */
+  mapShared(path: string, bytes: number): Buffer;
   startReader(fd: number, bufferSize: number, onBatch: (batch: Buffer | null, error: number) => void): ReaderHandle;
 }
 

@@ -9,7 +9,7 @@
 import fs from 'node:fs';
 import { StatIndex } from '../../native/index.js';
 import type { FuseSession, Request } from './session.js';
-import { readU64, writeU64 } from './codec.js';
+import { readU64, writeU64, TWO_32 } from './codec.js';
 import type { KernelNode } from './nodes.js';
 import { DIRENT_BASE, ENTRY_OUT, FOPEN_CACHE_DIR, FOPEN_KEEP_CACHE, OPEN_OUT, OUT_HEADER } from './protocol.js';
 import { childPath } from './entries.js';
@@ -64,9 +64,18 @@ function listingOf(s: FuseSession, handle: DirHandle, offset: number): Listed[] 
   return handle.entries;
 }
 
+/**
+ * The state of a dir handle. A handle an earlier server of the connection gave out (session.ts resume) is
+ * adopted: its listing is taken again from the node, which the journal restored.
+ */
 function handleOf(s: FuseSession, req: Request): DirHandle {
-  const handle = s.dirHandles.get(readU64(req.buf, req.body));
-  if (handle === undefined) throw Object.assign(new Error('bad dir handle'), { code: 'EBADF' });
+  const fh = readU64(req.buf, req.body);
+  let handle = s.dirHandles.get(fh);
+  if (handle === undefined) {
+    if (Math.floor(fh / TWO_32) === s.epoch) throw Object.assign(new Error('bad dir handle'), { code: 'EBADF' });
+    handle = { node: s.node(req), entries: undefined, pathFd: undefined };
+    s.dirHandles.set(fh, handle);
+  }
   return handle;
 }
 

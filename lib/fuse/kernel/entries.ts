@@ -126,7 +126,7 @@ export async function create(s: FuseSession, req: Request): Promise<void> {
   if (!s.send(req, ENTRY_OUT + OPEN_OUT)) {
     s.nodes.forget(node.id, 1);
     // The kernel never saw the open: nobody will release it.
-    releaseOpen(s, fd);
+    releaseOpen(s, open.fh);
   }
 }
 

@@ -15,10 +15,16 @@
  *    id is registered once and shared (the kernel opens its own backing file per open with that open's
  *    flags), and closed when the node's last passthrough open is released.
  *  - After passthrough writes the node's page cache may be stale, so its next cached open does not keep it.
+ *
+ * Handles across server restarts: a handle is `epoch * 2^32 + fd` (just the fd for the server that mounted).
+ * A server that took the connection over (session.ts resume) does not have its predecessors' fds, so a
+ * handle of another epoch is adopted on first use: the node is reopened by its path, with the flags the
+ * kernel sends along with READ and WRITE, and the new fd serves that handle until it is released.
+ * Passthrough opens of an earlier epoch never reach the server again (the kernel holds their backing file).
  */
 import { fsError } from '../../errors.js';
 import type { FuseSession, Request } from './session.js';
-import { readU64, writeU64 } from './codec.js';
+import { readU64, writeU64, TWO_32 } from './codec.js';
 import type { KernelNode, NodeIo } from './nodes.js';
 import { FOPEN_KEEP_CACHE, FOPEN_NOFLUSH, FOPEN_PASSTHROUGH, OPEN_OUT, OUT_HEADER, WRITE_OUT } from './protocol.js';
 
@@ -26,6 +32,8 @@ const S_IFREG = 0o100000;
 
 export interface OpenFile {
   node: KernelNode;
+  /** The FUSE file handle the kernel was given (see the file comment). */
+  fh: number;
   fd: number;
   fopenFlags: number;
   /** The backing id when this open is in passthrough mode. */
@@ -60,23 +68,29 @@ export function openFile(s: FuseSession, node: KernelNode, fd: number, _unused: 
     io.cachedOpens += 1;
     if (!io.passthroughUsed) fopenFlags |= FOPEN_KEEP_CACHE;
   }
-  const open: OpenFile = { node, fd, fopenFlags, backingId };
-  s.openFiles.set(fd, open);
+  const fh = s.epoch === 0 ? fd : s.epoch * TWO_32 + fd;
+  const open: OpenFile = { node, fh, fd, fopenFlags, backingId };
+  s.openFiles.set(fh, open);
   (node.openFds ??= new Set()).add(fd);
   return open;
 }
 
 export function writeOpenOut(s: FuseSession, off: number, open: OpenFile): void {
-  writeU64(s.out, off, open.fd);
+  writeU64(s.out, off, open.fh);
   s.out.writeUInt32LE(open.fopenFlags, off + 8);
   s.out.writeInt32LE(open.backingId ?? 0, off + 12);
 }
 
-/** Forgets an open and closes its real fd (and the node's backing id after its last passthrough open). */
-export function releaseOpen(s: FuseSession, fd: number): void {
-  const open = s.openFiles.get(fd);
+/**
+ * Forgets an open and closes its real fd (and the node's backing id after its last passthrough open). A
+ * handle of an earlier server that was never adopted has nothing here to close.
+ */
+export function releaseOpen(s: FuseSession, fh: number): void {
+  const open = s.openFiles.get(fh);
+  let fd = handleEpoch(fh) === s.epoch ? fh % TWO_32 : -1;
   if (open !== undefined) {
-    s.openFiles.delete(fd);
+    fd = open.fd;
+    s.openFiles.delete(fh);
     const io = ioOf(open.node);
     if (open.backingId !== undefined) {
       io.passthroughOpens -= 1;
@@ -89,7 +103,51 @@ export function releaseOpen(s: FuseSession, fd: number): void {
     }
     open.node.openFds?.delete(fd);
   }
-  s.ufs.release(fd);
+  if (fd >= 0) s.ufs.release(fd);
+}
+
+function handleEpoch(fh: number): number {
+  return Math.floor(fh / TWO_32);
+}
+
+/** The real fd behind a file handle; undefined for a handle of an earlier server not adopted yet. */
+export function fdOfHandle(s: FuseSession, fh: number): number | undefined {
+  const open = s.openFiles.get(fh);
+  if (open !== undefined) return open.fd;
+  return handleEpoch(fh) === s.epoch ? fh % TWO_32 : undefined;
+}
+
+const O_ACCMODE = 3;
+const O_CREAT = 0o100;
+const O_EXCL = 0o200;
+const O_TRUNC = 0o1000;
+
+/**
+ * Reopens the node of a handle an earlier server gave out (see the file comment) and serves the handle with
+ * the new fd from now on, in cached mode. `flags` are the open's flags where the request carries them.
+ */
+export function adoptHandle(s: FuseSession, req: Request, fh: number, flags: number): Promise<number> {
+  let adopting = s.adoptingHandles.get(fh);
+  if (adopting === undefined) {
+    adopting = (async () => {
+      const node = s.node(req);
+      const p = node.path();
+      if (p === '') throw fsError('ESTALE', `handle ${fh} of node ${node.id}: its file was removed before this server started`);
+      const fd = await s.ufs.open(p, flags & ~(O_CREAT | O_EXCL | O_TRUNC));
+      ioOf(node).cachedOpens += 1;
+      s.openFiles.set(fh, { node, fh, fd, fopenFlags: 0, backingId: undefined });
+      (node.openFds ??= new Set()).add(fd);
+      s.logger.info({ fh, node: node.id, path: p }, 'adopted a file handle of an earlier server');
+      return fd;
+    })().finally(() => s.adoptingHandles.delete(fh));
+    s.adoptingHandles.set(fh, adopting);
+  }
+  return adopting;
+}
+
+/** The fd of a handle, adopting it first if an earlier server gave it out (for requests without open flags). */
+export async function fdForRequest(s: FuseSession, req: Request, fh: number, accessMode: number): Promise<number> {
+  return fdOfHandle(s, fh) ?? adoptHandle(s, req, fh, accessMode & O_ACCMODE);
 }
 
 export async function open(s: FuseSession, req: Request): Promise<void> {
@@ -103,23 +161,30 @@ export async function open(s: FuseSession, req: Request): Promise<void> {
   if (!s.send(req, OPEN_OUT)) releaseOpen(s, fd);
 }
 
-export function read(s: FuseSession, req: Request): void {
+/** fuse_read_in and fuse_write_in carry the open's flags at this offset. */
+const IO_OPEN_FLAGS = 32;
+
+export function read(s: FuseSession, req: Request): void | Promise<void> {
   const { buf, body } = req;
   const fh = readU64(buf, body);
+  const fd = fdOfHandle(s, fh);
+  if (fd === undefined) return adoptHandle(s, req, fh, buf.readUInt32LE(body + IO_OPEN_FLAGS)).then(() => read(s, req));
   const offset = readU64(buf, body + 8);
   const size = buf.readUInt32LE(body + 16);
   const node = s.nodes.get(req.nodeid);
-  const n = s.ufs.read(node?.path() ?? '', fh, s.out.subarray(OUT_HEADER, OUT_HEADER + size), size, offset);
+  const n = s.ufs.read(node?.path() ?? '', fd, s.out.subarray(OUT_HEADER, OUT_HEADER + size), size, offset);
   s.send(req, n);
 }
 
-export function write(s: FuseSession, req: Request): void {
+export function write(s: FuseSession, req: Request): void | Promise<void> {
   const { buf, body } = req;
   const fh = readU64(buf, body);
+  const fd = fdOfHandle(s, fh);
+  if (fd === undefined) return adoptHandle(s, req, fh, buf.readUInt32LE(body + IO_OPEN_FLAGS)).then(() => write(s, req));
   const offset = readU64(buf, body + 8);
   const size = buf.readUInt32LE(body + 16);
   const data = body + 40;
-  const n = s.ufs.write(fh, buf.subarray(data, data + size), size, offset);
+  const n = s.ufs.write(fd, buf.subarray(data, data + size), size, offset);
   s.out.writeUInt32LE(n, OUT_HEADER);
   s.out.writeUInt32LE(0, OUT_HEADER + 4);
   s.send(req, WRITE_OUT);
@@ -134,20 +199,20 @@ export function flush(s: FuseSession, req: Request): void {
   s.replyOk(req);
 }
 
-export function fsync(s: FuseSession, req: Request): void {
-  const fh = readU64(req.buf, req.body);
-  s.ufs.fsync(fh, (req.buf.readUInt32LE(req.body + 8) & 1) !== 0);
+export async function fsync(s: FuseSession, req: Request): Promise<void> {
+  const fd = await fdForRequest(s, req, readU64(req.buf, req.body), 0);
+  s.ufs.fsync(fd, (req.buf.readUInt32LE(req.body + 8) & 1) !== 0);
   s.replyOk(req);
 }
 
-export function fallocate(s: FuseSession, req: Request): void {
+export async function fallocate(s: FuseSession, req: Request): Promise<void> {
   const { buf, body } = req;
-  const fh = readU64(buf, body);
+  const fd = await fdForRequest(s, req, readU64(buf, body), 1);
   const offset = readU64(buf, body + 8);
   const length = readU64(buf, body + 16);
   const mode = buf.readUInt32LE(body + 24);
   const union = s.ufs as { fallocate?: (fd: number, mode: number, offset: number, length: number) => void };
   if (union.fallocate === undefined) throw fsError('EOPNOTSUPP', 'fallocate');
-  union.fallocate.call(s.ufs, fh, mode, offset, length);
+  union.fallocate.call(s.ufs, fd, mode, offset, length);
   s.replyOk(req);
 }

@@ -16,6 +16,7 @@
  *  - Memory is bounded by what the kernel caches: FORGET / BATCH_FORGET drop nodes whose count reaches 0.
  */
 import { FUSE_ROOT_ID } from './protocol.js';
+import type { NodeJournal } from './journal.js';
 
 export interface Alias {
   parent: KernelNode;
@@ -67,6 +68,10 @@ export class NodeTable {
   private readonly byIno = new Map<number, KernelNode>();
   private nextId = FUSE_ROOT_ID + 1;
   readonly root: KernelNode;
+  /** Forgotten directories still named by a restored alias (restoreAlias); only during a restore. */
+  private readonly forgottenParents = new Map<number, KernelNode>();
+  /** Where every change is recorded first, when the connection must survive this server (journal.ts). */
+  journal: NodeJournal | undefined;
 
   constructor(rootIno: number, rootType: number) {
     this.root = new KernelNode(FUSE_ROOT_ID, rootIno, rootType);
@@ -103,11 +108,12 @@ export class NodeTable {
    * Returns the node to answer with.
    */
   lookedUp(parent: KernelNode, name: string, ino: number, type: number): KernelNode {
+    this.journal?.lookedUp(parent.id, name, ino, type);
     let node = parent.children?.get(name);
     if (node !== undefined && (node.ino !== ino || node.type !== type)) {
       // The name now stands for another inode (changed below the kernel, e.g. a copy-up that got its own
       // inode number): detach the old node from this name.
-      this.removeAlias(parent, name);
+      this.unlinkName(parent, name);
       node = undefined;
     }
     if (node === undefined) {
@@ -132,6 +138,11 @@ export class NodeTable {
 
   /** The name (parent, name) is gone from the merged view (unlink, rmdir, replaced by a rename). */
   removeAlias(parent: KernelNode, name: string): void {
+    this.journal?.removeAlias(parent.id, name);
+    this.unlinkName(parent, name);
+  }
+
+  private unlinkName(parent: KernelNode, name: string): void {
     const node = parent.children?.get(name);
     if (node === undefined) return;
     parent.children?.delete(name);
@@ -140,9 +151,58 @@ export class NodeTable {
     if (node.aliases.length === 0 && this.byIno.get(node.ino) === node) this.byIno.delete(node.ino);
   }
 
+  // --- restoring from a journal snapshot (journal.ts); never journaled -------------------------------------
+
+  /** Every live node, the root included. */
+  allNodes(): IterableIterator<KernelNode> {
+    return this.byId.values();
+  }
+
+  peekNextId(): number {
+    return this.nextId;
+  }
+
+  /** Ids below `next` were handed out by an earlier server. */
+  reserveIds(next: number): void {
+    if (next > this.nextId) this.nextId = next;
+  }
+
+  restoreNode(id: number, ino: number, type: number, nlookup: number): void {
+    if (id === FUSE_ROOT_ID) return;
+    const node = new KernelNode(id, ino, type);
+    node.nlookup = nlookup;
+    this.byId.set(id, node);
+    this.reserveIds(id + 1);
+  }
+
+  restoreAlias(id: number, parentId: number, name: string): void {
+    const node = this.byId.get(id);
+    if (node === undefined) return;
+    // A hard link's name can outlive the kernel's node of its directory (the kernel forgot the directory while
+    // another name kept the inode cached): that parent is a forgotten node, nameless, as forget() leaves it.
+    let parent = this.byId.get(parentId) ?? this.forgottenParents.get(parentId);
+    if (parent === undefined) {
+      parent = new KernelNode(parentId, 0, 0o040000);
+      this.forgottenParents.set(parentId, parent);
+    }
+    node.aliases.push({ parent, name });
+    (parent.children ??= new Map()).set(name, node);
+  }
+
+  restoreInoOwner(id: number): void {
+    const node = this.byId.get(id);
+    if (node !== undefined) this.byIno.set(node.ino, node);
+  }
+
+  /** The node each inode number currently maps to (the one a new hard-link name would share). */
+  inoOwners(): IterableIterator<KernelNode> {
+    return this.byIno.values();
+  }
+
   /** (parent, name) was renamed to (newParent, newName); a node already at the destination was removed. */
   renamed(parent: KernelNode, name: string, newParent: KernelNode, newName: string): void {
-    this.removeAlias(newParent, newName);
+    this.journal?.renamed(parent.id, name, newParent.id, newName);
+    this.unlinkName(newParent, newName);
     const node = parent.children?.get(name);
     if (node === undefined) return;
     parent.children?.delete(name);
@@ -156,6 +216,7 @@ export class NodeTable {
 
   /** RENAME_EXCHANGE: the two names swap inodes. */
   exchanged(a: KernelNode, aName: string, b: KernelNode, bName: string): void {
+    this.journal?.renamed(a.id, aName, b.id, bName, true);
     const nodeA = a.children?.get(aName);
     const nodeB = b.children?.get(bName);
     a.children?.delete(aName);
@@ -176,6 +237,7 @@ export class NodeTable {
   /** The kernel dropped `count` lookups of node `id`. */
   forget(id: number, count: number): void {
     if (id === FUSE_ROOT_ID) return;
+    this.journal?.forget(id, count);
     const node = this.byId.get(id);
     if (node === undefined) return;
     node.nlookup -= count;

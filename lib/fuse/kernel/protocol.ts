@@ -72,6 +72,8 @@ export const enum Notify {
   INVAL_INODE = 2,
   INVAL_ENTRY = 3,
   DELETE = 6,
+  /** 7.40: every request read but not answered yet is queued again (FUSE_UNIQUE_RESEND set in its unique). */
+  RESEND = 7,
 }
 
 /** Struct sizes in bytes. */

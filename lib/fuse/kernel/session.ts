@@ -23,6 +23,7 @@ import { handlers } from './handlers.js';
 import type { OpenFile } from './files.js';
 import type { DirHandle } from './dirs.js';
 import { readU64, writeU64, TWO_32 } from './codec.js';
+import { JournalState, NodeJournal } from './journal.js';
 
 export { readName, readU64, writeU64 } from './codec.js';
 
@@ -48,13 +49,19 @@ export interface SessionOptions {
   nosuid?: boolean;
   nodev?: boolean;
   noexec?: boolean;
+  /** An open /dev/fuse fd to serve (inherited; someone else keeps a duplicate) instead of opening one. */
+  deviceFd?: number;
+  /** The node journal (journal.ts): with deviceFd, a connection it describes is resumed instead of mounted. */
+  journalPath?: string;
 }
 
 /** One request, parsed in place: `body` is the offset of the op-specific part in `buf`. */
 export interface Request {
   readonly buf: Buffer;
   readonly opcode: number;
+  /** The request's unique id without FUSE_UNIQUE_RESEND (bit 63, set on requests sent again; see `resent`). */
   readonly unique: number;
+  readonly resent: boolean;
   readonly nodeid: number;
   readonly uid: number;
   readonly gid: number;
@@ -79,9 +86,20 @@ export class FuseSession {
   passthroughEnabled = false;
   /** Directory handles: fh -> state (see dirs.ts). */
   readonly dirHandles = new Map<number, DirHandle>();
-  /** Open files by FUSE handle (= real fd). */
+  /** Open files by FUSE handle (files.ts). */
   readonly openFiles = new Map<number, OpenFile>();
+  /** Handles of an earlier server being reopened (files.ts adoptHandle), so concurrent requests share one. */
+  readonly adoptingHandles = new Map<number, Promise<number>>();
   nextDirHandle = 1;
+  /**
+   * Which server of this connection we are: 0 for the one that mounted it, one more for each that took over.
+   * File and dir handles of later epochs carry it (epoch * 2^32 + n), so a handle an earlier server gave the
+   * kernel is never mistaken for one of ours (files.ts, dirs.ts).
+   */
+  epoch = 0;
+  /** How this server came to serve the mount. */
+  started: 'mounted' | 'resumed' = 'mounted';
+  private journal: NodeJournal | undefined;
   /** Requests per opcode, for the end-of-connection log line (how many requests a workload costs). */
   readonly opCounts = new Uint32Array(64);
   private reader: ReaderHandle | undefined;
@@ -111,9 +129,18 @@ export class FuseSession {
     });
   }
 
-  /** Opens /dev/fuse, mounts it and resolves once the kernel's INIT was answered. */
+  /**
+   * Opens /dev/fuse, mounts it and resolves once the kernel's INIT was answered; or, given a device fd and a
+   * journal of an initialized connection, takes that connection over (resume()).
+   */
   async mount(): Promise<void> {
-    const fd = this.dev.openDevice();
+    if (this.options.journalPath !== undefined) {
+      this.journal = NodeJournal.open(this.options.journalPath);
+      if (this.options.deviceFd !== undefined && this.journal.state === JournalState.Initialized) return this.resume(this.journal, this.options.deviceFd);
+      this.journal.reset();
+      this.journal.attach(this.nodes);
+    }
+    const fd = this.options.deviceFd ?? this.dev.openDevice();
     if (fd < 0) throw this.mountError(`cannot open /dev/fuse (errno ${-fd})`);
     this.fd = fd;
     const data = `fd=${fd},rootmode=40000,user_id=0,group_id=0,allow_other,default_permissions`;
@@ -129,13 +156,42 @@ export class FuseSession {
     });
     const rc = this.dev.mount(this.options.fsname, this.mountpoint, `fuse.${this.options.subtype}`, flags, data);
     if (rc < 0) {
-      fs.closeSync(fd);
+      if (this.options.deviceFd === undefined) fs.closeSync(fd);
       this.fd = -1;
       throw this.mountError(`mount(2) failed (errno ${-rc})`);
     }
     // Only now: reading a device fd that no mount is attached to fails at once (EPERM).
     this.reader = this.dev.startReader(fd, REQUEST_BUFFER_SIZE, (batch, error) => this.onBatch(batch, error));
     await initialized;
+  }
+
+  /**
+   * Serves a connection an earlier server of this mount initialized and left (it crashed or was replaced): the
+   * kernel still holds its node ids and handles. The journal rebuilds the node table with the same ids; the
+   * requests the old server had read but not answered are sent again (FUSE_NOTIFY_RESEND), so their callers
+   * only see a delay.
+   */
+  private resume(journal: NodeJournal, fd: number): void {
+    this.fd = fd;
+    this.epoch = journal.nextEpoch();
+    this.started = 'resumed';
+    this.nextDirHandle = this.epoch * TWO_32 + 1;
+    ({ minor: this.minor, passthrough: this.passthroughEnabled } = journal.negotiated);
+    const records = journal.replayInto(this.nodes);
+    this.reader = this.dev.startReader(fd, REQUEST_BUFFER_SIZE, (batch, error) => this.onBatch(batch, error));
+    const out = this.out;
+    out.writeUInt32LE(OUT_HEADER, 0);
+    out.writeInt32LE(Notify.RESEND, 4);
+    writeU64(out, 8, 0);
+    const rc = this.dev.reply(this.fd, out, OUT_HEADER);
+    this.logger.info({ epoch: this.epoch, records, nodes: this.nodes.size, resend: rc >= 0 ? 'sent' : `errno ${-rc}` }, 'resumed the FUSE connection');
+  }
+
+  /** The mount is gone for good: its journal has nothing left to describe. */
+  private dropJournal(): void {
+    this.journal?.remove();
+    this.journal = undefined;
+    this.nodes.journal = undefined;
   }
 
   private mountError(message: string): StrataError {
@@ -164,6 +220,8 @@ export class FuseSession {
         if (n > 0) ops[opName(op)] = n;
       });
       this.logger.info({ errno: -error, ...this.stats(), ops }, 'FUSE connection ended');
+      // ENODEV: unmounted or aborted, so no server will resume it. Anything else leaves it to the next one.
+      if (error === -19) this.dropJournal();
       this.initDone?.(this.mountError(`the connection ended before INIT (errno ${-error})`));
       this.initDone = undefined;
       this.ended?.();
@@ -176,7 +234,8 @@ export class FuseSession {
       const req: Request = {
         buf: batch,
         opcode: batch.readUInt32LE(off + InHeader.opcode),
-        unique: readU64(batch, off + InHeader.unique),
+        unique: batch.readUInt32LE(off + InHeader.unique) + (batch.readUInt32LE(off + InHeader.unique + 4) & 0x7fffffff) * TWO_32,
+        resent: (batch.readUInt32LE(off + InHeader.unique + 4) & 0x80000000) !== 0,
         nodeid: readU64(batch, off + InHeader.nodeid),
         uid: batch.readUInt32LE(off + InHeader.uid),
         gid: batch.readUInt32LE(off + InHeader.gid),
@@ -248,6 +307,8 @@ export class FuseSession {
     out.writeUInt32LE(Math.floor(agreed / TWO_32), o + 32); // flags2
     // max_stack_depth: the backing files live on a plain filesystem (depth 0), so our mount is depth 1.
     if (this.passthroughEnabled) out.writeUInt32LE(1, o + 36);
+    // Journaled before the reply: once the kernel has it, a crash must leave a resumable journal.
+    this.journal?.initialized({ minor: this.minor, passthrough: this.passthroughEnabled }, this.nodes.root.ino);
     this.send(req, INIT_OUT);
     this.logger.info({ minor: this.minor, offered, agreed, passthrough: this.passthroughEnabled }, 'FUSE INIT');
     this.initDone?.();
@@ -263,7 +324,7 @@ export class FuseSession {
     const out = this.out;
     out.writeUInt32LE(total, 0);
     out.writeInt32LE(0, 4);
-    writeU64(out, 8, req.unique);
+    writeUnique(out, req);
     return this.write(total);
   }
 
@@ -272,7 +333,7 @@ export class FuseSession {
     const out = this.out;
     out.writeUInt32LE(OUT_HEADER + payload.length, 0);
     out.writeInt32LE(0, 4);
-    writeU64(out, 8, req.unique);
+    writeUnique(out, req);
     const rc = this.dev.reply(this.fd, out, OUT_HEADER, payload);
     return this.checkWrite(rc);
   }
@@ -281,7 +342,7 @@ export class FuseSession {
     const out = this.out;
     out.writeUInt32LE(OUT_HEADER, 0);
     out.writeInt32LE(negErrno, 4);
-    writeU64(out, 8, req.unique);
+    writeUnique(out, req);
     this.write(OUT_HEADER);
   }
 
@@ -402,6 +463,12 @@ export class FuseSession {
     if (node === undefined) throw Object.assign(new Error(`unknown node ${req.nodeid}`), { code: 'ESTALE' });
     return node;
   }
+}
+
+/** The reply's unique: the request's, FUSE_UNIQUE_RESEND included (the kernel finds resent requests by it). */
+function writeUnique(out: Buffer, req: Request): void {
+  writeU64(out, 8, req.unique);
+  if (req.resent) out.writeUInt32LE((out.readUInt32LE(12) | 0x80000000) >>> 0, 12);
 }
 
 function andFlags(a: number, b: number): number {
