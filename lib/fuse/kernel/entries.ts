@@ -18,6 +18,9 @@ export function childPath(parent: KernelNode, name: string): string {
   return joinRel(parentPath, name);
 }
 
+const O_CREAT = 0o100;
+const O_EXCL = 0o200;
+
 function callerOf(req: Request, umask?: number): Caller {
   return { uid: req.uid, gid: req.gid, pid: req.pid, umask };
 }
@@ -56,6 +59,25 @@ export function batchForget(s: FuseSession, req: Request): void {
   }
 }
 
+/**
+ * True when a request the kernel sent again after a server restart (FUSE_NOTIFY_RESEND) fails only because the
+ * dead server had already done it: the name it creates exists, or the name it removes is gone. The caller's
+ * syscall still holds the directory's lock in the kernel, so nobody else can have changed that name since.
+ * (RENAME_EXCHANGE cannot be told apart this way: a resent exchange that was done is done again, see docs.)
+ */
+function doneBeforeRestart(req: Request, err: unknown, code: 'EEXIST' | 'ENOENT'): boolean {
+  return req.resent && (err as { code?: string } | null)?.code === code;
+}
+
+/** Runs a change; a resent request that the previous server already made counts as made. */
+async function change(req: Request, work: () => Promise<unknown>, doneCode: 'EEXIST' | 'ENOENT'): Promise<void> {
+  try {
+    await work();
+  } catch (err) {
+    if (!doneBeforeRestart(req, err, doneCode)) throw err;
+  }
+}
+
 /** After a successful creation: answer with the new name's entry. */
 function replyCreated(s: FuseSession, req: Request, parent: KernelNode, name: string, p: string): void {
   s.ufs.getattr(p, s.statBuf);
@@ -69,7 +91,7 @@ export async function mknod(s: FuseSession, req: Request): Promise<void> {
   const rdev = buf.readUInt32LE(body + 4);
   const [name] = readName(buf, body + 16, req.end);
   const p = childPath(parent, name);
-  await s.ufs.mknod(p, mode, rdev, callerOf(req, buf.readUInt32LE(body + 8)));
+  await change(req, () => s.ufs.mknod(p, mode, rdev, callerOf(req, buf.readUInt32LE(body + 8))), 'EEXIST');
   replyCreated(s, req, parent, name, p);
 }
 
@@ -79,7 +101,7 @@ export async function mkdir(s: FuseSession, req: Request): Promise<void> {
   const mode = buf.readUInt32LE(body);
   const [name] = readName(buf, body + 8, req.end);
   const p = childPath(parent, name);
-  await s.ufs.mkdir(p, mode, callerOf(req, buf.readUInt32LE(body + 4)));
+  await change(req, () => s.ufs.mkdir(p, mode, callerOf(req, buf.readUInt32LE(body + 4))), 'EEXIST');
   replyCreated(s, req, parent, name, p);
 }
 
@@ -88,7 +110,7 @@ export async function symlink(s: FuseSession, req: Request): Promise<void> {
   const [name, next] = readName(req.buf, req.body, req.end);
   const [target] = readName(req.buf, next, req.end);
   const p = childPath(parent, name);
-  await s.ufs.symlink(target, p, callerOf(req));
+  await change(req, () => s.ufs.symlink(target, p, callerOf(req)), 'EEXIST');
   replyCreated(s, req, parent, name, p);
 }
 
@@ -100,7 +122,7 @@ export async function link(s: FuseSession, req: Request): Promise<void> {
   const existing = oldNode.path();
   if (existing === '') throw fsError('ENOENT', name);
   const p = childPath(parent, name);
-  await s.ufs.link(existing, p);
+  await change(req, () => s.ufs.link(existing, p), 'EEXIST');
   replyCreated(s, req, parent, name, p);
 }
 
@@ -111,7 +133,13 @@ export async function create(s: FuseSession, req: Request): Promise<void> {
   const mode = buf.readUInt32LE(body + 4);
   const [name] = readName(buf, body + 16, req.end);
   const p = childPath(parent, name);
-  const fd = await s.ufs.create(p, mode, flags, callerOf(req, buf.readUInt32LE(body + 8)));
+  let fd: number;
+  try {
+    fd = await s.ufs.create(p, mode, flags, callerOf(req, buf.readUInt32LE(body + 8)));
+  } catch (err) {
+    if (!doneBeforeRestart(req, err, 'EEXIST')) throw err;
+    fd = await s.ufs.open(p, flags & ~(O_CREAT | O_EXCL));
+  }
   let node: KernelNode;
   try {
     s.ufs.getattr(p, s.statBuf);
@@ -133,7 +161,7 @@ export async function create(s: FuseSession, req: Request): Promise<void> {
 export async function unlink(s: FuseSession, req: Request): Promise<void> {
   const parent = s.node(req);
   const [name] = readName(req.buf, req.body, req.end);
-  await s.ufs.unlink(childPath(parent, name));
+  await change(req, () => s.ufs.unlink(childPath(parent, name)), 'ENOENT');
   s.nodes.removeAlias(parent, name);
   s.replyOk(req);
 }
@@ -141,7 +169,7 @@ export async function unlink(s: FuseSession, req: Request): Promise<void> {
 export async function rmdir(s: FuseSession, req: Request): Promise<void> {
   const parent = s.node(req);
   const [name] = readName(req.buf, req.body, req.end);
-  await s.ufs.rmdir(childPath(parent, name));
+  await change(req, () => s.ufs.rmdir(childPath(parent, name)), 'ENOENT');
   s.nodes.removeAlias(parent, name);
   s.replyOk(req);
 }
@@ -171,11 +199,25 @@ async function renameCommon(s: FuseSession, req: Request, newDirId: number, flag
       if (!isNotFound(err)) throw err;
       exists = false;
     }
-    if (exists) throw fsError('EEXIST', to);
+    if (exists) {
+      // Resent after a restart, and the source is gone: the previous server made this rename.
+      if (req.resent && s.ufs.getattrIfExists(from, s.statBuf) === false) {
+        if (s.nodes.child(parent, name) !== undefined) s.nodes.renamed(parent, name, newParent, newName);
+        return s.replyOk(req);
+      }
+      throw fsError('EEXIST', to);
+    }
   }
   const source = s.nodes.child(parent, name);
   const sameInode = source !== undefined && source === s.nodes.child(newParent, newName);
-  await s.ufs.rename(from, to);
+  try {
+    await s.ufs.rename(from, to);
+  } catch (err) {
+    if (!doneBeforeRestart(req, err, 'ENOENT')) throw err;
+    // Renamed on disk by the previous server; its node table may or may not have followed.
+    if (source !== undefined && !sameInode) s.nodes.renamed(parent, name, newParent, newName);
+    return s.replyOk(req);
+  }
   // Two names of one inode: rename(2) does nothing, so both names stay.
   if (!sameInode) s.nodes.renamed(parent, name, newParent, newName);
   s.replyOk(req);
