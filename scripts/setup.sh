@@ -7,7 +7,7 @@ repo=$(pwd)
 
 # System packages: libfuse2 for fuse-native, fuse3 for fusermount/mount.fuse3, the rest for tests and benchmarks.
 want=(libfuse2 fuse3 attr kmod fuse-overlayfs busybox-static vim-nox git tar gzip zstd umoci skopeo docker-registry apache2-utils hyperfine fio psmisc libcap2-bin strace acl
-      build-essential python3 patch debootstrap)
+      build-essential python3 patch debootstrap isal)
 missing=()
 for pkg in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
