@@ -313,6 +313,22 @@ export const scenarios: Scenario[] = [
     ops: [['rename', 'b', 'd/d'], ['mkdir', 'b'], ['write', 'b/c', 'new'], ['rename', 'd/b', 'b'], ['stat', 'd/b'], ['readdir', 'd'], ['stat', 'd']],
   },
   {
+    // All names of a lower hard link share one kernel node, and a change names only the node: the name the caller
+    // used must be the one copied up (found by the long-paths scenario: truncating h3 copied up h2, the name
+    // looked up last). Cached names (already upper) and uncached ones (still lower) both appear here.
+    name: 'hard-link-copy-up-uses-the-name-given',
+    layers: [
+      {},
+      { h1: { type: 'file', content: 'shared' }, h2: { type: 'hardlink', target: 'h1' }, h4: { type: 'hardlink', target: 'h1' }, h5: { type: 'hardlink', target: 'h1' } },
+    ],
+    ops: [
+      ['write', 'h1', 'x'], ['stat', 'h1'], ['stat', 'h2'], ['link', 'h1', 'h3'], ['truncate', 'h3', 2], ['read', 'h2'],
+      ['read', 'h2'], ['truncate', 'h1', 1], ['stat', 'h4'], ['truncate', 'h4', 3], ['stat', 'h5'], ['setxattr', 'h1', 'user.a', '1'],
+      ['chmod', 'h5', 0o600], ['stat', 'h2'], ['sameIno', 'h1', 'h2'], ['sameIno', 'h4', 'h5'],
+    ],
+    afterRemount: [['stat', 'h1'], ['stat', 'h2'], ['read', 'h5'], ['sameIno', 'h1', 'h2']],
+  },
+  {
     // Found by the random sequence (seed 3), minimized: data written through one hard link must be what the
     // other name reads, even when that name's data was read (and cached) before.
     name: 'hard-link-write-after-read-through-other-name',

@@ -58,7 +58,7 @@ export async function setattr(s: FuseSession, req: Request): Promise<void> {
   const setsMtime = (valid & (FATTR_MTIME | FATTR_MTIME_NOW)) !== 0;
   const aNsec = (valid & FATTR_ATIME_NOW) !== 0 ? UTIME_NOW : setsAtime ? atimensec : UTIME_OMIT;
   const mNsec = (valid & FATTR_MTIME_NOW) !== 0 ? UTIME_NOW : setsMtime ? mtimensec : UTIME_OMIT;
-  const p = node.path();
+  const p = s.pathForChange(req, node);
   if (p === '') {
     // Unlinked while open: only the open file is left to change.
     const fd = fdOfUnlinked(s, node, fh);

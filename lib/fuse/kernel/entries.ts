@@ -40,11 +40,18 @@ export function lookup(s: FuseSession, req: Request): void {
   try {
     exists = s.ufs.getattrIfExists(p, s.statBuf);
   } catch (err) {
-    if (isNotFound(err)) return s.replyNegativeEntry(req);
+    if (isNotFound(err)) {
+      s.noteLookup(req, parent, name, 0);
+      return s.replyNegativeEntry(req);
+    }
     throw err;
   }
-  if (!exists) return s.replyNegativeEntry(req);
-  s.replyEntry(req, parent, name, s.statBuf, s.isAmbiguousName(p, s.statBuf));
+  if (!exists) {
+    s.noteLookup(req, parent, name, 0);
+    return s.replyNegativeEntry(req);
+  }
+  const node = s.replyEntry(req, parent, name, s.statBuf, s.isAmbiguousName(p, s.statBuf));
+  s.noteLookup(req, parent, name, node.id);
 }
 
 export function forget(s: FuseSession, req: Request): void {
@@ -119,7 +126,7 @@ export async function link(s: FuseSession, req: Request): Promise<void> {
   const oldNode = s.nodes.get(readU64(req.buf, req.body));
   if (oldNode === undefined) throw fsError('ESTALE', 'link source');
   const [name] = readName(req.buf, req.body + 8, req.end);
-  const existing = oldNode.path();
+  const existing = s.pathForChange(req, oldNode);
   if (existing === '') throw fsError('ENOENT', name);
   const p = childPath(parent, name);
   await change(req, () => s.ufs.link(existing, p), 'EEXIST');

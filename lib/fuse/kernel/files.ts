@@ -153,12 +153,12 @@ export async function fdForRequest(s: FuseSession, req: Request, fh: number, acc
 export async function open(s: FuseSession, req: Request): Promise<void> {
   const node = s.node(req);
   const flags = req.buf.readUInt32LE(req.body);
-  const p = node.path();
+  const p = s.pathForChange(req, node);
   if (p === '') throw fsError('ENOENT', `node ${node.id}`);
   const fd = await s.ufs.open(p, flags);
   const opened = openFile(s, node, fd, false);
   writeOpenOut(s, OUT_HEADER, opened);
-  if (!s.send(req, OPEN_OUT)) releaseOpen(s, fd);
+  if (!s.send(req, OPEN_OUT)) releaseOpen(s, opened.fh);
 }
 
 /** fuse_read_in and fuse_write_in carry the open's flags at this offset. */

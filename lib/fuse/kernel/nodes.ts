@@ -56,11 +56,15 @@ export class KernelNode {
   path(): string {
     if (this.id === FUSE_ROOT_ID) return '/';
     const alias = this.aliases[0];
-    if (alias === undefined) return '';
-    const parentPath = alias.parent.path();
-    if (parentPath === '') return '';
-    return parentPath === '/' ? `/${alias.name}` : `${parentPath}/${alias.name}`;
+    return alias === undefined ? '' : aliasPath(alias);
   }
+}
+
+/** The merged-view path of one name of a node, or '' when its directory has no name left. */
+export function aliasPath(alias: Alias): string {
+  const parentPath = alias.parent.path();
+  if (parentPath === '') return '';
+  return parentPath === '/' ? `/${alias.name}` : `${parentPath}/${alias.name}`;
 }
 
 export class NodeTable {

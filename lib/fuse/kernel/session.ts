@@ -14,7 +14,7 @@ import { StatIndex } from '../../native/index.js';
 import type { UnionFs } from '../../union/super.js';
 import { toNegativeErrno } from '../errno.js';
 import { fuseDevice, type FuseDevice, type ReaderHandle } from './device.js';
-import { KernelNode, NodeTable } from './nodes.js';
+import { aliasPath, KernelNode, NodeTable } from './nodes.js';
 import {
   ATTR_OUT, ENTRY_OUT, FUSE_KERNEL_MINOR_VERSION, FUSE_KERNEL_VERSION, INIT_OUT, InHeader, InitFlag, IN_HEADER,
   MAX_PAGES, MAX_WRITE, Notify, Op, OUT_HEADER, REQUEST_BUFFER_SIZE,
@@ -28,6 +28,7 @@ import { JournalState, NodeJournal } from './journal.js';
 export { readName, readU64, writeU64 } from './codec.js';
 
 const S_IFMT = 0o170000;
+const WALK_SLOTS = 1024;
 const ENOENT = 2;
 const ENOSYS = 38;
 const EPROTO = 71;
@@ -102,6 +103,14 @@ export class FuseSession {
   private journal: NodeJournal | undefined;
   /** Requests per opcode, for the end-of-connection log line (how many requests a workload costs). */
   readonly opCounts = new Uint32Array(64);
+  /**
+   * The last name each thread looked up (slot = pid % WALK_SLOTS): which name of a hard-linked node a change
+   * came through (pathForChange). Typed arrays, so recording it costs a LOOKUP no allocation.
+   */
+  private readonly walkPids = new Int32Array(WALK_SLOTS);
+  private readonly walkNodeIds = new Float64Array(WALK_SLOTS);
+  private readonly walkParentIds = new Float64Array(WALK_SLOTS);
+  private readonly walkNames: string[] = new Array<string>(WALK_SLOTS).fill('');
   private reader: ReaderHandle | undefined;
   private initDone: ((err?: Error) => void) | undefined;
   private ended: (() => void) | undefined;
@@ -395,6 +404,41 @@ export class FuseSession {
     if (st[StatIndex.nlink] === 1 || ((st[StatIndex.mode] ?? 0) & S_IFMT) === 0o040000) return false;
     const entry = this.ufs.lookup(path);
     return !entry.inUpper && (entry.lowerNlink ?? 1) > 1;
+  }
+
+  /** Records that thread `req.pid` just looked up (parent, name), which resolved to `nodeId` (0: nothing). */
+  noteLookup(req: Request, parent: KernelNode, name: string, nodeId: number): void {
+    const slot = req.pid % WALK_SLOTS;
+    this.walkPids[slot] = req.pid;
+    this.walkNodeIds[slot] = nodeId;
+    this.walkParentIds[slot] = parent.id;
+    this.walkNames[slot] = name;
+  }
+
+  /**
+   * The path to act on for a request that may copy `node` up (open, setattr, link, xattr changes). The requests
+   * name only the node, and the names of a lower hard link share one node, while kernel overlayfs copies up the
+   * name that was used. A name not in the upper layer yet is never cached by the kernel (isAmbiguousName), so a
+   * syscall through it looks it up right before the change, from the same thread: that lookup names it. A change
+   * with no such lookup came through a cached name, and only names already in the upper layer are cached.
+   */
+  pathForChange(req: Request, node: KernelNode): string {
+    if (node.aliases.length <= 1) return node.path();
+    const slot = req.pid % WALK_SLOTS;
+    if (this.walkPids[slot] === req.pid) {
+      this.walkPids[slot] = 0; // one lookup names one change
+      if (this.walkNodeIds[slot] === node.id) {
+        const parentId = this.walkParentIds[slot];
+        const name = this.walkNames[slot];
+        const alias = node.aliases.find((a) => a.parent.id === parentId && a.name === name);
+        if (alias !== undefined) return aliasPath(alias);
+      }
+    }
+    for (const alias of node.aliases) {
+      const p = aliasPath(alias);
+      if (p !== '' && this.ufs.lookup(p).inUpper) return p;
+    }
+    return node.path();
   }
 
   /** Writes fuse_entry_out at `off` (node 0 = a cached negative entry). */

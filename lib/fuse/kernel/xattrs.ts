@@ -6,8 +6,10 @@ import { OUT_HEADER, XATTR_OUT } from './protocol.js';
 
 const ENODATA = 61;
 
-function pathOf(s: FuseSession, req: Request): string {
-  const p = s.node(req).path();
+/** The node's path; for a change, the name the caller used (see FuseSession.pathForChange). */
+function pathOf(s: FuseSession, req: Request, change = false): string {
+  const node = s.node(req);
+  const p = change ? s.pathForChange(req, node) : node.path();
   if (p === '') throw fsError('ENOENT', `node ${req.nodeid}`);
   return p;
 }
@@ -46,12 +48,12 @@ export async function setxattr(s: FuseSession, req: Request): Promise<void> {
   const flags = buf.readUInt32LE(body + 4);
   const [name, valueAt] = readName(buf, body + 8, req.end);
   const value = buf.subarray(valueAt, valueAt + size);
-  await s.ufs.setxattr(pathOf(s, req), name, value, flags, { uid: req.uid, gid: req.gid, pid: req.pid });
+  await s.ufs.setxattr(pathOf(s, req, true), name, value, flags, { uid: req.uid, gid: req.gid, pid: req.pid });
   s.replyOk(req);
 }
 
 export async function removexattr(s: FuseSession, req: Request): Promise<void> {
   const [name] = readName(req.buf, req.body, req.end);
-  await s.ufs.removexattr(pathOf(s, req), name);
+  await s.ufs.removexattr(pathOf(s, req, true), name);
   s.replyOk(req);
 }
