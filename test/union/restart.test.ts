@@ -35,7 +35,7 @@ t.test('the node journal rebuilds the same table, across compactions', async (t)
   const rand = prng(1313);
   const rng = { int: (n: number) => Math.floor(rand() * n) };
   const journal = NodeJournal.open(file);
-  journal.initialized({ minor: 40, passthrough: true }, 7);
+  journal.initialized({ minor: 40, passthrough: true, noOpendir: true }, 7);
   const table = new NodeTable(7, 0o040000);
   journal.attach(table);
   const dirs: KernelNode[] = [table.root];
@@ -71,7 +71,7 @@ t.test('the node journal rebuilds the same table, across compactions', async (t)
 
   const reopened = NodeJournal.open(file);
   t.equal(reopened.rootIno, 7, 'the root inode survives');
-  t.same(reopened.negotiated, { minor: 40, passthrough: true }, 'what INIT agreed survives');
+  t.same(reopened.negotiated, { minor: 40, passthrough: true, noOpendir: true }, 'what INIT agreed survives');
   const rebuilt = new NodeTable(7, 0o040000);
   const records = reopened.replayInto(rebuilt);
   t.ok(records > 0, `replayed ${records} records (journal file ${journalBytes} bytes)`);

@@ -164,3 +164,47 @@ t.test('lookup counts: the node table empties when the kernel drops its caches',
   tt.ok((end.ops.forget ?? 0) + (end.ops.batch_forget ?? 0) > 0, 'the kernel sent forgets');
   tt.ok(end.nodes <= 2, `at most the root (and the mount's own dentry) left, got ${end.nodes} of over 1,000 nodes`);
 });
+
+t.test('no OPENDIR: a tree walk sends neither OPENDIR nor RELEASEDIR, listings stay consistent', async (tt) => {
+  const s = await serve(tt, 'transport-noopendir', [], (lower) => {
+    for (let d = 0; d < 50; d++) {
+      fs.mkdirSync(path.join(lower, `d${d}`));
+      for (let f = 0; f < 20; f++) fs.writeFileSync(path.join(lower, `d${d}`, `f${f}`), `${d}/${f}`);
+    }
+    fs.mkdirSync(path.join(lower, 'big'));
+    for (let f = 0; f < 3000; f++) fs.writeFileSync(path.join(lower, 'big', `entry-${f}`), '');
+    fs.mkdirSync(path.join(lower, 'gone/inner'), { recursive: true });
+  });
+  tt.equal(run('find', [s.mnt]).stdout.split('\n').filter(Boolean).length, 1 + 50 * 21 + 1 + 3000 + 2, 'find lists every entry once');
+  tt.equal(run('find', [s.mnt]).stdout.split('\n').filter(Boolean).length, 1 + 50 * 21 + 1 + 3000 + 2, 'and again, from the kernel\'s cached listings');
+
+  // Readers that start over while rm -rf walks and empties the same dir: each reader's offsets name its own
+  // snapshot, so rm's continuation is not shifted by theirs (a shifted index would skip names, and rm would fail
+  // with "Directory not empty").
+  const lister = spawn('bash', ['-c', `for i in $(seq 1 300); do ls -f ${s.mnt}/big > /dev/null 2>&1; done`]);
+  // Unlinks each name as it reads it (getdents in chunks, unlink in between), as a streaming rm would.
+  const streaming = [
+    'import os, sys, time',
+    'd = sys.argv[1]; seen = 0',
+    'with os.scandir(d) as it:',
+    '    for e in it:',
+    '        os.unlink(os.path.join(d, e.name)); seen += 1',
+    '        if seen % 500 == 0: time.sleep(0.05)',
+    'print(seen, len(os.listdir(d)))',
+  ].join('\n');
+  const reader = run('python3', ['-c', streaming, path.join(s.mnt, 'big')]);
+  await once(lister, 'exit');
+  tt.equal(reader.stdout.trim(), '3000 0', `a reader unlinking as it goes sees every name once while others list the dir: ${reader.stderr}`);
+  tt.equal(run('rmdir', [path.join(s.mnt, 'big')]).status, 0, 'and the dir is then empty');
+
+  // fstat of an open dir after rmdir answers from the removed dir, as on the kernel.
+  const fd = fs.openSync(path.join(s.mnt, 'gone/inner'), 'r');
+  fs.rmdirSync(path.join(s.mnt, 'gone/inner'));
+  tt.ok(fs.fstatSync(fd).isDirectory(), 'fstat of the open, removed dir works');
+  fs.closeSync(fd);
+
+  const end = await s.stop();
+  tt.ok((end.ops.opendir ?? 0) <= 1, `at most one OPENDIR (answered ENOSYS), got ${end.ops.opendir ?? 0}`);
+  tt.equal(end.ops.releasedir ?? 0, 0, 'no RELEASEDIR');
+  tt.ok((end.ops.readdirplus ?? 0) + (end.ops.readdir ?? 0) > 0, 'listings were read');
+});

@@ -11,6 +11,7 @@ import { readName, readU64 } from './codec.js';
 import type { KernelNode } from './nodes.js';
 import { ENTRY_OUT, OPEN_OUT, OUT_HEADER } from './protocol.js';
 import { openFile, releaseOpen, writeOpenOut } from './files.js';
+import { forgetDir, keepRemovedDir } from './dirs.js';
 
 export function childPath(parent: KernelNode, name: string): string {
   const parentPath = parent.path();
@@ -55,14 +56,16 @@ export function lookup(s: FuseSession, req: Request): void {
 }
 
 export function forget(s: FuseSession, req: Request): void {
-  s.nodes.forget(req.nodeid, readU64(req.buf, req.body));
+  const dropped = s.nodes.forget(req.nodeid, readU64(req.buf, req.body));
+  if (dropped !== undefined) forgetDir(s, dropped);
 }
 
 export function batchForget(s: FuseSession, req: Request): void {
   const { buf, body } = req;
   const count = buf.readUInt32LE(body);
   for (let i = 0, off = body + 8; i < count && off + 16 <= req.end; i++, off += 16) {
-    s.nodes.forget(readU64(buf, off), readU64(buf, off + 8));
+    const dropped = s.nodes.forget(readU64(buf, off), readU64(buf, off + 8));
+    if (dropped !== undefined) forgetDir(s, dropped);
   }
 }
 
@@ -176,6 +179,7 @@ export async function unlink(s: FuseSession, req: Request): Promise<void> {
 export async function rmdir(s: FuseSession, req: Request): Promise<void> {
   const parent = s.node(req);
   const [name] = readName(req.buf, req.body, req.end);
+  keepRemovedDir(s, s.nodes.child(parent, name));
   await change(req, () => s.ufs.rmdir(childPath(parent, name)), 'ENOENT');
   s.nodes.removeAlias(parent, name);
   s.replyOk(req);
@@ -216,7 +220,9 @@ async function renameCommon(s: FuseSession, req: Request, newDirId: number, flag
     }
   }
   const source = s.nodes.child(parent, name);
-  const sameInode = source !== undefined && source === s.nodes.child(newParent, newName);
+  const replaced = s.nodes.child(newParent, newName);
+  const sameInode = source !== undefined && source === replaced;
+  if (!sameInode) keepRemovedDir(s, replaced);
   try {
     await s.ufs.rename(from, to);
   } catch (err) {

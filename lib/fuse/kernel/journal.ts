@@ -49,6 +49,8 @@ const enum Rec {
 export interface Negotiated {
   minor: number;
   passthrough: boolean;
+  /** The kernel opens directories without OPENDIR (dirs.ts). */
+  noOpendir: boolean;
 }
 
 export class NodeJournal {
@@ -102,7 +104,8 @@ export class NodeJournal {
   }
 
   get negotiated(): Negotiated {
-    return { minor: this.words[Header.minor >> 2] ?? 0, passthrough: ((this.words[Header.flags >> 2] ?? 0) & 1) !== 0 };
+    const flags = this.words[Header.flags >> 2] ?? 0;
+    return { minor: this.words[Header.minor >> 2] ?? 0, passthrough: (flags & 1) !== 0, noOpendir: (flags & 2) !== 0 };
   }
 
   get rootIno(): number {
@@ -120,7 +123,7 @@ export class NodeJournal {
   /** Marks the connection initialized, with what INIT agreed and the root's inode number. */
   initialized(negotiated: Negotiated, rootIno: number): void {
     this.words[Header.minor >> 2] = negotiated.minor;
-    this.words[Header.flags >> 2] = negotiated.passthrough ? 1 : 0;
+    this.words[Header.flags >> 2] = (negotiated.passthrough ? 1 : 0) | (negotiated.noOpendir ? 2 : 0);
     writeU64(this.buf, Header.rootIno, rootIno);
     this.words[Header.state >> 2] = JournalState.Initialized;
   }

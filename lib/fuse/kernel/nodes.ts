@@ -45,6 +45,10 @@ export class KernelNode {
   io: NodeIo | undefined;
   /** The names in this directory the kernel knows, by name (directories only). */
   children: Map<string, KernelNode> | undefined;
+  /** The listing of this directory being read, in cookie order (dirs.ts). */
+  listing: { entries: Array<{ name: string; type: number; ino: number }>; cookies: Float64Array } | undefined;
+  /** An O_PATH fd of this directory kept from just before it lost its last name (dirs.ts keepRemovedDir). */
+  keptDirFd: number | undefined;
 
   constructor(id: number, ino: number, type: number) {
     this.id = id;
@@ -238,14 +242,14 @@ export class NodeTable {
     move(nodeB, b, bName, a, aName);
   }
 
-  /** The kernel dropped `count` lookups of node `id`. */
-  forget(id: number, count: number): void {
-    if (id === FUSE_ROOT_ID) return;
+  /** The kernel dropped `count` lookups of node `id`; returns the node if that was its last lookup. */
+  forget(id: number, count: number): KernelNode | undefined {
+    if (id === FUSE_ROOT_ID) return undefined;
     this.journal?.forget(id, count);
     const node = this.byId.get(id);
-    if (node === undefined) return;
+    if (node === undefined) return undefined;
     node.nlookup -= count;
-    if (node.nlookup > 0) return;
+    if (node.nlookup > 0) return undefined;
     this.byId.delete(id);
     if (this.byIno.get(node.ino) === node) this.byIno.delete(node.ino);
     for (const alias of node.aliases) {
@@ -253,5 +257,6 @@ export class NodeTable {
     }
     node.aliases = [];
     node.children = undefined;
+    return node;
   }
 }

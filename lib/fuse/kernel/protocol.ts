@@ -42,6 +42,8 @@ export const InitFlag = {
   ABORT_ERROR: 2 ** 21,
   MAX_PAGES: 2 ** 22,
   CACHE_SYMLINKS: 2 ** 23,
+  /** The kernel can open directories without OPENDIR (5.1+): it stops sending it once answered ENOSYS. */
+  NO_OPENDIR_SUPPORT: 2 ** 24,
   EXPLICIT_INVAL_DATA: 2 ** 25,
   INIT_EXT: 2 ** 30,
   // flags2 (bit 32 and up)

@@ -92,6 +92,10 @@ export class FuseSession {
   /** Handles of an earlier server being reopened (files.ts adoptHandle), so concurrent requests share one. */
   readonly adoptingHandles = new Map<number, Promise<number>>();
   nextDirHandle = 1;
+  /** The kernel opens directories without OPENDIR (see dirs.ts); READDIR then carries no handle. */
+  noOpendir = false;
+  /** Directories holding a listing (dirs.ts), least recently read first. */
+  readonly listedDirs = new Set<KernelNode>();
   /**
    * Which server of this connection we are: 0 for the one that mounted it, one more for each that took over.
    * File and dir handles of later epochs carry it (epoch * 2^32 + n), so a handle an earlier server gave the
@@ -185,7 +189,7 @@ export class FuseSession {
     this.epoch = journal.nextEpoch();
     this.started = 'resumed';
     this.nextDirHandle = this.epoch * TWO_32 + 1;
-    ({ minor: this.minor, passthrough: this.passthroughEnabled } = journal.negotiated);
+    ({ minor: this.minor, passthrough: this.passthroughEnabled, noOpendir: this.noOpendir } = journal.negotiated);
     const records = journal.replayInto(this.nodes);
     this.reader = this.dev.startReader(fd, REQUEST_BUFFER_SIZE, (batch, error) => this.onBatch(batch, error));
     const out = this.out;
@@ -301,6 +305,7 @@ export class FuseSession {
     if (this.options.passthrough) wanted += InitFlag.PASSTHROUGH;
     const agreed = andFlags(wanted, offered);
     this.passthroughEnabled = andFlags(agreed, InitFlag.PASSTHROUGH) !== 0;
+    this.noOpendir = andFlags(offered, InitFlag.NO_OPENDIR_SUPPORT) !== 0;
     const out = this.out;
     out.fill(0, OUT_HEADER, OUT_HEADER + INIT_OUT);
     const o = OUT_HEADER;
@@ -317,9 +322,9 @@ export class FuseSession {
     // max_stack_depth: the backing files live on a plain filesystem (depth 0), so our mount is depth 1.
     if (this.passthroughEnabled) out.writeUInt32LE(1, o + 36);
     // Journaled before the reply: once the kernel has it, a crash must leave a resumable journal.
-    this.journal?.initialized({ minor: this.minor, passthrough: this.passthroughEnabled }, this.nodes.root.ino);
+    this.journal?.initialized({ minor: this.minor, passthrough: this.passthroughEnabled, noOpendir: this.noOpendir }, this.nodes.root.ino);
     this.send(req, INIT_OUT);
-    this.logger.info({ minor: this.minor, offered, agreed, passthrough: this.passthroughEnabled }, 'FUSE INIT');
+    this.logger.info({ minor: this.minor, offered, agreed, passthrough: this.passthroughEnabled, noOpendir: this.noOpendir }, 'FUSE INIT');
     this.initDone?.();
     this.initDone = undefined;
   }
