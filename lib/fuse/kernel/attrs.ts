@@ -13,6 +13,7 @@ import { writeU64 } from './codec.js';
 import { fdOfHandle } from './files.js';
 
 const UNCHANGED = 0xffffffff;
+const S_IFDIR = 0o040000;
 
 /** An fd of an open node without a name (unlinked while open): the handle given, or any open one. */
 function fdOfUnlinked(s: FuseSession, node: KernelNode, fh: number | undefined): number {
@@ -60,7 +61,9 @@ export async function setattr(s: FuseSession, req: Request): Promise<void> {
   const mNsec = (valid & FATTR_MTIME_NOW) !== 0 ? UTIME_NOW : setsMtime ? mtimensec : UTIME_OMIT;
   const p = s.pathForChange(req, node);
   if (p === '') {
-    // Unlinked while open: only the open file is left to change.
+    // Unlinked while open: only the open file is left to change. A removed directory has only O_PATH fds
+    // (kept for fstat), which cannot change it: it is gone, as on the kernel once its name is.
+    if (node.type === S_IFDIR) throw fsError('ENOENT', `node ${node.id}`);
     const fd = fdOfUnlinked(s, node, fh);
     if (uid !== UNCHANGED || gid !== UNCHANGED) fs.fchownSync(fd, uid === UNCHANGED ? -1 : uid, gid === UNCHANGED ? -1 : gid);
     if ((valid & FATTR_SIZE) !== 0) s.ufs.ftruncate(fd, size);
