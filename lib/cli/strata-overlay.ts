@@ -157,6 +157,8 @@ function createMount(ufs: UnionFs, mountpoint: string, params: UnionParams, logg
   let transport = params.transport;
   if (transport === 'kernel' && !params.transportGiven && !fuseDeviceAvailable()) {
     // A tree whose native addon was built before this transport existed: keep mounting, say how to fix it.
+    // Not with nfs_export=on, which fuse-native cannot honour: refused rather than ignored.
+    if (params.nfsExport) throw new StrataError('STRATA_BAD_OPTION', 'nfs_export=on needs transport=kernel, whose addon native/build/Release/strata_fuse.node is missing (run "bash scripts/setup.sh")');
     logger.warn('native/build/Release/strata_fuse.node is missing (run "bash scripts/setup.sh"): using transport=fuse-native');
     transport = 'fuse-native';
   }
@@ -184,6 +186,7 @@ function createMount(ufs: UnionFs, mountpoint: string, params: UnionParams, logg
     noexec: params.noexec,
     deviceFd: params.fuseFd,
     journalPath: params.nodeJournal,
+    exportSupport: params.nfsExport,
   }, logger);
 }
 

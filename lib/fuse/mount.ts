@@ -52,6 +52,8 @@ export interface KernelMountOptions {
   /** See SessionOptions: an inherited /dev/fuse fd, and the node journal that lets a new server resume. */
   deviceFd?: number;
   journalPath?: string;
+  /** nfs_export=on: FUSE export support (see SessionOptions). */
+  exportSupport?: boolean;
 }
 
 /** Strata's own transport: see lib/fuse/kernel/session.ts and docs/native.md. */

@@ -58,6 +58,12 @@ export interface UnionParams {
   userxattr: boolean;
   /** uuid=null or uuid=off: origins are recorded with a null filesystem uuid. */
   nullUuid: boolean;
+  /**
+   * nfs_export=on: file handles of the mount decode (name_to_handle_at + open_by_handle_at, NFS export), through
+   * FUSE export support (kernel transport only, see lib/fuse/kernel/session.ts). Off (the default, as the
+   * kernel's): name_to_handle_at fails with EOPNOTSUPP.
+   */
+  nfsExport: boolean;
   /** The CPU the server's threads are kept on ('any' to let the scheduler choose), see strata-overlay.ts. */
   cpu?: number | 'any';
   /**
@@ -89,13 +95,13 @@ const FIXED_KERNEL_OPTIONS: Record<string, { accepts: (value: string | undefined
   // Strata always keeps the layers' inode numbers apart in the high bits of st_ino under one st_dev.
   xino: { accepts: (v) => v === 'on' || v === 'auto', refusal: 'strata-overlay always maps the inode numbers of all layers into one st_dev (as xino=on does); use xino=on or xino=auto' },
   metacopy: { accepts: (v) => v === 'off', refusal: 'metadata-only copy-up (metacopy=on) is not supported by strata-overlay; use metacopy=off' },
-  nfs_export: { accepts: (v) => v === 'off', refusal: 'exporting the mount (nfs_export=on, file handles of merged objects) is not supported by strata-overlay; use nfs_export=off' },
   verity: { accepts: (v) => v === 'off', refusal: 'fs-verity of metacopy files (verity=) is not supported by strata-overlay; use verity=off' },
 };
 
 /** The overlay options in effect, spelled as kernel overlayfs shows them in /proc/mounts. */
 export function effectiveOptions(params: UnionParams): string[] {
   const options = [`redirect_dir=${params.redirectDir}`, `index=${params.index ? 'on' : 'off'}`, 'xino=on', `uuid=${params.nullUuid ? 'null' : 'on'}`];
+  if (params.nfsExport) options.push('nfs_export=on');
   if (params.userxattr) options.push('userxattr');
   if (params.volatile) options.push('volatile');
   return options;
@@ -140,7 +146,9 @@ export function parseOptions(optionStrings: string[]): UnionParams {
   const params: UnionParams = {
     lowerDirs: [], readOnly: false, fsname: 'strata-overlay', fsnameGiven: false, volatile: false, ignored: [],
     transport: 'kernel', passthrough: true, redirectDir: 'on', index: true, userxattr: false, nullUuid: false,
+    nfsExport: false,
   };
+  let indexGiven = false;
   let redirectGiven: string | undefined;
   let sawLower = false;
   let forceReadOnly = false;
@@ -187,6 +195,11 @@ export function parseOptions(optionStrings: string[]): UnionParams {
       case 'index':
         if (value !== 'on' && value !== 'off') throw badOption(`index= must be on or off, got "${option}"`);
         params.index = value === 'on';
+        indexGiven = true;
+        break;
+      case 'nfs_export':
+        if (value !== 'on' && value !== 'off') throw badOption(`nfs_export= must be on or off, got "${option}"`);
+        params.nfsExport = value === 'on';
         break;
       case 'userxattr':
         if (value !== undefined) throw badOption(`userxattr takes no value, got "${option}"`);
@@ -264,6 +277,15 @@ export function parseOptions(optionStrings: string[]): UnionParams {
   params.readOnly = forceReadOnly || params.upperDir === undefined;
   if (params.nodeJournal !== undefined && params.fuseFd === undefined) throw badOption('node_journal= needs fuse_fd= (a connection someone else keeps open)');
   if (params.fuseFd !== undefined && params.transport !== 'kernel') throw badOption('fuse_fd= works only with transport=kernel');
+  if (params.nfsExport) {
+    // The kernel needs the index to decode handles of copied-up lower files, and refuses the explicit conflict
+    // (index=on is Strata's default anyway). Strata's handles are node ids (no index needed), but the same
+    // options are accepted and refused as on the kernel.
+    if (indexGiven && !params.index) throw badOption('conflicting options: nfs_export=on,index=off');
+    // libfuse 2's path API has no lookup by node id: the handles it hands out stop working once the kernel
+    // evicts the inode, which is no NFS export.
+    if (params.transport !== 'kernel') throw badOption('nfs_export=on works only with transport=kernel (libfuse 2 cannot look nodes up by id)');
+  }
   if (params.userxattr) {
     // As the kernel: redirects in user.* xattrs would let an unprivileged upper point lookups anywhere below.
     if (redirectGiven !== undefined && params.redirectDir !== 'nofollow') throw badOption(`conflicting options: userxattr,redirect_dir=${redirectGiven} (userxattr needs redirect_dir=nofollow)`);

@@ -29,14 +29,15 @@ function describe(table: NodeTable): string[] {
   return out.sort();
 }
 
-t.test('the node journal rebuilds the same table, across compactions', async (t) => {
+// retainLimit > 0: with export support (nfs_export=on) forgotten nodes are retained and revived by id (nodes.ts).
+for (const retainLimit of [0, 300]) t.test(`the node journal rebuilds the same table, across compactions (retained forgotten nodes: ${retainLimit})`, async (t) => {
   const box = await Sandbox.create(t, 'node-journal');
   const file = path.join(box.dir('journal'), 'nodes');
   const rand = prng(1313);
   const rng = { int: (n: number) => Math.floor(rand() * n) };
   const journal = NodeJournal.open(file);
-  journal.initialized({ minor: 40, passthrough: true, noOpendir: true }, 7);
-  const table = new NodeTable(7, 0o040000);
+  journal.initialized({ minor: 40, passthrough: true, noOpendir: true, exportSupport: retainLimit > 0 }, 7);
+  const table = new NodeTable(7, 0o040000, retainLimit);
   journal.attach(table);
   const dirs: KernelNode[] = [table.root];
   const names = ['a', 'b', 'c', 'd', 'e', 'ü', 'long-'.repeat(40)];
@@ -55,6 +56,10 @@ t.test('the node journal rebuilds the same table, across compactions', async (t)
       files += 1;
     } else if (roll < 60) {
       table.removeAlias(parent, name);
+    } else if (retainLimit > 0 && roll < 66) {
+      // LOOKUP "." / "..": a node asked for by id, live or retained (revived).
+      const known = [...table.allNodes()];
+      table.lookedUpNode(known[rng.int(known.length)]!);
     } else if (roll < 72) {
       const to = dirs[rng.int(dirs.length)]!;
       if (rng.int(5) === 0) table.exchanged(parent, name, to, names[rng.int(names.length)]! + rng.int(50));
@@ -71,8 +76,9 @@ t.test('the node journal rebuilds the same table, across compactions', async (t)
 
   const reopened = NodeJournal.open(file);
   t.equal(reopened.rootIno, 7, 'the root inode survives');
-  t.same(reopened.negotiated, { minor: 40, passthrough: true, noOpendir: true }, 'what INIT agreed survives');
-  const rebuilt = new NodeTable(7, 0o040000);
+  t.same(reopened.negotiated, { minor: 40, passthrough: true, noOpendir: true, exportSupport: retainLimit > 0 }, 'what INIT agreed survives');
+  if (retainLimit > 0) t.ok(table.retainedCount > 0, `${table.retainedCount} forgotten nodes are retained`);
+  const rebuilt = new NodeTable(7, 0o040000, retainLimit);
   const records = reopened.replayInto(rebuilt);
   t.ok(records > 0, `replayed ${records} records (journal file ${journalBytes} bytes)`);
   t.same(describe(rebuilt), describe(table), 'the rebuilt table equals the original');
@@ -82,7 +88,7 @@ t.test('the node journal rebuilds the same table, across compactions', async (t)
 
   // A record torn by a kill in the middle of writing it (its header word never stored) is simply absent.
   const again = NodeJournal.open(file);
-  const third = new NodeTable(7, 0o040000);
+  const third = new NodeTable(7, 0o040000, retainLimit);
   again.replayInto(third);
   t.same(describe(third).length, describe(rebuilt).length, 'the same nodes (the fresh one included) come back from the journal');
 });

@@ -32,8 +32,10 @@ function isNotFound(err: unknown): boolean {
 }
 
 export function lookup(s: FuseSession, req: Request): void {
-  const parent = s.node(req);
   const [name] = readName(req.buf, req.body, req.end);
+  // Path walks resolve "." and ".." in the kernel; only export support sends them (see lookupById).
+  if (name === '.' || name === '..') return lookupById(s, req, name);
+  const parent = s.node(req);
   const p = childPath(parent, name);
   // A name that does not exist is cached by the kernel as a negative entry: only this server creates names.
   // The common miss is answered without an error object (its stack trace would cost more than the lookup).
@@ -53,6 +55,38 @@ export function lookup(s: FuseSession, req: Request): void {
   }
   const node = s.replyEntry(req, parent, name, s.statBuf, s.isAmbiguousName(p, s.statBuf));
   s.noteLookup(req, parent, name, node.id);
+}
+
+/**
+ * LOOKUP(node, ".") and LOOKUP(node, ".."): the kernel's export support asking for a node by id.
+ * "." comes from open_by_handle_at of a handle whose inode the kernel no longer caches: the answer must be that
+ * very node (same id, generation 0), live or retained after a FORGET (nodes.ts). ".." reconnects a directory
+ * reached by handle to its parent (the kernel then reads the parent to find the name, and looks it up).
+ * The node's path must still hold the inode it names (same st_ino and type), else ESTALE: a handle may go stale,
+ * but it never opens another file. ESTALE is also what the kernel makes of ENOENT here.
+ */
+function lookupById(s: FuseSession, req: Request, name: '.' | '..'): void {
+  let node: KernelNode | undefined;
+  if (name === '.') {
+    node = s.nodes.known(req.nodeid);
+  } else {
+    const child = s.nodes.get(req.nodeid);
+    const parent = child === s.nodes.root ? child : child?.aliases[0]?.parent;
+    // The parent object may be a restore-time placeholder or a dropped node: only a known one is answered.
+    if (parent !== undefined && s.nodes.known(parent.id) === parent) node = parent;
+  }
+  if (node === undefined) throw fsError('ESTALE', `node ${req.nodeid} ${name}`);
+  const p = node.path();
+  let exists = false;
+  try {
+    exists = p !== '' && s.ufs.getattrIfExists(p, s.statBuf);
+  } catch (err) {
+    if (!isNotFound(err)) throw err;
+  }
+  if (!exists || s.statBuf[StatIndex.ino] !== node.ino || ((s.statBuf[StatIndex.mode] ?? 0) & 0o170000) !== node.type) {
+    throw fsError('ESTALE', `node ${node.id} ${p}`);
+  }
+  s.replyNodeEntry(req, node, s.statBuf);
 }
 
 export function forget(s: FuseSession, req: Request): void {

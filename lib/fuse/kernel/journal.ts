@@ -3,8 +3,8 @@
  *
  * The kernel keeps node ids and file handles across a server restart (the daemon holds a duplicate of the
  * /dev/fuse fd, see lib/mounts/supervisor.ts), so the next server must know what every node id it may receive
- * stands for. The node table is a deterministic state machine driven by five calls (lookedUp, removeAlias,
- * renamed, exchanged, forget): the journal records those calls, and replaying them into a fresh table rebuilds
+ * stands for. The node table is a deterministic state machine driven by six calls (lookedUp, lookedUpNode,
+ * removeAlias, renamed, exchanged, forget): the journal records those calls, and replaying them into a fresh table rebuilds
  * the same nodes with the same ids and lookup counts.
  *
  * Invariants:
@@ -43,6 +43,7 @@ export const enum JournalState {
 
 const enum Rec {
   LookedUp = 1, RemoveAlias = 2, Renamed = 3, Exchanged = 4, Forget = 5, Node = 6, Alias = 7, InoOwner = 8,
+  LookedUpNode = 9,
 }
 
 /** What INIT agreed, which a restarted server cannot ask the kernel again. */
@@ -51,6 +52,8 @@ export interface Negotiated {
   passthrough: boolean;
   /** The kernel opens directories without OPENDIR (dirs.ts). */
   noOpendir: boolean;
+  /** FUSE_EXPORT_SUPPORT was agreed (nfs_export=on): the table retains forgotten nodes (nodes.ts). */
+  exportSupport: boolean;
 }
 
 export class NodeJournal {
@@ -105,7 +108,7 @@ export class NodeJournal {
 
   get negotiated(): Negotiated {
     const flags = this.words[Header.flags >> 2] ?? 0;
-    return { minor: this.words[Header.minor >> 2] ?? 0, passthrough: (flags & 1) !== 0, noOpendir: (flags & 2) !== 0 };
+    return { minor: this.words[Header.minor >> 2] ?? 0, passthrough: (flags & 1) !== 0, noOpendir: (flags & 2) !== 0, exportSupport: (flags & 4) !== 0 };
   }
 
   get rootIno(): number {
@@ -123,7 +126,7 @@ export class NodeJournal {
   /** Marks the connection initialized, with what INIT agreed and the root's inode number. */
   initialized(negotiated: Negotiated, rootIno: number): void {
     this.words[Header.minor >> 2] = negotiated.minor;
-    this.words[Header.flags >> 2] = (negotiated.passthrough ? 1 : 0) | (negotiated.noOpendir ? 2 : 0);
+    this.words[Header.flags >> 2] = (negotiated.passthrough ? 1 : 0) | (negotiated.noOpendir ? 2 : 0) | (negotiated.exportSupport ? 4 : 0);
     writeU64(this.buf, Header.rootIno, rootIno);
     this.words[Header.state >> 2] = JournalState.Initialized;
   }
@@ -194,6 +197,11 @@ export class NodeJournal {
         else table.exchanged(a, aName, c, cName);
         return;
       }
+      case Rec.LookedUpNode: {
+        const node = table.known(readU64(b, p));
+        if (node !== undefined) table.lookedUpNode(node);
+        return;
+      }
       case Rec.Forget:
         table.forget(readU64(b, p), readU64(b, p + 8));
         return;
@@ -225,6 +233,13 @@ export class NodeJournal {
     writeU64(this.buf, p + 8, ino);
     this.buf.writeUInt32LE(type, p + 16);
     this.commit(Rec.LookedUp, this.putName(p + 20, name));
+  }
+
+  lookedUpNode(id: number): void {
+    if (this.replaying) return;
+    const p = this.begin(8);
+    writeU64(this.buf, p, id);
+    this.commit(Rec.LookedUpNode, p + 8);
   }
 
   removeAlias(parentId: number, name: string): void {
@@ -273,7 +288,8 @@ export class NodeJournal {
   }
 
   /**
-   * Rewrites the journal as a snapshot of the live table, in a new file renamed over this one: a crash at any
+   * Rewrites the journal as a snapshot of the table (live nodes, then the retained ones oldest first, so a replay
+   * retains and drops as this table does), in a new file renamed over this one: a crash at any
    * point leaves either the old journal or the complete new one.
    */
   private compact(extra: number): void {

@@ -14,6 +14,13 @@
  *    inode number the real filesystem reuses for a new file cannot resurrect it; it lives on (path '') until
  *    the kernel forgets it.
  *  - Memory is bounded by what the kernel caches: FORGET / BATCH_FORGET drop nodes whose count reaches 0.
+ *  - With export support (nfs_export=on) a forgotten node that still has a name is retained instead, up to
+ *    `retainLimit` of them, oldest dropped first: out of byId (the kernel holds no lookup on it), but still in
+ *    its parents' children and in byIno, so names, renames and removals keep it as exact as a live node. A
+ *    later lookup of the same inode (by name, or by id: LOOKUP "." from open_by_handle_at) revives it with the
+ *    SAME id, so a file handle (node id, generation 0) outlives the kernel evicting the inode. Reviving an id
+ *    for the inode it already named is safe: lookup counts are additive, so a FORGET still in flight for the
+ *    old kernel inode just subtracts what it counted.
  */
 import { FUSE_ROOT_ID } from './protocol.js';
 import type { NodeJournal } from './journal.js';
@@ -80,8 +87,13 @@ export class NodeTable {
   private readonly forgottenParents = new Map<number, KernelNode>();
   /** Where every change is recorded first, when the connection must survive this server (journal.ts). */
   journal: NodeJournal | undefined;
+  /** Forgotten nodes kept for export support, oldest first (see the invariants above). */
+  private readonly retained = new Map<number, KernelNode>();
+  /** How many forgotten nodes to retain; 0 (no export support) drops them at once. */
+  retainLimit: number;
 
-  constructor(rootIno: number, rootType: number) {
+  constructor(rootIno: number, rootType: number, retainLimit = 0) {
+    this.retainLimit = retainLimit;
     this.root = new KernelNode(FUSE_ROOT_ID, rootIno, rootType);
     this.root.nlookup = 1; // the kernel never forgets the root
     this.byId.set(FUSE_ROOT_ID, this.root);
@@ -93,6 +105,16 @@ export class NodeTable {
 
   get(id: number): KernelNode | undefined {
     return this.byId.get(id);
+  }
+
+  /** A live node, or a forgotten one still retained (what a file handle may name). */
+  known(id: number): KernelNode | undefined {
+    return this.byId.get(id) ?? this.retained.get(id);
+  }
+
+  /** How many forgotten nodes are retained. */
+  get retainedCount(): number {
+    return this.retained.size;
   }
 
   /** The node a (parent, name) resolves to, when the kernel knows it. */
@@ -140,8 +162,27 @@ export class NodeTable {
       const i = node.aliases.findIndex((a) => a.parent === parent && a.name === name);
       if (i > 0) node.aliases.unshift(...node.aliases.splice(i, 1));
     }
+    if (node.nlookup <= 0) this.revive(node);
     node.nlookup += 1;
     return node;
+  }
+
+  /**
+   * Records one more kernel lookup of `node` itself, asked by id (LOOKUP "." or ".."; export support). The
+   * caller has checked that the node still names what the union has at its path. A retained node is revived.
+   */
+  lookedUpNode(node: KernelNode): void {
+    // The root's count means nothing (it is never forgotten, and a snapshot does not keep it).
+    if (node.id === FUSE_ROOT_ID) return;
+    this.journal?.lookedUpNode(node.id);
+    if (node.nlookup <= 0) this.revive(node);
+    node.nlookup += 1;
+  }
+
+  private revive(node: KernelNode): void {
+    this.retained.delete(node.id);
+    node.nlookup = 0;
+    this.byId.set(node.id, node);
   }
 
   /** The name (parent, name) is gone from the merged view (unlink, rmdir, replaced by a rename). */
@@ -157,13 +198,16 @@ export class NodeTable {
     const i = node.aliases.findIndex((a) => a.parent === parent && a.name === name);
     if (i >= 0) node.aliases.splice(i, 1);
     if (node.aliases.length === 0 && this.byIno.get(node.ino) === node) this.byIno.delete(node.ino);
+    // A retained node without a name can never be named by a handle again (ESTALE): let it go.
+    if (node.aliases.length === 0 && this.retained.get(node.id) === node) this.drop(node);
   }
 
   // --- restoring from a journal snapshot (journal.ts); never journaled -------------------------------------
 
-  /** Every live node, the root included. */
-  allNodes(): IterableIterator<KernelNode> {
-    return this.byId.values();
+  /** Every live node, the root included, then the retained ones, oldest first (their nlookup is 0). */
+  *allNodes(): IterableIterator<KernelNode> {
+    yield* this.byId.values();
+    yield* this.retained.values();
   }
 
   peekNextId(): number {
@@ -179,16 +223,17 @@ export class NodeTable {
     if (id === FUSE_ROOT_ID) return;
     const node = new KernelNode(id, ino, type);
     node.nlookup = nlookup;
-    this.byId.set(id, node);
+    if (nlookup > 0) this.byId.set(id, node);
+    else this.retained.set(id, node);
     this.reserveIds(id + 1);
   }
 
   restoreAlias(id: number, parentId: number, name: string): void {
-    const node = this.byId.get(id);
+    const node = this.known(id);
     if (node === undefined) return;
     // A hard link's name can outlive the kernel's node of its directory (the kernel forgot the directory while
     // another name kept the inode cached): that parent is a forgotten node, nameless, as forget() leaves it.
-    let parent = this.byId.get(parentId) ?? this.forgottenParents.get(parentId);
+    let parent = this.byId.get(parentId) ?? this.retained.get(parentId) ?? this.forgottenParents.get(parentId);
     if (parent === undefined) {
       parent = new KernelNode(parentId, 0, 0o040000);
       this.forgottenParents.set(parentId, parent);
@@ -198,7 +243,7 @@ export class NodeTable {
   }
 
   restoreInoOwner(id: number): void {
-    const node = this.byId.get(id);
+    const node = this.known(id);
     if (node !== undefined) this.byIno.set(node.ino, node);
   }
 
@@ -251,12 +296,31 @@ export class NodeTable {
     node.nlookup -= count;
     if (node.nlookup > 0) return undefined;
     this.byId.delete(id);
+    if (this.retainLimit > 0 && node.aliases.length > 0) {
+      node.nlookup = 0;
+      this.retained.set(id, node);
+      if (this.retained.size > this.retainLimit) {
+        const oldest = this.retained.values().next().value;
+        if (oldest !== undefined) this.drop(oldest);
+      }
+      // Forgotten by the kernel all the same: what it held for the kernel (dirs.ts forgetDir) goes.
+      return node;
+    }
+    this.drop(node);
+    return node;
+  }
+
+  /**
+   * Forgets a node for good: no name, no inode number, no children. Nodes still naming it as their parent (a
+   * hard link's other name, an inode reached by handle) get no path (''), as if unlinked: never a wrong one.
+   */
+  private drop(node: KernelNode): void {
+    this.retained.delete(node.id);
     if (this.byIno.get(node.ino) === node) this.byIno.delete(node.ino);
     for (const alias of node.aliases) {
       if (alias.parent.children?.get(alias.name) === node) alias.parent.children.delete(alias.name);
     }
     node.aliases = [];
     node.children = undefined;
-    return node;
   }
 }

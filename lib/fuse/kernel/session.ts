@@ -54,7 +54,20 @@ export interface SessionOptions {
   deviceFd?: number;
   /** The node journal (journal.ts): with deviceFd, a connection it describes is resumed instead of mounted. */
   journalPath?: string;
+  /**
+   * nfs_export=on: ask for FUSE_EXPORT_SUPPORT, so open_by_handle_at works on inodes the kernel no longer caches
+   * (it then sends LOOKUP(node, ".") and, to reconnect a directory, LOOKUP(node, "..")), and retain forgotten
+   * nodes so such a handle still resolves. Off: FUSE_NO_EXPORT_SUPPORT, as kernel overlayfs without nfs_export:
+   * name_to_handle_at fails with EOPNOTSUPP, while fanotify can still report file ids (encode only).
+   */
+  exportSupport?: boolean;
 }
+
+/**
+ * Forgotten nodes retained for file handles with export support (nodes.ts). A node costs a few hundred bytes;
+ * a handle of an inode evicted from the kernel more than this many forgets ago gets ESTALE.
+ */
+export const RETAINED_NODES = 65536;
 
 /** One request, parsed in place: `body` is the offset of the op-specific part in `buf`. */
 export interface Request {
@@ -82,9 +95,10 @@ export class FuseSession {
   readonly out = Buffer.allocUnsafe(REQUEST_BUFFER_SIZE);
   readonly mountpoint: string;
   fd = -1;
-  /** The minor protocol version agreed at INIT, and whether passthrough was agreed. */
+  /** The minor protocol version agreed at INIT, and whether passthrough and export support were agreed. */
   minor = 0;
   passthroughEnabled = false;
+  exportSupport = false;
   /** Directory handles: fh -> state (see dirs.ts). */
   readonly dirHandles = new Map<number, DirHandle>();
   /** Open files by FUSE handle (files.ts). */
@@ -131,7 +145,7 @@ export class FuseSession {
     this.logger = logger;
     this.dev = fuseDevice();
     ufs.getattr('/', this.statBuf);
-    this.nodes = new NodeTable(this.statBuf[StatIndex.ino] ?? 1, 0o040000);
+    this.nodes = new NodeTable(this.statBuf[StatIndex.ino] ?? 1, 0o040000, options.exportSupport === true ? RETAINED_NODES : 0);
     ufs.attrsChanged = (path) => this.invalidateAttrs(path);
     this.entrySec = Math.floor(options.entryTimeout);
     this.entryNsec = Math.floor((options.entryTimeout - this.entrySec) * 1e9);
@@ -189,7 +203,10 @@ export class FuseSession {
     this.epoch = journal.nextEpoch();
     this.started = 'resumed';
     this.nextDirHandle = this.epoch * TWO_32 + 1;
-    ({ minor: this.minor, passthrough: this.passthroughEnabled, noOpendir: this.noOpendir } = journal.negotiated);
+    ({ minor: this.minor, passthrough: this.passthroughEnabled, noOpendir: this.noOpendir, exportSupport: this.exportSupport } = journal.negotiated);
+    // What the kernel agreed with the first server holds, whatever this one was started with; the replay must
+    // retain forgotten nodes exactly as the tables before it did.
+    this.nodes.retainLimit = this.exportSupport ? RETAINED_NODES : 0;
     const records = journal.replayInto(this.nodes);
     this.reader = this.dev.startReader(fd, REQUEST_BUFFER_SIZE, (batch, error) => this.onBatch(batch, error));
     const out = this.out;
@@ -222,8 +239,8 @@ export class FuseSession {
     return this.endedPromise;
   }
 
-  stats(): { batches: number; requests: number; nodes: number } {
-    return { ...(this.reader?.stats() ?? { batches: 0, requests: 0 }), nodes: this.nodes.size };
+  stats(): { batches: number; requests: number; nodes: number; retained: number } {
+    return { ...(this.reader?.stats() ?? { batches: 0, requests: 0 }), nodes: this.nodes.size, retained: this.nodes.retainedCount };
   }
 
   private onBatch(batch: Buffer | null, error: number): void {
@@ -301,11 +318,17 @@ export class FuseSession {
       InitFlag.ASYNC_DIO | InitFlag.ABORT_ERROR | InitFlag.INIT_EXT |
       // Modes of new objects arrive without the umask (which comes along): a default ACL replaces it (union/dir.ts).
       InitFlag.DONT_MASK;
-    wanted += InitFlag.NO_EXPORT_SUPPORT;
+    // Export support only when asked for (nfs_export=on, as with kernel overlayfs): it makes the kernel keep
+    // handles decodable, and this server retain forgotten nodes. Without it, say so (NO_EXPORT_SUPPORT): the
+    // kernel then encodes file ids for fanotify but refuses name_to_handle_at, as overlayfs does; with neither
+    // flag it would hand out handles that only decode while the inode happens to be cached.
+    wanted += this.options.exportSupport === true ? InitFlag.EXPORT_SUPPORT : InitFlag.NO_EXPORT_SUPPORT;
     if (this.options.passthrough) wanted += InitFlag.PASSTHROUGH;
     const agreed = andFlags(wanted, offered);
     this.passthroughEnabled = andFlags(agreed, InitFlag.PASSTHROUGH) !== 0;
     this.noOpendir = andFlags(offered, InitFlag.NO_OPENDIR_SUPPORT) !== 0;
+    this.exportSupport = andFlags(agreed, InitFlag.EXPORT_SUPPORT) !== 0;
+    this.nodes.retainLimit = this.exportSupport ? RETAINED_NODES : 0;
     const out = this.out;
     out.fill(0, OUT_HEADER, OUT_HEADER + INIT_OUT);
     const o = OUT_HEADER;
@@ -322,9 +345,9 @@ export class FuseSession {
     // max_stack_depth: the backing files live on a plain filesystem (depth 0), so our mount is depth 1.
     if (this.passthroughEnabled) out.writeUInt32LE(1, o + 36);
     // Journaled before the reply: once the kernel has it, a crash must leave a resumable journal.
-    this.journal?.initialized({ minor: this.minor, passthrough: this.passthroughEnabled, noOpendir: this.noOpendir }, this.nodes.root.ino);
+    this.journal?.initialized({ minor: this.minor, passthrough: this.passthroughEnabled, noOpendir: this.noOpendir, exportSupport: this.exportSupport }, this.nodes.root.ino);
     this.send(req, INIT_OUT);
-    this.logger.info({ minor: this.minor, offered, agreed, passthrough: this.passthroughEnabled, noOpendir: this.noOpendir }, 'FUSE INIT');
+    this.logger.info({ minor: this.minor, offered, agreed, passthrough: this.passthroughEnabled, noOpendir: this.noOpendir, exportSupport: this.exportSupport }, 'FUSE INIT');
     this.initDone?.();
     this.initDone = undefined;
   }
@@ -470,6 +493,16 @@ export class FuseSession {
     return node;
   }
 
+  /**
+   * Answers a lookup by id (LOOKUP "." or "..", export support) with `node` itself, whose attributes are in `s`:
+   * the kernel counts it as a lookup of that node like any other, so it is counted here too.
+   */
+  replyNodeEntry(req: Request, node: KernelNode, s: Float64Array): void {
+    this.nodes.lookedUpNode(node);
+    this.writeEntry(OUT_HEADER, node, s);
+    if (!this.send(req, ENTRY_OUT)) this.nodes.forget(node.id, 1);
+  }
+
   replyNegativeEntry(req: Request): void {
     this.writeEntry(OUT_HEADER, undefined, this.statBuf);
     this.send(req, ENTRY_OUT);
@@ -494,7 +527,8 @@ export class FuseSession {
   invalidateAttrs(path: string): void {
     if (this.fd < 0) return;
     const node = this.nodes.byPath(path);
-    if (node === undefined) return;
+    // A retained node (nlookup 0) is not the kernel's: it has nothing cached to invalidate.
+    if (node === undefined || node.nlookup <= 0) return;
     const out = this.out;
     const length = OUT_HEADER + 24;
     out.writeUInt32LE(length, 0);
