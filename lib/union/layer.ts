@@ -68,4 +68,8 @@ export interface UnionEntry {
   indexed?: boolean;
   /** st_nlink of the lower object, for lower non-directories. */
   lowerNlink?: number;
+  /** The cached entry of the directory this one was looked up in (UnionFs's cache; undefined for the root). */
+  parentEntry?: UnionEntry;
+  /** Set when the cache dropped this entry: every entry looked up through it is stale too. */
+  stale?: boolean;
 }

@@ -5,6 +5,9 @@
  * Cache invariant: `entries` maps a merged path to how it resolves. Lower layers never change and the upper
  * layer only changes through this object, so an entry stays right until an operation here changes that
  * path or one of its ancestors; every such operation drops the affected entries (invalidatePath/Tree).
+ * Dropping a directory's whole subtree costs nothing per cached entry: each entry points at the entry it was
+ * looked up in (parentEntry), a dropped entry is marked stale, and a cache hit whose chain of parents holds a
+ * stale entry is a miss (cachedEntry). So a rename or rmdir never scans the cache.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -96,6 +99,8 @@ export class UnionFs implements LookupContext {
   attrsChanged: ((path: string) => void) | undefined;
 
   private readonly entries = new Map<string, UnionEntry>();
+  /** Paths of cached lower hard links (lowerNlink > 1): invalidateHardLinkAliases drops them without a scan. */
+  private readonly hardLinkAliases = new Set<string>();
   private readonly fsUuids = new Map<number, Buffer | null>();
   private readonly rootFds = new Map<number, number>();
   private readonly originLayers = new Map<string, Layer | undefined>();
@@ -263,9 +268,8 @@ export class UnionFs implements LookupContext {
 
   /** Drops cached lower hard links, whose index entry may have just been created. */
   invalidateHardLinkAliases(): void {
-    for (const [key, entry] of this.entries) {
-      if ((entry.lowerNlink ?? 1) > 1) this.entries.delete(key);
-    }
+    for (const p of this.hardLinkAliases) this.invalidatePath(p);
+    this.hardLinkAliases.clear();
   }
 
   // --- lookup and cache -------------------------------------------------------------------------------
@@ -282,7 +286,7 @@ export class UnionFs implements LookupContext {
    * more than the lookup itself.
    */
   lookupIfExists(p: string): UnionEntry | undefined {
-    const cached = this.entries.get(p);
+    const cached = this.cachedEntry(p);
     if (cached) return cached;
     if (p === '/' || p === '') {
       const root = lookupRoot(this);
@@ -302,30 +306,56 @@ export class UnionFs implements LookupContext {
 
   lookupChildCached(parent: UnionEntry, name: string): UnionEntry | undefined {
     const childPath = joinRel(parent.path, name);
-    const cached = this.entries.get(childPath);
+    const cached = this.cachedEntry(childPath);
     if (cached) return cached;
     this.checkName(name);
     const entry = lookupChild(this, parent, name);
-    if (entry) this.cacheEntry(entry);
+    if (entry) {
+      entry.parentEntry = parent;
+      this.cacheEntry(entry);
+    }
     return entry;
   }
 
+  /** The cached entry at `p`, unless it or a directory it was looked up through was dropped since. */
+  private cachedEntry(p: string): UnionEntry | undefined {
+    const cached = this.entries.get(p);
+    if (cached === undefined) return undefined;
+    for (let e = cached.parentEntry; e !== undefined; e = e.parentEntry) {
+      if (e.stale === true) {
+        this.entries.delete(p);
+        return undefined;
+      }
+    }
+    return cached;
+  }
+
   cacheEntry(entry: UnionEntry): void {
-    if (this.entries.size >= MAX_CACHED_ENTRIES) this.entries.clear();
+    if (this.entries.size >= MAX_CACHED_ENTRIES) {
+      for (const old of this.entries.values()) old.stale = true;
+      this.entries.clear();
+      this.hardLinkAliases.clear();
+    }
+    // A replaced entry (a copied-up directory, say) is stale for whatever was looked up through it.
+    const replaced = this.entries.get(entry.path);
+    if (replaced !== undefined && replaced !== entry) replaced.stale = true;
     this.entries.set(entry.path, entry);
+    if ((entry.lowerNlink ?? 1) > 1) this.hardLinkAliases.add(entry.path);
   }
 
   invalidatePath(p: string): void {
+    const entry = this.entries.get(p);
+    if (entry === undefined) return;
+    entry.stale = true;
     this.entries.delete(p);
   }
 
-  /** Drops `p` and everything below it (after a directory moved or went away). */
+  /**
+   * Drops `p` and everything below it (after a directory moved or went away): everything below was looked up
+   * through p's entry, which is now stale (see the cache invariant).
+   */
   invalidateTree(p: string): void {
-    this.entries.delete(p);
-    const prefix = p === '/' ? '/' : `${p}/`;
-    for (const key of this.entries.keys()) {
-      if (key.startsWith(prefix)) this.entries.delete(key);
-    }
+    this.invalidatePath(p);
   }
 
   // --- helpers for the operation modules ----------------------------------------------------------------
