@@ -5,8 +5,8 @@
  * kernel opens directories without asking (with FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR) and sends neither OPENDIR nor
  * RELEASEDIR: a tree walk costs half the requests. READDIR then carries no handle, so the listing lives on the
  * directory's node:
- *  - A listing is taken when a directory is read from offset 0 and kept on the node (LISTED_DIRS directories
- *    at most, the least recently read dropped first) for the reads that continue it.
+ *  - A listing is taken when a directory is read from offset 0 and kept on the node for the reads that continue
+ *    it, until one reaches its end (LISTED_DIRS directories at most, the least recently read dropped first).
  *  - Offsets are name cookies (see Listing), not indices: a continuation is right in any listing, whoever took it.
  *  - The kernel caches listings and drops them whenever it changes the directory: every change to its entries
  *    goes through the kernel.
@@ -139,6 +139,16 @@ function positionOf(s: FuseSession, req: Request): ReadPosition {
 }
 
 /**
+ * A read reached the end of the listing: nothing is likely to continue it, so it is not kept (a reader that does
+ * continue gets a fresh listing, which is right with cookie offsets). A tree walk then holds no listings.
+ */
+function dropListing(s: FuseSession, dir: KernelNode): void {
+  if (dir.listing === undefined) return;
+  dir.listing = undefined;
+  s.listedDirs.delete(dir);
+}
+
+/**
  * Where a reply must end so that it never separates two entries with the same cookie (a continuation after
  * that cookie would skip the second): `end` is the index of the first entry that did not fit.
  */
@@ -220,6 +230,7 @@ export function readdir(s: FuseSession, req: Request): void {
   }
   const cut = cutBeforeSharedCookie(position.listing, position.start, i);
   if (cut < i) used = ends[cut - position.start - 1] ?? 0;
+  if (used === 0) dropListing(s, position.dir);
   s.send(req, used);
 }
 
@@ -268,6 +279,7 @@ export function readdirplus(s: FuseSession, req: Request): void {
     // The entries left out are not sent: their lookups did not happen.
     for (const node of looked.splice(cut - position.start)) if (node !== undefined) s.nodes.forget(node.id, 1);
   }
+  if (used === 0) dropListing(s, dir);
   if (!s.send(req, used)) for (const node of looked) if (node !== undefined) s.nodes.forget(node.id, 1);
 }
 
