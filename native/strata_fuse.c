@@ -28,6 +28,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -216,6 +217,26 @@ static napi_value reply(napi_env env, napi_callback_info info) {
  * The reader thread and the batch hand-over
  * ------------------------------------------------------------------------------------------------------------- */
 
+/*
+ * Direct I/O: READ and WRITE of a registered file handle are served by the reader thread itself, with one
+ * pread/pwrite and one writev, and never reach the JS thread. JS registers a handle when it opens a file in
+ * cached mode (passthrough opens never send READ/WRITE) and unregisters it before it closes the fd, and before
+ * the data behind it may move (a copy-up while a lower file is open for reading: JS then serves that handle and
+ * switches it to the upper copy). io_lock is held across the lookup and the I/O, so an fd is never used after
+ * JS took it back. A handle whose slot is taken (the table is indexed by the low bits) simply stays on JS.
+ */
+#define DIRECT_SLOTS 65536
+#define FUSE_OP_READ 15
+#define FUSE_OP_WRITE 16
+#define IN_HEADER_SIZE 40
+#define OUT_HEADER_SIZE 16
+
+struct direct_slot {
+  uint64_t fh; /* 0: free */
+  int fd;
+  int writable;
+};
+
 struct request {
   struct request *next;
   size_t length;
@@ -236,12 +257,82 @@ struct session {
   int end_error;
   int closed;                  /* JS side: the async handle is closed */
   uint64_t batches, requests;  /* JS thread only: statistics */
+  /* Direct I/O (see direct_io): file handles whose READ and WRITE the reader thread serves itself. */
+  pthread_mutex_t io_lock;
+  struct direct_slot direct[DIRECT_SLOTS]; /* guarded by io_lock */
+  uint64_t direct_reads, direct_writes;    /* guarded by io_lock */
+  unsigned char *reply_buffer;             /* reader thread only */
 };
+
+static uint64_t get_u64(const unsigned char *p) {
+  uint64_t v;
+  memcpy(&v, p, sizeof v);
+  return v;
+}
+
+static uint32_t get_u32(const unsigned char *p) {
+  uint32_t v;
+  memcpy(&v, p, sizeof v);
+  return v;
+}
+
+static void reply_with(struct session *s, const unsigned char *request, int error, const void *payload, size_t length) {
+  unsigned char head[OUT_HEADER_SIZE];
+  uint32_t total = (uint32_t)(OUT_HEADER_SIZE + (error == 0 ? length : 0));
+  int32_t err = -error;
+  memcpy(head, &total, 4);
+  memcpy(head + 4, &err, 4);
+  memcpy(head + 8, request + 8, 8); /* unique, FUSE_UNIQUE_RESEND included */
+  struct iovec iov[2] = {{head, OUT_HEADER_SIZE}, {(void *)payload, length}};
+  ssize_t rc;
+  do {
+    rc = writev(s->fd, iov, error == 0 && length > 0 ? 2 : 1);
+  } while (rc < 0 && errno == EINTR);
+  /* ENOENT: the request was interrupted meanwhile; nothing to do. */
+}
+
+/* Serves a READ or WRITE of a registered handle; returns 0 if the request is not one (JS serves it). */
+static int direct_io(struct session *s, const unsigned char *request, size_t length) {
+  if (length < IN_HEADER_SIZE + 24) return 0;
+  uint32_t opcode = get_u32(request + 4);
+  if (opcode != FUSE_OP_READ && opcode != FUSE_OP_WRITE) return 0;
+  const unsigned char *body = request + IN_HEADER_SIZE;
+  uint64_t fh = get_u64(body);
+  uint64_t offset = get_u64(body + 8);
+  uint32_t size = get_u32(body + 16);
+  pthread_mutex_lock(&s->io_lock);
+  struct direct_slot *slot = &s->direct[fh % DIRECT_SLOTS];
+  if (fh == 0 || slot->fh != fh || (opcode == FUSE_OP_WRITE && !slot->writable)) {
+    pthread_mutex_unlock(&s->io_lock);
+    return 0;
+  }
+  if (opcode == FUSE_OP_READ) {
+    if (size > s->buffer_size) size = (uint32_t)s->buffer_size;
+    ssize_t n = pread(slot->fd, s->reply_buffer, size, (off_t)offset);
+    int error = n < 0 ? errno : 0;
+    s->direct_reads++;
+    pthread_mutex_unlock(&s->io_lock);
+    reply_with(s, request, error, s->reply_buffer, n < 0 ? 0 : (size_t)n);
+    return 1;
+  }
+  if (length < IN_HEADER_SIZE + 40 + (size_t)size) {
+    pthread_mutex_unlock(&s->io_lock);
+    return 0;
+  }
+  ssize_t n = pwrite(slot->fd, body + 40, size, (off_t)offset);
+  int error = n < 0 ? errno : 0;
+  s->direct_writes++;
+  pthread_mutex_unlock(&s->io_lock);
+  uint32_t out[2] = {n < 0 ? 0 : (uint32_t)n, 0};
+  reply_with(s, request, error, out, sizeof out);
+  return 1;
+}
 
 static void *reader_main(void *arg) {
   struct session *s = arg;
   unsigned char *buffer = malloc(s->buffer_size);
-  int error = buffer == NULL ? ENOMEM : 0;
+  s->reply_buffer = malloc(s->buffer_size);
+  int error = buffer == NULL || s->reply_buffer == NULL ? ENOMEM : 0;
   while (error == 0) {
     ssize_t n = read(s->fd, buffer, s->buffer_size);
     if (n < 0) {
@@ -254,6 +345,7 @@ static void *reader_main(void *arg) {
       error = ENODEV;
       break;
     }
+    if (direct_io(s, buffer, (size_t)n)) continue;
     struct request *r = malloc(sizeof *r + (size_t)n);
     if (r == NULL) {
       error = ENOMEM;
@@ -271,6 +363,8 @@ static void *reader_main(void *arg) {
     uv_async_send(&s->async);
   }
   free(buffer);
+  free(s->reply_buffer);
+  s->reply_buffer = NULL;
   pthread_mutex_lock(&s->lock);
   s->ended = 1;
   s->end_error = error;
@@ -348,6 +442,7 @@ static void session_finalize(napi_env env, void *data, void *hint) {
   if (s->closed == 2) {
     napi_delete_reference(env, s->callback);
     pthread_mutex_destroy(&s->lock);
+    pthread_mutex_destroy(&s->io_lock);
     free(s);
   }
 }
@@ -366,7 +461,60 @@ static napi_value stats(napi_env env, napi_callback_info info) {
   CHECK(napi_create_object(env, &out));
   napi_set_named_property(env, out, "batches", make_int(env, (int64_t)s->batches));
   napi_set_named_property(env, out, "requests", make_int(env, (int64_t)s->requests));
+  pthread_mutex_lock(&s->io_lock);
+  napi_set_named_property(env, out, "directReads", make_int(env, (int64_t)s->direct_reads));
+  napi_set_named_property(env, out, "directWrites", make_int(env, (int64_t)s->direct_writes));
+  pthread_mutex_unlock(&s->io_lock);
   return out;
+}
+
+/* directIo(fh, fd, writable): serve READ (and WRITE if writable) of handle fh on fd in the reader thread.
+ * Returns true if registered (false: the slot is taken; JS keeps serving it). */
+static napi_value direct_register(napi_env env, napi_callback_info info) {
+  void *data = NULL;
+  size_t argc = 3;
+  napi_value argv[3];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, &data));
+  struct session *s = data;
+  int64_t fh = 0;
+  int32_t fd = -1;
+  bool writable = false;
+  if (argc < 3 || napi_get_value_int64(env, argv[0], &fh) != napi_ok || get_i32(env, argv[1], &fd) < 0 ||
+      napi_get_value_bool(env, argv[2], &writable) != napi_ok || fh <= 0 || fd < 0) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "directIo(fh > 0, fd, writable)");
+    return NULL;
+  }
+  pthread_mutex_lock(&s->io_lock);
+  struct direct_slot *slot = &s->direct[(uint64_t)fh % DIRECT_SLOTS];
+  int ok = slot->fh == 0;
+  if (ok) {
+    slot->fh = (uint64_t)fh;
+    slot->fd = fd;
+    slot->writable = writable;
+  }
+  pthread_mutex_unlock(&s->io_lock);
+  napi_value out;
+  napi_get_boolean(env, ok, &out);
+  return out;
+}
+
+/* endDirectIo(fh): JS serves handle fh again; when this returns, the reader thread no longer uses its fd. */
+static napi_value direct_unregister(napi_env env, napi_callback_info info) {
+  void *data = NULL;
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, &data));
+  struct session *s = data;
+  int64_t fh = 0;
+  if (argc < 1 || napi_get_value_int64(env, argv[0], &fh) != napi_ok) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "endDirectIo(fh)");
+    return NULL;
+  }
+  pthread_mutex_lock(&s->io_lock);
+  struct direct_slot *slot = &s->direct[(uint64_t)fh % DIRECT_SLOTS];
+  if (slot->fh == (uint64_t)fh) slot->fh = 0;
+  pthread_mutex_unlock(&s->io_lock);
+  return NULL;
 }
 
 static napi_value start_reader(napi_env env, napi_callback_info info) {
@@ -390,6 +538,7 @@ static napi_value start_reader(napi_env env, napi_callback_info info) {
   s->buffer_size = (size_t)size;
   s->env = env;
   pthread_mutex_init(&s->lock, NULL);
+  pthread_mutex_init(&s->io_lock, NULL);
   CHECK(napi_create_reference(env, argv[2], 1, &s->callback));
   uv_loop_t *loop = NULL;
   CHECK(napi_get_uv_event_loop(env, &loop));
@@ -406,6 +555,10 @@ static napi_value start_reader(napi_env env, napi_callback_info info) {
   CHECK(napi_create_object(env, &out));
   CHECK(napi_create_function(env, "stats", NAPI_AUTO_LENGTH, stats, s, &fn));
   CHECK(napi_set_named_property(env, out, "stats", fn));
+  CHECK(napi_create_function(env, "directIo", NAPI_AUTO_LENGTH, direct_register, s, &fn));
+  CHECK(napi_set_named_property(env, out, "directIo", fn));
+  CHECK(napi_create_function(env, "endDirectIo", NAPI_AUTO_LENGTH, direct_unregister, s, &fn));
+  CHECK(napi_set_named_property(env, out, "endDirectIo", fn));
   CHECK(napi_wrap(env, out, s, session_finalize, NULL, NULL));
   return out;
 }

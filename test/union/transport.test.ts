@@ -18,6 +18,9 @@ requireCandidate('strata');
 
 interface EndStats {
   ops: Record<string, number>;
+  /** READ/WRITE the reader thread served without JS (native direct_io). */
+  directReads: number;
+  directWrites: number;
   nodes: number;
   passthrough: boolean;
 }
@@ -63,6 +66,8 @@ async function serve(tt: Test, label: string, options: string[], fill: (lower: s
       tt.ok(end, 'the server logged the end of the connection');
       return {
         ops: (end?.ops ?? {}) as Record<string, number>,
+        directReads: Number(end?.directReads ?? 0),
+        directWrites: Number(end?.directWrites ?? 0),
         nodes: Number(end?.nodes ?? -1),
         passthrough: init?.passthrough === true,
       };
@@ -92,9 +97,11 @@ t.test('passthrough: an upper file is read and written without the server; passt
       if (mode === 'on') {
         tt.equal(end.ops.write ?? 0, 0, 'no WRITE reached the server');
         tt.equal(end.ops.read ?? 0, 1, 'only the lower file was READ through the server');
+        tt.equal(end.directReads, 1, 'by the reader thread, without JS');
       } else {
         tt.ok((end.ops.write ?? 0) > 0, `WRITEs reached the server (${end.ops.write})`);
         tt.ok((end.ops.read ?? 0) >= 1, `READs reached the server (${end.ops.read}; written pages are cached)`);
+        tt.equal(end.directWrites, end.ops.write, 'the reader thread served every WRITE itself, without JS');
       }
     });
   }

@@ -15,7 +15,14 @@ import { fileURLToPath } from 'node:url';
 import { StrataError } from '../../errors.js';
 
 export interface ReaderHandle {
-  stats(): { batches: number; requests: number };
+  stats(): { batches: number; requests: number; directReads: number; directWrites: number };
+  /**
+   * Lets the reader thread serve READ (and WRITE when `writable`) of handle `fh` on `fd` itself, never waking JS;
+   * false when the handle's slot is taken (JS serves it). See direct_io in native/strata_fuse.c.
+   */
+  directIo(fh: number, fd: number, writable: boolean): boolean;
+  /** JS serves `fh` again; once this returns the reader thread no longer touches its fd. */
+  endDirectIo(fh: number): void;
 }
 
 export interface FuseDevice {

@@ -192,7 +192,7 @@ export async function create(s: FuseSession, req: Request): Promise<void> {
     s.ufs.release(fd);
     throw err;
   }
-  const open = openFile(s, node, fd, false);
+  const open = openFile(s, node, fd, flags);
   s.writeEntry(OUT_HEADER, node, s.statBuf);
   writeOpenOut(s, OUT_HEADER + ENTRY_OUT, open);
   if (!s.send(req, ENTRY_OUT + OPEN_OUT)) {

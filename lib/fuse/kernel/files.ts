@@ -38,6 +38,8 @@ export interface OpenFile {
   fopenFlags: number;
   /** The backing id when this open is in passthrough mode. */
   backingId: number | undefined;
+  /** READ/WRITE of this handle are served by the reader thread (FuseSession.startDirectIo). */
+  direct: boolean;
 }
 
 function ioOf(node: KernelNode): NodeIo {
@@ -45,8 +47,8 @@ function ioOf(node: KernelNode): NodeIo {
   return node.io;
 }
 
-/** Decides the open's mode (see the file comment) and records it. */
-export function openFile(s: FuseSession, node: KernelNode, fd: number, _unused: boolean): OpenFile {
+/** Decides the open's mode (see the file comment) and records it; `flags` are the open's flags. */
+export function openFile(s: FuseSession, node: KernelNode, fd: number, flags: number): OpenFile {
   const io = ioOf(node);
   let backingId: number | undefined;
   const passthroughSafe = s.passthroughEnabled && node.type === S_IFREG && io.cachedOpens === 0 &&
@@ -69,9 +71,10 @@ export function openFile(s: FuseSession, node: KernelNode, fd: number, _unused: 
     if (!io.passthroughUsed) fopenFlags |= FOPEN_KEEP_CACHE;
   }
   const fh = s.epoch === 0 ? fd : s.epoch * TWO_32 + fd;
-  const open: OpenFile = { node, fh, fd, fopenFlags, backingId };
+  const open: OpenFile = { node, fh, fd, fopenFlags, backingId, direct: false };
   s.openFiles.set(fh, open);
   (node.openFds ??= new Set()).add(fd);
+  if (backingId === undefined) s.startDirectIo(open, (flags & O_ACCMODE) !== 0);
   return open;
 }
 
@@ -90,6 +93,7 @@ export function releaseOpen(s: FuseSession, fh: number): void {
   let fd = handleEpoch(fh) === s.epoch ? fh % TWO_32 : -1;
   if (open !== undefined) {
     fd = open.fd;
+    s.endDirectIo(open);
     s.openFiles.delete(fh);
     const io = ioOf(open.node);
     if (open.backingId !== undefined) {
@@ -135,7 +139,7 @@ export function adoptHandle(s: FuseSession, req: Request, fh: number, flags: num
       if (p === '') throw fsError('ESTALE', `handle ${fh} of node ${node.id}: its file was removed before this server started`);
       const fd = await s.ufs.open(p, flags & ~(O_CREAT | O_EXCL | O_TRUNC));
       ioOf(node).cachedOpens += 1;
-      s.openFiles.set(fh, { node, fh, fd, fopenFlags: 0, backingId: undefined });
+      s.openFiles.set(fh, { node, fh, fd, fopenFlags: 0, backingId: undefined, direct: false });
       (node.openFds ??= new Set()).add(fd);
       s.logger.info({ fh, node: node.id, path: p }, 'adopted a file handle of an earlier server');
       return fd;
@@ -156,7 +160,7 @@ export async function open(s: FuseSession, req: Request): Promise<void> {
   const p = s.pathForChange(req, node);
   if (p === '') throw fsError('ENOENT', `node ${node.id}`);
   const fd = await s.ufs.open(p, flags);
-  const opened = openFile(s, node, fd, false);
+  const opened = openFile(s, node, fd, flags);
   writeOpenOut(s, OUT_HEADER, opened);
   if (!s.send(req, OPEN_OUT)) releaseOpen(s, opened.fh);
 }

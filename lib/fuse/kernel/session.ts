@@ -146,7 +146,10 @@ export class FuseSession {
     this.dev = fuseDevice();
     ufs.getattr('/', this.statBuf);
     this.nodes = new NodeTable(this.statBuf[StatIndex.ino] ?? 1, 0o040000, options.exportSupport === true ? RETAINED_NODES : 0);
-    ufs.attrsChanged = (path) => this.invalidateAttrs(path);
+    ufs.attrsChanged = (path) => {
+      this.invalidateAttrs(path);
+      this.lowerReadersBackToJs();
+    };
     this.entrySec = Math.floor(options.entryTimeout);
     this.entryNsec = Math.floor((options.entryTimeout - this.entrySec) * 1e9);
     this.attrSec = Math.floor(options.attrTimeout);
@@ -249,6 +252,10 @@ export class FuseSession {
       this.opCounts.forEach((n, op) => {
         if (n > 0) ops[opName(op)] = n;
       });
+      // READ and WRITE the reader thread served itself never reached JS: counted there.
+      const { directReads, directWrites } = this.reader?.stats() ?? { directReads: 0, directWrites: 0 };
+      if (directReads > 0) ops.read = (ops.read ?? 0) + directReads;
+      if (directWrites > 0) ops.write = (ops.write ?? 0) + directWrites;
       this.logger.info({ errno: -error, ...this.stats(), ops }, 'FUSE connection ended');
       // ENODEV: unmounted or aborted, so no server will resume it. Anything else leaves it to the next one.
       if (error === -19) this.dropJournal();
@@ -538,6 +545,32 @@ export class FuseSession {
     writeU64(out, OUT_HEADER + 8, -1);
     writeU64(out, OUT_HEADER + 16, 0);
     this.write(length);
+  }
+
+  // --- direct I/O (native/strata_fuse.c direct_io) ----------------------------------------------------------
+
+  /** The reader thread serves this cached-mode open's READ (and WRITE when `writable`) itself. */
+  startDirectIo(open: OpenFile, writable: boolean): void {
+    if (this.reader === undefined) return;
+    open.direct = this.reader.directIo(open.fh, open.fd, writable);
+  }
+
+  /** JS serves this open again (before its fd is closed, or its data may move). */
+  endDirectIo(open: OpenFile): void {
+    if (!open.direct) return;
+    this.reader?.endDirectIo(open.fh);
+    open.direct = false;
+  }
+
+  /**
+   * A copy-up happened: a lower file open for reading must now be read from its upper copy, which the union's
+   * read path finds (file.ts currentReadFd) and the reader thread does not. Copy-ups are rare next to reads, so
+   * every lower reader simply goes back to JS.
+   */
+  private lowerReadersBackToJs(): void {
+    for (const open of this.openFiles.values()) {
+      if (open.direct && this.ufs.isLowerReader(open.fd)) this.endDirectIo(open);
+    }
   }
 
   /** The node a request is about; throws ESTALE for an id the kernel should not be using. */
