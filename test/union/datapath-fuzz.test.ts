@@ -10,7 +10,9 @@
  * mmap goes through a python3 process per op (Node has no mmap), so it is 2% of the ops: they cost the most.
  *
  * STRATA_FUZZ_OPS (default 1500, short enough for every run; 100000 for the long run) and STRATA_FUZZ_SEED (default 1;
- * "random" to explore) pick the sequence; STRATA_FUZZ_KERNEL=0 runs the candidate only.
+ * "random" to explore) pick the sequence; STRATA_FUZZ_KERNEL=0 runs the candidate only; STRATA_FUZZ_OPTIONS adds
+ * -o options to the candidate's mount (passthrough=off: every read and write reaches the server). The 100k run takes
+ * longer than tap's default timeout: run it with `npx tap -t 0`.
  */
 import t from 'tap';
 import crypto from 'node:crypto';
@@ -254,7 +256,9 @@ t.test(`data-path fuzzer: ${OPS} ops, seed ${SEED}`, async (t) => {
       const lower = path.join(base, 'lower');
       buildLayer(lower, { f: { type: 'file', content: initialData } });
       const dirs = { lowers: [lower], upper: box.dir(`${kind}/upper`), work: box.dir(`${kind}/work`), mnt: box.dir(`${kind}/mnt`) };
-      box.mount(kind, dirs);
+      // STRATA_FUZZ_OPTIONS: extra -o options for strata only (passthrough=off sends every read and write to the server).
+      const extra = kind === 'kernel' ? [] : (process.env.STRATA_FUZZ_OPTIONS ?? '').split(',').filter(Boolean);
+      box.mount(kind, dirs, extra);
       try {
         const result = runSequence(path.join(dirs.mnt, 'f'), initialData, ops);
         tt.comment(Object.entries(result.counts).sort().map(([k, n]) => `${k}×${n}`).join(', '));
