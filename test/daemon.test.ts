@@ -128,3 +128,17 @@ t.test('mount lifecycle through the CLI', async (t) => {
   t.equal(down.status, 1);
   t.match(down.stderr, /STRATA_DAEMON_UNREACHABLE: daemon not running .*: start it with `systemctl start stratad`/);
 });
+
+t.test('output piped into a reader that stops early ends quietly (no EPIPE crash)', async (t) => {
+  const dir = tempDir(t, 'daemon-epipe');
+  const execStart = stagedExecStart(path.join(dir, 'install'));
+  const daemon = await startDaemon(t, { root: path.join(dir, 'root'), socket: path.join(dir, 'strata.sock'), execStart });
+  // `true` exits without reading: by the time the CLI has the daemon's answer, nobody reads its table.
+  const script = `"${process.execPath}" "${strataCli}" --socket "${daemon.socket}" info | true; echo "status=\${PIPESTATUS[0]}"`;
+  for (let round = 0; round < 3; round++) {
+    const r = spawnSync('bash', ['-c', script], { encoding: 'utf8' });
+    t.notMatch(r.stderr, /EPIPE|Unhandled 'error' event/, `no crash report (round ${round}): ${r.stderr}`);
+    t.match(r.stdout, /status=0/, 'the CLI exits 0 when its reader went away');
+  }
+  await daemon.kill('SIGTERM');
+});

@@ -28,6 +28,12 @@ async function main(argv: string[]): Promise<void> {
   await cli.parseAsync();
 }
 
+// A reader that has seen enough (`strata image ls | head`) closes the pipe: that ends the output, not in a crash.
+process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+  if (err.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+  throw err;
+});
+
 main(hideBin(process.argv)).catch((err: unknown) => {
   process.exitCode = reportCliError(err);
 });
