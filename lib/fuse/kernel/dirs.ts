@@ -177,6 +177,9 @@ export function keepRemovedDir(s: FuseSession, node: KernelNode | undefined): vo
 /** The kernel forgot `node`: close what keepRemovedDir kept, drop its listings. */
 export function forgetDir(s: FuseSession, node: KernelNode): void {
   if (node.keptDirFd !== undefined) {
+    // Out of openFds first: a node kept for file handles (nfs_export) outlives this, and a closed fd number is
+    // soon another file's.
+    node.openFds?.delete(node.keptDirFd);
     fs.closeSync(node.keptDirFd);
     node.keptDirFd = undefined;
   }
