@@ -22,7 +22,7 @@ import { readMountTableSync } from '../mounts/mountinfo.js';
 import type { UnionFs } from '../union/super.js';
 import { loadFuseNative } from './binding.js';
 import { createFuseOps, type CallerSource } from './ops.js';
-import { FuseSession } from './kernel/session.js';
+import { FuseSession, type SessionOptions } from './kernel/session.js';
 import { NodeJournal } from './kernel/journal.js';
 
 /** True when a server given this node journal (and the connection's fd) would resume a live connection. */
@@ -39,22 +39,8 @@ export interface Mount {
   waitUntilUnmounted(): Promise<void>;
 }
 
-export interface KernelMountOptions {
-  fsname: string;
-  subtype: string;
-  readOnly: boolean;
-  attrTimeout: number;
-  entryTimeout: number;
-  passthrough: boolean;
-  nosuid?: boolean;
-  nodev?: boolean;
-  noexec?: boolean;
-  /** See SessionOptions: an inherited /dev/fuse fd, and the node journal that lets a new server resume. */
-  deviceFd?: number;
-  journalPath?: string;
-  /** nfs_export=on: FUSE export support (see SessionOptions). */
-  exportSupport?: boolean;
-}
+/** The kernel transport's options are its session's (lib/fuse/kernel/session.ts). */
+export type KernelMountOptions = SessionOptions;
 
 /** Strata's own transport: see lib/fuse/kernel/session.ts and docs/native.md. */
 export class KernelFuseMount implements Mount {

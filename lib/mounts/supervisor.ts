@@ -196,16 +196,21 @@ export class MountSupervisor {
       if (!(await helper.exitsWithin(this.options.helperExitGraceMs))) helper.kill('SIGKILL');
       throw err;
     }
+    await this.serving(runtime, helper, log);
+    log.info({ helperPid: helper.pid, target: record.Target }, 'mounted');
+  }
+
+  /** `helper` now serves the mount: it is recorded and supervised. */
+  private async serving(runtime: MountRuntime, helper: HelperProcess, log: Logger): Promise<void> {
     runtime.status = 'mounted';
     runtime.error = '';
     runtime.startedAt = new Date().toISOString();
     runtime.record = { ...runtime.record, HelperPid: helper.pid };
     // The pid only lets a later daemon end a helper this one leaves behind; a store that cannot write must not
     // turn a live mount into a failed create.
-    await this.store.put('mounts', record.Id, runtime.record).catch((err: unknown) => {
+    await this.store.put('mounts', runtime.record.Id, runtime.record).catch((err: unknown) => {
       log.warn({ err }, 'could not record the helper pid');
     });
-    log.info({ helperPid: helper.pid, target: record.Target }, 'mounted');
     void helper.waitForExit().then((exit) => this.onHelperExit(runtime, helper, exit));
   }
 
@@ -302,7 +307,6 @@ export class MountSupervisor {
     if (connection === undefined) return false;
     const now = await mountAt(runtime.record.Target);
     if (now === undefined || now.mountId !== connection.mountId) return false;
-    const { record } = runtime;
     const helper = new HelperProcess({ ...exited.spec, connection }, log);
     runtime.status = 'restarting';
     runtime.helper = helper;
@@ -315,15 +319,8 @@ export class MountSupervisor {
       helper.kill('SIGKILL');
       return false;
     }
-    runtime.status = 'mounted';
-    runtime.error = '';
-    runtime.startedAt = new Date().toISOString();
-    runtime.record = { ...record, HelperPid: helper.pid };
-    await this.store.put('mounts', record.Id, runtime.record).catch((err: unknown) => {
-      log.warn({ err }, 'could not record the helper pid');
-    });
+    await this.serving(runtime, helper, log);
     log.warn({ helperPid: helper.pid, restarts: runtime.restarts }, 'a new mount helper took over the live mount');
-    void helper.waitForExit().then((exit) => this.onHelperExit(runtime, helper, exit));
     return true;
   }
 

@@ -17,7 +17,8 @@
 import fs from 'node:fs';
 import { StatIndex } from '../../native/index.js';
 import type { FuseSession, Request } from './session.js';
-import { readU64, writeU64, TWO_32 } from './codec.js';
+import { readU64, writeU64 } from './codec.js';
+import { handleEpoch } from './files.js';
 import type { KernelNode } from './nodes.js';
 import { DIRENT_BASE, ENTRY_OUT, FOPEN_CACHE_DIR, FOPEN_KEEP_CACHE, OPEN_OUT, OUT_HEADER } from './protocol.js';
 import { childPath } from './entries.js';
@@ -197,7 +198,7 @@ function handleOf(s: FuseSession, req: Request): DirHandle {
   const fh = readU64(req.buf, req.body);
   let handle = s.dirHandles.get(fh);
   if (handle === undefined) {
-    if (Math.floor(fh / TWO_32) === s.epoch) throw Object.assign(new Error('bad dir handle'), { code: 'EBADF' });
+    if (handleEpoch(fh) === s.epoch) throw Object.assign(new Error('bad dir handle'), { code: 'EBADF' });
     handle = { node: s.node(req), pathFd: undefined };
     s.dirHandles.set(fh, handle);
   }

@@ -110,7 +110,8 @@ export function releaseOpen(s: FuseSession, fh: number): void {
   if (fd >= 0) s.ufs.release(fd);
 }
 
-function handleEpoch(fh: number): number {
+/** Which server of the connection gave out a file or dir handle (see the file comment). */
+export function handleEpoch(fh: number): number {
   return Math.floor(fh / TWO_32);
 }
 
