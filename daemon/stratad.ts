@@ -168,6 +168,7 @@ async function run(argv: string[]): Promise<void> {
       await notifier.stopping('unmounting');
       await api.close();
       await mounts.shutdown();
+      await services.layers.stopBackgroundUnpack();
       await store.close();
       // A socket unit owns its socket and keeps it across our restarts.
       if (activation === undefined) await unlink(config.socket).catch(() => undefined);
@@ -206,6 +207,8 @@ async function run(argv: string[]): Promise<void> {
   logger.info({ root: config.root, socket: config.socket, mountProgram: config.mountProgram, mounts: running }, 'stratad ready');
   await notifier.ready(serviceManager.statusText());
   serviceManager.start(process.env);
+  // Pulled layers are stored as blobs; extracting them now spares their first mount the wait.
+  services.layers.startBackgroundUnpack();
 
   // SIGHUP (systemctl reload): re-read the config file and apply what can change without touching live mounts.
   // A bad file is refused whole and the running settings stay.

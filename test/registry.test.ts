@@ -11,7 +11,7 @@ import path from 'node:path';
 import t, { type Test } from 'tap';
 import { Scratch, buildBusyboxOci, listDir, run, runOk, strata, strataJs, tarDir, writeOciLayout } from './fixtures/store-fixtures.js';
 import { CountingProxy, RealRegistry, freePort } from './helpers/registry.js';
-import { repoRoot, startDaemon, tempDir } from './helpers/daemon-harness.js';
+import { repoRoot, startDaemon, tempDir, waitFor } from './helpers/daemon-harness.js';
 import { diffTrees, snapshotTree } from './helpers/tree.js';
 import { openImageServices } from '../lib/images/service.js';
 import { createLogger } from '../lib/log.js';
@@ -81,6 +81,7 @@ function assertNothingLanded(t: Test, root: string, what: string, records = true
     t.same(json<unknown[]>(root, 'layer', 'ls'), [], `${what}: no layer`);
   }
   t.same(listDir(path.join(root, 'layers')), [], `${what}: no layer dir`);
+  t.same(listDir(path.join(root, 'layer-blobs')), [], `${what}: no layer blob`);
   t.same(listDir(path.join(root, 'layer-tmp')), [], `${what}: nothing staged`);
   t.same(listDir(path.join(root, 'registry-cache')).filter((n) => n !== 'blobs'), [], `${what}: no pull work dir left`);
 }
@@ -112,9 +113,18 @@ t.test('push an imported image, pull it into an empty state dir: the same tree; 
   t.equal(pulled.manifestDigest, pushed.manifestDigest, 'under the pushed manifest');
   t.same(pulled.names, [`${registry.host}/bb:1`], 'named by its reference');
   t.same(listDir(path.join(host2, 'registry-cache', 'blobs')), [], 'downloaded blobs are gone once imported');
+  const packed = json<Array<{ packed: boolean; size: number; compressedDigest: string }>>(host2, 'layer', 'ls');
+  t.ok(packed.length === 2 && packed.every((l) => l.packed && l.size === 0), 'the pulled layers are stored packed, as their blobs');
+  t.same(listDir(path.join(host2, 'layer-blobs')).length, 2, 'both blobs are in layer-blobs/');
+  t.same(listDir(path.join(host2, 'layers')), [], 'nothing is extracted by the pull');
+  t.match(strata(host2, 'image', 'ls').stdout, /\(\+2 packed\)/, 'image ls says the layers are still packed');
 
   const before = await mergedTree(s, host1, 'busybox:1.0', 'host1');
   const after = await mergedTree(s, host2, `${registry.host}/bb:1`, 'host2');
+  const extracted = json<Array<{ packed: boolean; size: number }>>(host2, 'layer', 'ls');
+  t.ok(extracted.every((l) => !l.packed && l.size > 0), 'asking for the lower dirs extracted both layers');
+  t.same(listDir(path.join(host2, 'layer-blobs')), [], 'and deleted their blobs');
+  t.same(listDir(path.join(host2, 'layer-tmp')), [], 'with nothing left staged');
   t.same(diffTrees(before, after), [], 'the merged trees are equal: types, modes, owners, content, links, xattrs, whiteouts, opaque dir');
   t.ok(Object.keys(after).includes('bin/suidtool') && !Object.keys(after).includes('bin/ls'), 'the whiteout and the new file made it');
 
@@ -373,11 +383,15 @@ function sha(b: Buffer): string {
   return `sha256:${createHash('sha256').update(b).digest('hex')}`;
 }
 
-function fakeImage(s: Scratch): FakeImage {
-  const dir = s.mkdir('fake-layer');
-  fs.writeFileSync(path.join(dir, 'hello'), 'hello from a fake registry\n');
-  const layer = fs.readFileSync(tarDir(dir, s.path('fake.tar')));
-  const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [sha(layer)] } }));
+/** A one-layer image: a small file, and `bigFile` bytes of random data besides; `wrongDiffID`: a config that lies. */
+function fakeImage(s: Scratch, options: { name?: string; bigFile?: number; wrongDiffID?: boolean } = {}): FakeImage {
+  const name = options.name ?? 'fake';
+  const dir = s.mkdir(`${name}-layer`);
+  fs.writeFileSync(path.join(dir, 'hello'), `hello from a ${name} registry\n`);
+  if (options.bigFile !== undefined) fs.writeFileSync(path.join(dir, 'big.bin'), randomBytes(options.bigFile));
+  const layer = fs.readFileSync(tarDir(dir, s.path(`${name}.tar`)));
+  const diffID = options.wrongDiffID === true ? sha(Buffer.concat([layer, Buffer.from('x')])) : sha(layer);
+  const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [diffID] } }));
   const manifest = Buffer.from(JSON.stringify({
     schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json',
     config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: sha(config), size: config.length },
@@ -481,6 +495,100 @@ t.test('bad input: each failure names the ref and the step, and nothing half-pul
   t.match(decodeURIComponent(last.query), /scope=repository:app:pull/, 'and the scope');
   fs.chmodSync(path.join(root, 'registry-auth.json'), 0o644);
   t.match((await strataAsync(root, 'image', 'pull', ref)).stderr, /STRATA_BAD_OPTION: credentials file .* has mode 644; it must not be readable by group or others/, 'a credentials file others can read is refused');
+});
+
+t.test('packed layers: stratad extracts them in the background, also after kill -9; a lying config fails the first use', async (t) => {
+  const s = new Scratch(t, 'registry-packed');
+  const good = fakeImage(s, { name: 'good', bigFile: 24 << 20 });
+  const goodRegistry = await fakeRegistry(t, good);
+  const daemon = await startDaemon(t, { root: s.path('root'), socket: s.path('strata.sock'), execStart: [process.execPath, path.join(repoRoot, 'dist/daemon/stratad.js')] });
+  const layersOf = () => daemon.json<Array<{ chainID: string; diffID: string; packed: boolean; size: number }>>(['layer', 'ls']);
+
+  // The pull returns once the blob is stored; stratad is killed at once, before, while or after it extracts.
+  // Async: the fake registry answers from this process.
+  const pullViaDaemon = (ref: string) => new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve) => {
+    const child = spawn(process.execPath, [strataJs, '--socket', daemon.socket, '--json', 'image', 'pull', ref], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d; });
+    child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
+    child.on('close', (status) => resolve({ status, stdout, stderr }));
+  });
+  const pull = await pullViaDaemon(`${goodRegistry.host}/app:1`);
+  t.equal(pull.status, 0, `pull through the daemon: ${pull.stderr}`);
+  t.equal((JSON.parse(pull.stdout) as PullJson).id, good.configDigest, 'the image landed');
+  await daemon.kill('SIGKILL');
+  await daemon.start();
+  await waitFor('the background extraction', () => layersOf().every((l) => !l.packed) || undefined, 60_000);
+  const [layer] = layersOf();
+  t.ok(layer !== undefined && layer.size > 24 << 20, `the restarted daemon extracted the layer (${layer?.size} bytes)`);
+  t.same(listDir(path.join(daemon.root, 'layer-blobs')), [], 'its blob is deleted');
+  t.same(listDir(path.join(daemon.root, 'layer-tmp')), [], 'nothing is left staged');
+  const mnt = s.mkdir('mnt');
+  const created = daemon.cli(['mount', 'create', `${goodRegistry.host}/app:1`, '--target', mnt, '--name', 'good']);
+  t.equal(created.status, 0, `the pulled image mounts: ${created.stderr}`);
+  try {
+    t.equal(fs.readFileSync(path.join(mnt, 'hello'), 'utf8'), 'hello from a good registry\n', 'its file reads through the mount');
+    t.equal(sha(fs.readFileSync(path.join(mnt, 'big.bin'))), sha(fs.readFileSync(path.join(s.path('good-layer'), 'big.bin'))), 'the big file is whole');
+  } finally {
+    t.equal(daemon.cli(['mount', 'rm', 'good']).status, 0, 'mount rm');
+  }
+
+  // A config whose diffID is not the blob's tar: the blob matches the manifest, so the pull lands; its extraction
+  // (in the background, and again at mount create) refuses it, and nothing extracted is kept.
+  const bad = fakeImage(s, { name: 'bad', wrongDiffID: true });
+  const badRegistry = await fakeRegistry(t, bad);
+  const badPull = await pullViaDaemon(`${badRegistry.host}/app:1`);
+  t.equal(badPull.status, 0, `the lying image is pulled: ${badPull.stderr}`);
+  await daemon.waitForLog(/could not extract a packed layer/);
+  const badTarget = s.mkdir('mnt-bad');
+  const refused = daemon.cli(['mount', 'create', `${badRegistry.host}/app:1`, '--target', badTarget, '--name', 'bad']);
+  t.equal(refused.status, 1, 'mount create of it fails');
+  t.match(refused.stderr, /STRATA_DIGEST_MISMATCH: layer sha256:[0-9a-f]{64} \(blob sha256:[0-9a-f]{64}\): uncompressed tar has diffID sha256:[0-9a-f]{64}, the image config says sha256:/, `and says why: ${refused.stderr.trim()}`);
+  t.same(daemon.json<unknown[]>(['mount', 'ls']), [], 'no mount is left');
+  t.ok(layersOf().some((l) => l.packed), 'the layer stays packed');
+  t.same(listDir(path.join(daemon.root, 'layer-tmp')), [], 'nothing is left staged');
+  t.equal(daemon.cli(['image', 'rm', `${badRegistry.host}/app:1`]).status, 0, 'image rm');
+  t.equal(daemon.cli(['layer', 'prune']).status, 0, 'layer prune');
+  t.same(listDir(path.join(daemon.root, 'layer-blobs')), [], 'prune deletes the packed blob');
+  await daemon.kill('SIGTERM');
+  t.match(daemon.stderr, /"stopped"/, 'the daemon stops cleanly');
+});
+
+t.test('packed layers after a crash: start-up deletes a blob whose layer is extracted, keeps an unrecorded one in lost+found', async (t) => {
+  const s = new Scratch(t, 'registry-packed-recovery');
+  const image = fakeImage(s);
+  const fake = await fakeRegistry(t, image);
+  const root = s.path('root');
+  await jsonAsync<PullJson>(root, 'image', 'pull', `${fake.host}/app:1`);
+  const blobs = path.join(root, 'layer-blobs');
+  const [blobName] = listDir(blobs);
+  const blobBytes = fs.readFileSync(path.join(blobs, blobName!));
+  await lowerDirsOf(root, `${fake.host}/app:1`);
+  t.same(listDir(blobs), [], 'extracted, the blob is gone');
+  // What a crash between the extraction's commit and the blob's deletion leaves, and a blob nothing names.
+  const leaveDebris = () => {
+    fs.writeFileSync(path.join(blobs, blobName!), blobBytes);
+    fs.writeFileSync(path.join(blobs, 'feedfacecafe'), 'not a layer anyone knows');
+  };
+  const logger = createLogger({ level: 'silent' });
+  const metastore = await Metastore.open(path.join(root, 'db'), logger);
+  try {
+    const { layers } = await openImageServices(metastore, root, logger);
+    leaveDebris();
+    const problems = await layers.fsck(false);
+    t.same(problems.map((p) => p.problem).sort(), ['no packed layer record names this blob', 'the blob of a layer already extracted was not deleted'], 'fsck finds both');
+    await layers.fsck(true);
+    t.same(listDir(blobs), [], 'fsck --repair deletes the leftover and moves the unknown blob away');
+  } finally {
+    await metastore.close();
+  }
+  leaveDebris();
+  await lowerDirsOf(root, `${fake.host}/app:1`); // opening the store runs recovery
+  t.same(listDir(blobs), [], 'so does start-up recovery');
+  const lost = listDir(path.join(root, 'lost+found'));
+  t.equal(lost.filter((n) => /-layer-blob-feedfacecafe(\.\d+)?$/.test(n)).length, 2, `the unknown blobs are in lost+found (${lost.join(', ')})`);
+  t.equal(fs.readFileSync(path.join(await lowerDirsOf(root, `${fake.host}/app:1`).then((d) => d[0]!), 'hello'), 'utf8'), 'hello from a fake registry\n', 'the layer is intact');
 });
 
 function httpRequest(port: number, method: string, urlPath: string, headers: Record<string, string>, body?: Buffer): Promise<{ status: number; headers: http.IncomingHttpHeaders; body: string }> {

@@ -101,9 +101,9 @@ export async function exportImages(images: ImageStore, layers: LayerStore, refs:
         const stored = image.diffIDs[i]!;
         let blob = layerBlobs.get(stored);
         if (blob === undefined) {
-          const info = await layers.inspect(chainID);
+          const dir = await layers.contentDir(chainID);
           const n = layerBlobs.size + 1;
-          blob = await writeLayerBlob(layout, info.path, compression, (bytes) => options.onProgress?.({ layer: n, layers: totalLayers, bytes, totalBytes: null }));
+          blob = await writeLayerBlob(layout, dir, compression, (bytes) => options.onProgress?.({ layer: n, layers: totalLayers, bytes, totalBytes: null }));
           layerBlobs.set(stored, blob);
           log.debug({ chainID, stored, diffID: blob.diffID }, 'exported layer');
         }

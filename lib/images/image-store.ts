@@ -15,7 +15,7 @@ import type { Logger } from '../log.js';
 import type { BatchOp, Metastore } from '../store/metastore.js';
 import { chainIdsOf, type Digest } from '../layers/digest.js';
 import { refOpsFor, type CommitItem, type LayerStore, type StagedLayer } from '../layers/layer-store.js';
-import type { ProgressListener } from '../layers/types.js';
+import type { LayerContentRecord, ProgressListener } from '../layers/types.js';
 import { normalizeName, readDockerArchive, readOciLayout, sniffSource, unpackArchive, validateConfig, type ImageConfig, type SourceImage } from './sources.js';
 import { mapLimit } from './map-limit.js';
 import { Lock } from '../util/keyed-lock.js';
@@ -30,11 +30,11 @@ export interface ImageRecord {
   diffIDs: Digest[];
   /** chainIDs, bottom layer first; the last one is what a mount stacks. */
   chainIDs: Digest[];
-  /** Bytes of file data over all layers. */
+  /** Bytes of file data over all layers, as of the import (0 for layers it stored packed; see ImageSummary). */
   size: number;
   created: string | null;
   importedAt: string;
-  source: 'oci-layout' | 'docker-archive';
+  source: 'oci-layout' | 'docker-archive' | 'registry';
 }
 
 export interface ImageSummary {
@@ -42,7 +42,10 @@ export interface ImageSummary {
   names: string[];
   manifestDigest: Digest | null;
   layers: number;
+  /** Bytes of file data over the extracted layers, counted now. */
   size: number;
+  /** Layers still stored as their blobs (pulled, not used yet): their files are not in `size`. */
+  packedLayers: number;
   created: string | null;
 }
 
@@ -54,6 +57,7 @@ export interface RemoveImageResult {
 
 /** An image whose layers the caller staged (ImageStore.importStaged). */
 export interface StagedImage {
+  source: ImageRecord['source'];
   configDigest: Digest;
   /** The parsed config; validated again here. */
   config: unknown;
@@ -193,7 +197,7 @@ export class ImageStore {
         if (diffID !== diffIDs[i]) throw new StrataError('STRATA_INTERNAL', `layer ${i + 1} was staged as ${diffID}, the config says ${diffIDs[i]}`);
       });
       const source = { configDigest: image.configDigest, config, manifestDigest: image.manifestDigest, manifest: image.manifest, names: image.names.map(normalizeName) };
-      return await this.commitImage(source, diffIDs, items, 'oci-layout');
+      return await this.commitImage(source, diffIDs, items, image.source);
     } catch (err) {
       for (const item of items) if ('staged' in item) await this.layers.discard(item.staged);
       throw err;
@@ -276,9 +280,20 @@ export class ImageStore {
   }
 
   async list(): Promise<ImageSummary[]> {
-    return (await this.allImages()).map((img) => ({
-      id: img.id, names: img.names, manifestDigest: img.manifestDigest, layers: img.chainIDs.length, size: img.size, created: img.created,
-    }));
+    const contents = new Map<Digest, LayerContentRecord>();
+    const out: ImageSummary[] = [];
+    for (const img of await this.allImages()) {
+      let size = 0;
+      let packedLayers = 0;
+      for (const diffID of img.diffIDs) {
+        let content = contents.get(diffID);
+        if (content === undefined) contents.set(diffID, content = await this.layers.getContent(diffID));
+        size += content.size;
+        if (content.packed === true) packedLayers += 1;
+      }
+      out.push({ id: img.id, names: img.names, manifestDigest: img.manifestDigest, layers: img.chainIDs.length, size, packedLayers, created: img.created });
+    }
+    return out;
   }
 
   // ---------------------------------------------------------------- removal

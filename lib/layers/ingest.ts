@@ -4,6 +4,11 @@
  * chain records and the caller's own ops, and only then is the staged dir renamed into layers/ (see layer-store.ts
  * for the crash-safety argument; recovery.ts finishes or undoes each step after a crash).
  *
+ * A layer can also come in packed (stagePackedBlob): its blob, already verified against its digest, is staged as
+ * a file and committed the same way, but moved into layer-blobs/ instead of layers/. unpackLayer later extracts
+ * it the way any blob is staged (both digests checked), then one batch marks the content extracted, the dir is
+ * moved into layers/ and the blob deleted last.
+ *
  * Invariants:
  *  - Nothing outside layer-tmp is written before the batch; a staged dir that fails verification is deleted.
  *  - Each diffID is stored once: staged content whose diffID the store (or the same batch) already holds is
@@ -90,6 +95,8 @@ export interface StagedLayer {
   mediaType: string;
   /** False until a syncfs made the staged files durable; commitLayers syncs before its batch when any is false. */
   synced: boolean;
+  /** stagingName is the layer's blob (a file), not an extracted dir: committed as packed content. */
+  packed?: true;
 }
 
 /** One layer to commit: either newly staged content, or a diffID whose content the store already holds. */
@@ -99,6 +106,8 @@ export type CommitItem = { staged: StagedLayer } | { existingDiffID: Digest };
 export interface IngestContext {
   metastore: Metastore;
   layersDir: string;
+  /** Packed layers' blobs, named like their content dirs. */
+  blobsDir: string;
   tmpDir: string;
   log: Logger;
   limits: LayerStoreLimits;
@@ -257,6 +266,67 @@ async function stage(ctx: IngestContext, source: Readable, compression: Compress
   }
 }
 
+export interface PackedBlob {
+  /** Names the blob in errors and logs. */
+  what: string;
+  mediaType: string;
+  /** Digest and size the blob was verified against (by the caller, e.g. the registry download). */
+  digest: Digest;
+  size: number;
+  /** The diffID the image config gives the layer; checked when the layer is extracted. */
+  diffID: Digest;
+  /** The blob's data is durable already (fdatasync): the commit then only flushes the rename into layer-tmp. */
+  synced: boolean;
+}
+
+/**
+ * Stages a verified layer blob as it is, for a commit that stores it packed: the file is renamed into layer-tmp
+ * (same filesystem), nothing is extracted. The caller commits or discards the result.
+ */
+export async function stagePackedBlob(ctx: IngestContext, file: string, blob: PackedBlob): Promise<StagedLayer> {
+  if (!LAYER_MEDIA_TYPES.has(blob.mediaType)) throw new StrataError('STRATA_UNSUPPORTED', `${blob.what}: unsupported layer media type "${blob.mediaType}"`);
+  if (blob.size > ctx.limits.maxBlobBytes) throw new StrataError('STRATA_BAD_ARCHIVE', `${blob.what}: ${blob.size} bytes, above the ${ctx.limits.maxBlobBytes}-byte limit`);
+  const stagingName = `blob-${randomBytes(6).toString('hex')}`;
+  await rename(file, path.join(ctx.tmpDir, stagingName));
+  return {
+    stagingName, diffID: blob.diffID, compressedDigest: blob.digest, compressedSize: blob.size, size: 0, entries: 0,
+    mediaType: blob.mediaType, synced: blob.synced, packed: true,
+  };
+}
+
+/**
+ * Extracts a packed layer: its blob is staged like any other (digest, size and diffID all checked), then one
+ * batch marks the content extracted (with stagingName, for recovery's roll forward), the dir is moved into
+ * layers/, and the blob is deleted last. `exclusive` runs the commit part in the store's write lock, where the
+ * record is read again: a layer removed or extracted meanwhile is left alone.
+ */
+export async function unpackLayer(ctx: IngestContext, diffID: Digest, exclusive: <T>(work: () => Promise<T>) => Promise<T>): Promise<void> {
+  const before = await ctx.metastore.get<LayerContentRecord>('layerContents', diffID);
+  if (before?.packed !== true) return;
+  const blob = path.join(ctx.blobsDir, before.dirName);
+  const started = Date.now();
+  const staged = await stageTarFile(ctx, blob, {
+    what: `layer ${diffID} (blob ${before.compressedDigest})`,
+    mediaType: before.mediaType,
+    expectDigest: before.compressedDigest,
+    expectSize: before.compressedSize,
+    expectDiffID: diffID,
+  });
+  await exclusive(async () => {
+    const now = await ctx.metastore.get<LayerContentRecord>('layerContents', diffID);
+    if (now?.packed !== true) {
+      await discardStaged(ctx, staged);
+      return;
+    }
+    const { packed: _packed, ...rest } = now;
+    const content: LayerContentRecord = { ...rest, size: staged.size, entries: staged.entries, stagingName: staged.stagingName };
+    await ctx.metastore.batch([{ type: 'put', sublevel: 'layerContents', key: diffID, value: content }]);
+    await moveIntoPlace(ctx, [content]);
+    await rm(blob, { force: true });
+  });
+  ctx.log.info({ diffID, entries: staged.entries, bytes: staged.size, ms: Date.now() - started }, 'extracted packed layer');
+}
+
 /** Deletes a staged layer that will not be committed. */
 export async function discardStaged(ctx: IngestContext, staged: StagedLayer): Promise<void> {
   await rm(path.join(ctx.tmpDir, staged.stagingName), { recursive: true, force: true });
@@ -287,7 +357,7 @@ export async function commitLayers(ctx: IngestContext, queries: LayerQueries, pa
       const content: LayerContentRecord = {
         diffID, dirName: uniqueDirName(diffID, usedDirNames), size: s.size, entries: s.entries,
         compressedDigest: s.compressedDigest, compressedSize: s.compressedSize, mediaType: s.mediaType,
-        createdAt: now, stagingName: s.stagingName,
+        createdAt: now, stagingName: s.stagingName, ...(s.packed === true ? { packed: true as const } : {}),
       };
       usedDirNames.add(content.dirName);
       contentsInBatch.set(diffID, content);
@@ -304,8 +374,10 @@ export async function commitLayers(ctx: IngestContext, queries: LayerQueries, pa
     below = chainID;
   }
   if (extraOps) ops.push(...extraOps(chainIDs));
-  // Layer data is durable before the record that makes it visible: one syncfs covers every layer staged unsynced.
+  // Layer data is durable before the record that makes it visible: one syncfs covers every layer staged unsynced
+  // (and every packed blob).
   if (items.some((item) => 'staged' in item && !item.staged.synced)) await syncFilesystem(ctx.tmpDir);
+  else if (items.some((item) => 'staged' in item && item.staged.packed === true)) await fsyncDir(ctx.tmpDir);
   await ctx.metastore.batch(ops);
   await moveIntoPlace(ctx, toRename);
   for (const s of toDiscard) await discardStaged(ctx, s);
@@ -313,13 +385,17 @@ export async function commitLayers(ctx: IngestContext, queries: LayerQueries, pa
   return chainIDs;
 }
 
-/** Step 3 of an import: rename staged dirs into place, make the renames durable, then clear stagingName. */
+/** Where committed content lives: its extracted dir, or its blob while packed. */
+export function placeOf(dirs: { layersDir: string; blobsDir: string }, content: LayerContentRecord): string {
+  return path.join(content.packed === true ? dirs.blobsDir : dirs.layersDir, content.dirName);
+}
+
+/** Step 3 of an import: rename staged dirs (or blobs) into place, make the renames durable, then clear stagingName. */
 async function moveIntoPlace(ctx: IngestContext, contents: readonly LayerContentRecord[]): Promise<void> {
   if (contents.length === 0) return;
-  for (const c of contents) {
-    await rename(path.join(ctx.tmpDir, c.stagingName!), path.join(ctx.layersDir, c.dirName));
-  }
-  await fsyncDir(ctx.layersDir);
+  for (const c of contents) await rename(path.join(ctx.tmpDir, c.stagingName!), placeOf(ctx, c));
+  if (contents.some((c) => c.packed !== true)) await fsyncDir(ctx.layersDir);
+  if (contents.some((c) => c.packed === true)) await fsyncDir(ctx.blobsDir);
   await fsyncDir(ctx.tmpDir);
   // The import is committed and in place: a stale stagingName only means recover() (or fsck --repair) clears it
   // later, so a store that cannot take this write must not turn a committed import into a reported failure.

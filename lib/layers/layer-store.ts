@@ -13,6 +13,13 @@
  * record to <root>/lost+found (a record lost to a damaged log must not cost the data).
  * Removal is the reverse: one batch() deletes the records, then the dir is renamed into layer-tmp and deleted.
  *
+ * Packed layers: a registry pull stores each layer as its verified blob under <root>/layer-blobs/<dirName> (the
+ * same three steps, with a file for a dir), so a pull costs what the transfer costs. Anything that needs the
+ * files extracts first: lowerDirs()/lowerDirSpec() (what a mount stacks) and contentDir() (export, push) unpack
+ * the layers they return, one extraction per layer however many callers wait for it; stratad also extracts
+ * packed layers in the background (startBackgroundUnpack). The diffID is verified at extraction: a blob that
+ * does not match its image config fails every use with STRATA_DIGEST_MISMATCH and stays packed.
+ *
  * References: a holder (`image:<id>`, `mount:<name>`) that acquires a chainID holds every layer of that chain.
  * The `refs` sublevel is derived data: image and mount records name the layers they use, and
  * rebuildReferences() (daemon start-up, fsck --repair) makes the image:/mount: refs match them again. A layer
@@ -39,8 +46,9 @@ import { findGunzipTool, type GunzipChoice, type GunzipTool } from './compressio
 import type { BatchOp, Metastore } from '../store/metastore.js';
 import type { Digest } from './digest.js';
 import {
-  DEFAULT_LIMITS, commitLayers, discardStaged, stageBlobStream, stageDirectory, stageStream, stageTarFile, statOrThrow,
-  type CommitItem, type IngestContext, type LayerStoreLimits, type StageOptions, type StagedLayer,
+  DEFAULT_LIMITS, commitLayers, discardStaged, stageBlobStream, stageDirectory, stagePackedBlob, stageStream, stageTarFile,
+  statOrThrow, unpackLayer, type CommitItem, type IngestContext, type LayerStoreLimits, type PackedBlob, type StageOptions,
+  type StagedLayer,
 } from './ingest.js';
 import { pruneLayers, removeLayer, type PruneContext } from './prune.js';
 import { LayerQueries } from './queries.js';
@@ -51,12 +59,13 @@ import { fsckLayerStore, recoverLayerStore, type FsckProblem, type RecoveryRepor
 
 export type { FsckProblem, RecoveryReport } from './recovery.js';
 export { DEFAULT_LIMITS, LAYER_MEDIA_TYPES } from './ingest.js';
-export type { CommitItem, LayerStoreLimits, StageOptions, StagedLayer } from './ingest.js';
+export type { CommitItem, LayerStoreLimits, PackedBlob, StageOptions, StagedLayer } from './ingest.js';
 export { refOpsFor } from './references.js';
 export type { ReferenceRepair } from './references.js';
 
 export class LayerStore {
   readonly layersDir: string;
+  readonly blobsDir: string;
   readonly tmpDir: string;
   private readonly log: Logger;
   private readonly limits: LayerStoreLimits;
@@ -67,6 +76,10 @@ export class LayerStore {
   private gunzip: Promise<GunzipTool> | null = null;
   /** Serialises commits and removals, which read-then-write the metastore. */
   private readonly writeLock = new Lock();
+  /** Extractions running, by diffID: a second caller waits for the first one's. */
+  private readonly unpacking = new Map<Digest, Promise<void>>();
+  /** The background extraction loop (stratad), and whether more work came in while it ran. */
+  private background: { running: Promise<void> | null; again: boolean; stopped: boolean } | null = null;
 
   constructor(
     private readonly metastore: Metastore,
@@ -76,6 +89,7 @@ export class LayerStore {
     lostAndFound?: LostAndFound,
   ) {
     this.layersDir = path.join(rootDir, 'layers');
+    this.blobsDir = path.join(rootDir, 'layer-blobs');
     this.tmpDir = path.join(rootDir, 'layer-tmp');
     this.log = logger.child({ component: 'layers' });
     const { gunzip = 'auto', ...sizeLimits } = limits;
@@ -88,6 +102,7 @@ export class LayerStore {
   /** Creates the store dirs and cleans up after any crash (see recover()). Call once before use. */
   async open(): Promise<RecoveryReport> {
     await mkdir(this.layersDir, { recursive: true, mode: 0o700 });
+    await mkdir(this.blobsDir, { recursive: true, mode: 0o700 });
     await mkdir(this.tmpDir, { recursive: true, mode: 0o700 });
     return this.recover();
   }
@@ -141,6 +156,14 @@ export class LayerStore {
     return stageStream(this.ingest, source, options);
   }
 
+  /**
+   * Stages a layer blob the caller has verified against its digest (a registry download) to be committed packed:
+   * `file` is renamed into layer-tmp, nothing is extracted. The caller commits or discards the result.
+   */
+  async stagePackedBlob(file: string, blob: PackedBlob): Promise<StagedLayer> {
+    return stagePackedBlob(this.ingest, file, blob);
+  }
+
   /** Deletes a staged layer that will not be committed. */
   async discard(staged: StagedLayer): Promise<void> {
     await discardStaged(this.ingest, staged);
@@ -152,7 +175,75 @@ export class LayerStore {
    * Staged content whose diffID the store already holds is discarded: each diffID is stored once.
    */
   async commit(parent: Digest | null, items: readonly CommitItem[], extraOps?: (chainIDs: Digest[]) => BatchOp[]): Promise<Digest[]> {
-    return this.exclusive(async () => commitLayers(this.ingest, this.queries, parent, items, extraOps));
+    const chainIDs = await this.exclusive(async () => commitLayers(this.ingest, this.queries, parent, items, extraOps));
+    if (items.some((item) => 'staged' in item && item.staged.packed === true)) this.startBackgroundUnpack(false);
+    return chainIDs;
+  }
+
+  // ---------------------------------------------------------------- packed layers (ingest.ts unpackLayer)
+
+  /** Extracts every packed layer of the chain ending at `chainID`, bottom first. */
+  async unpackChain(chainID: Digest): Promise<void> {
+    for (const record of (await this.queries.chain(chainID)).reverse()) await this.unpackContent(record.diffID);
+  }
+
+  /** Extracts one packed diffID (nothing if extracted); concurrent callers share one extraction. */
+  async unpackContent(diffID: Digest): Promise<void> {
+    let running = this.unpacking.get(diffID);
+    if (running === undefined) {
+      running = unpackLayer(this.ingest, diffID, (work) => this.exclusive(work)).finally(() => this.unpacking.delete(diffID));
+      this.unpacking.set(diffID, running);
+    }
+    await running;
+  }
+
+  /** The extracted content dir of one layer (not its chain), extracting it first if it is packed. */
+  async contentDir(chainID: Digest): Promise<string> {
+    const record = await this.queries.getRecord(chainID);
+    await this.unpackContent(record.diffID);
+    return path.join(this.layersDir, (await this.queries.getContent(record.diffID)).dirName);
+  }
+
+  /**
+   * Extracts packed layers one at a time in the background until none is left (stratad calls this once it is
+   * ready; commits of packed layers call it again, which only has an effect once it was enabled). A layer whose
+   * extraction fails is logged and left packed for its next use to report. Stopped by stopBackgroundUnpack().
+   */
+  startBackgroundUnpack(enable = true): void {
+    if (this.background === null) {
+      if (!enable) return;
+      this.background = { running: null, again: false, stopped: false };
+    }
+    const bg = this.background;
+    if (bg.stopped) return;
+    if (bg.running !== null) {
+      bg.again = true;
+      return;
+    }
+    const failed = new Set<Digest>();
+    const loop = async (): Promise<void> => {
+      do {
+        bg.again = false;
+        for (const content of await this.queries.contents()) {
+          if (bg.stopped) return;
+          if (content.packed !== true || failed.has(content.diffID)) continue;
+          await this.unpackContent(content.diffID).catch((err: unknown) => {
+            failed.add(content.diffID);
+            this.log.error({ err, diffID: content.diffID }, 'could not extract a packed layer; it stays packed, and its next use reports this');
+          });
+        }
+      } while (bg.again && !bg.stopped);
+    };
+    bg.running = loop().catch((err: unknown) => {
+      this.log.error({ err }, 'background extraction of packed layers stopped');
+    }).finally(() => { bg.running = null; });
+  }
+
+  /** Stops the background extraction after the layer in hand; resolves once it has stopped. */
+  async stopBackgroundUnpack(): Promise<void> {
+    if (this.background === null) return;
+    this.background.stopped = true;
+    await this.background.running;
   }
 
   // ---------------------------------------------------------------- queries (queries.ts)
@@ -179,13 +270,18 @@ export class LayerStore {
     return this.queries.chain(chainID);
   }
 
-  /** Absolute content dirs of the chain ending at `chainID`, top layer first, as overlayfs `lowerdir=` wants them. */
+  /**
+   * Absolute content dirs of the chain ending at `chainID`, top layer first, as overlayfs `lowerdir=` wants them.
+   * Packed layers of the chain are extracted first.
+   */
   async lowerDirs(chainID: Digest): Promise<string[]> {
+    await this.unpackChain(chainID);
     return this.queries.lowerDirs(chainID);
   }
 
   /** The same stack as short names relative to `cwd` (<root>/layers); see LayerQueries.lowerDirSpec. */
   async lowerDirSpec(chainID: Digest): Promise<{ cwd: string; names: string[]; lowerdir: string }> {
+    await this.unpackChain(chainID);
     return this.queries.lowerDirSpec(chainID);
   }
 
@@ -284,19 +380,19 @@ export class LayerStore {
 
   private get ingest(): IngestContext {
     return {
-      metastore: this.metastore, layersDir: this.layersDir, tmpDir: this.tmpDir, log: this.log, limits: this.limits,
+      metastore: this.metastore, layersDir: this.layersDir, blobsDir: this.blobsDir, tmpDir: this.tmpDir, log: this.log, limits: this.limits,
       native: () => this.native(),
       gunzipTool: () => (this.gunzip ??= findGunzipTool(this.gunzipChoice)),
     };
   }
 
   private get pruning(): PruneContext {
-    return { metastore: this.metastore, queries: this.queries, layersDir: this.layersDir, tmpDir: this.tmpDir, log: this.log };
+    return { metastore: this.metastore, queries: this.queries, layersDir: this.layersDir, blobsDir: this.blobsDir, tmpDir: this.tmpDir, log: this.log };
   }
 
   private recoveryView(): RecoveryView {
     return {
-      metastore: this.metastore, layersDir: this.layersDir, tmpDir: this.tmpDir, lostAndFound: this.lostAndFound, log: this.log,
+      metastore: this.metastore, layersDir: this.layersDir, blobsDir: this.blobsDir, tmpDir: this.tmpDir, lostAndFound: this.lostAndFound, log: this.log,
       contents: () => this.queries.contents(), records: () => this.queries.records(), referenceDiff: () => referenceDiff(this.metastore),
     };
   }

@@ -20,6 +20,7 @@ export interface PruneContext {
   metastore: Metastore;
   queries: LayerQueries;
   layersDir: string;
+  blobsDir: string;
   tmpDir: string;
   log: Logger;
 }
@@ -59,7 +60,9 @@ export async function removeLayer(ctx: PruneContext, chainID: Digest, named?: Ma
   const content = contentShared ? undefined : await ctx.queries.getContent(record.diffID);
   if (content !== undefined) ops.push({ type: 'del', sublevel: 'layerContents', key: record.diffID });
   await ctx.metastore.batch(ops);
-  if (content !== undefined) await deleteContentDir(ctx, content.dirName);
+  // A packed layer is one file: deleting it is as atomic as the rename out of layers/.
+  if (content?.packed === true) await rm(path.join(ctx.blobsDir, content.dirName), { force: true });
+  else if (content !== undefined) await deleteContentDir(ctx, content.dirName);
   ctx.log.info({ chainID, contentDeleted: content !== undefined }, 'removed layer');
 }
 

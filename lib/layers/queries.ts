@@ -117,6 +117,7 @@ export class LayerQueries {
       compressedSize: content.compressedSize,
       mediaType: content.mediaType,
       path: path.join(this.layersDir, content.dirName),
+      packed: content.packed === true,
       holders,
       children,
     };

@@ -8,13 +8,14 @@ import type { Logger } from '../log.js';
 import { type LostAndFound, fsyncDir } from '../store/lost-found.js';
 import type { BatchOp, Metastore } from '../store/metastore.js';
 import type { Digest } from './digest.js';
+import { placeOf } from './ingest.js';
 import type { LayerContentRecord, LayerRecord, LayerRefRecord } from './types.js';
 
 /** What recover() did: diffIDs whose rename it finished, records it dropped, dirs it deleted or quarantined. */
 export interface RecoveryReport {
   rolledForward: string[];
   droppedRecords: string[];
-  /** Staging and trash dirs of layer-tmp (no user data). */
+  /** Staging and trash dirs of layer-tmp, and blobs of layers since extracted (no user data). */
   deletedDirs: string[];
   /** Content dirs without a record, moved to lost+found (their new paths). */
   quarantined: string[];
@@ -33,6 +34,7 @@ export interface FsckProblem {
 export interface RecoveryView {
   metastore: Metastore;
   layersDir: string;
+  blobsDir: string;
   tmpDir: string;
   lostAndFound: LostAndFound;
   log: Logger;
@@ -45,6 +47,8 @@ export interface RecoveryView {
 /**
  * Brings disk and database back in line after a crash: finishes committed renames, drops records whose
  * content is gone (and chains and references built on them), deletes staged dirs and unrecorded content.
+ * Packed content is the same with layer-blobs/ for layers/; a blob whose content has since been extracted (a
+ * crash before the blob was deleted) is deleted, and a blob no record names goes to lost+found like a dir.
  */
 export async function recoverLayerStore(d: RecoveryView): Promise<RecoveryReport> {
   const rolledForward: string[] = [];
@@ -52,25 +56,30 @@ export async function recoverLayerStore(d: RecoveryView): Promise<RecoveryReport
   const deletedDirs: string[] = [];
   const quarantined: string[] = [];
   const onDisk = new Set(await readdir(d.layersDir));
+  const blobsOnDisk = new Set(await readdir(d.blobsDir));
   const staged = new Set(await readdir(d.tmpDir));
   const ops: BatchOp[] = [];
   const liveContents = new Set<Digest>();
   const keepDirs = new Set<string>();
-  for (const content of await d.contents()) {
-    if (onDisk.has(content.dirName)) {
+  const keepBlobs = new Set<string>();
+  const contents = await d.contents();
+  for (const content of contents) {
+    const packed = content.packed === true;
+    const keep = packed ? keepBlobs : keepDirs;
+    if ((packed ? blobsOnDisk : onDisk).has(content.dirName)) {
       liveContents.add(content.diffID);
-      keepDirs.add(content.dirName);
+      keep.add(content.dirName);
       if (content.stagingName !== undefined) {
         const { stagingName: _done, ...placed } = content;
         ops.push({ type: 'put', sublevel: 'layerContents', key: content.diffID, value: placed });
       }
     } else if (content.stagingName !== undefined && staged.has(content.stagingName)) {
-      await rename(path.join(d.tmpDir, content.stagingName), path.join(d.layersDir, content.dirName));
+      await rename(path.join(d.tmpDir, content.stagingName), placeOf(d, content));
       staged.delete(content.stagingName);
       const { stagingName: _done, ...placed } = content;
       ops.push({ type: 'put', sublevel: 'layerContents', key: content.diffID, value: placed });
       liveContents.add(content.diffID);
-      keepDirs.add(content.dirName);
+      keep.add(content.dirName);
       rolledForward.push(content.diffID);
     } else {
       ops.push({ type: 'del', sublevel: 'layerContents', key: content.diffID });
@@ -92,7 +101,10 @@ export async function recoverLayerStore(d: RecoveryView): Promise<RecoveryReport
     if (!liveChains.has(ref.chainID)) ops.push({ type: 'del', sublevel: 'refs', key });
   }
   await d.metastore.batch(ops);
-  if (rolledForward.length > 0) await fsyncDir(d.layersDir);
+  if (rolledForward.length > 0) {
+    await fsyncDir(d.layersDir);
+    await fsyncDir(d.blobsDir);
+  }
   for (const name of staged) {
     await rm(path.join(d.tmpDir, name), { recursive: true, force: true });
     deletedDirs.push(path.join(d.tmpDir, name));
@@ -100,6 +112,16 @@ export async function recoverLayerStore(d: RecoveryView): Promise<RecoveryReport
   for (const name of onDisk) {
     if (keepDirs.has(name)) continue;
     quarantined.push(await d.lostAndFound.quarantine(path.join(d.layersDir, name), 'layer', name, 'no layer content record names this dir'));
+  }
+  const extracted = new Set(contents.filter((c) => c.packed !== true && keepDirs.has(c.dirName)).map((c) => c.dirName));
+  for (const name of blobsOnDisk) {
+    if (keepBlobs.has(name)) continue;
+    if (extracted.has(name)) {
+      await rm(path.join(d.blobsDir, name), { force: true });
+      deletedDirs.push(path.join(d.blobsDir, name));
+    } else {
+      quarantined.push(await d.lostAndFound.quarantine(path.join(d.blobsDir, name), 'layer-blob', name, 'no packed layer record names this blob'));
+    }
   }
   if (rolledForward.length + droppedRecords.length + deletedDirs.length + quarantined.length > 0) {
     d.log.warn({ rolledForward, droppedRecords, deletedDirs, quarantined }, 'recovered layer store after an interrupted change');
@@ -128,16 +150,18 @@ export async function fsckLayerStore(d: RecoveryView, repair: boolean): Promise<
   const contents = (snap.get('layerContents') ?? []).map(([, v]) => v as LayerContentRecord);
   const layerRecords = (snap.get('layers') ?? []).map(([, v]) => v as LayerRecord);
   const onDisk = new Set(await readdir(d.layersDir));
+  const blobsOnDisk = new Set(await readdir(d.blobsDir));
   const staged = new Set(await readdir(d.tmpDir));
-  const recordedDirs = new Set(contents.map((c) => c.dirName));
+  const recordedDirs = new Set(contents.filter((c) => c.packed !== true).map((c) => c.dirName));
+  const recordedBlobs = new Set(contents.filter((c) => c.packed === true).map((c) => c.dirName));
   for (const c of contents) {
-    const dir = path.join(d.layersDir, c.dirName);
+    const dir = placeOf(d, c);
     const { stagingName: _s, ...placed } = c;
     const clear: BatchOp = { type: 'put', sublevel: 'layerContents', key: c.diffID, value: placed };
-    if (!onDisk.has(c.dirName)) {
+    if (!(c.packed === true ? blobsOnDisk : onDisk).has(c.dirName)) {
       if (c.stagingName !== undefined && staged.has(c.stagingName)) {
-        note(`content ${c.diffID}`, 'a committed import was never moved into place', 'finish moving it into layers/',
-          async () => { await rename(path.join(d.tmpDir, c.stagingName!), dir); await fsyncDir(d.layersDir); }, [clear]);
+        note(`content ${c.diffID}`, 'a committed import was never moved into place', `finish moving it into ${path.basename(path.dirname(dir))}/`,
+          async () => { await rename(path.join(d.tmpDir, c.stagingName!), dir); await fsyncDir(path.dirname(dir)); }, [clear]);
       } else {
         note(`content ${c.diffID}`, `its dir ${dir} is missing`, null);
       }
@@ -150,6 +174,16 @@ export async function fsckLayerStore(d: RecoveryView, repair: boolean): Promise<
     const dir = path.join(d.layersDir, name);
     note(dir, 'no layer content record names this dir', 'move it to lost+found',
       async () => { await d.lostAndFound.quarantine(dir, 'layer', name, 'fsck: no layer content record names this dir'); });
+  }
+  for (const name of [...blobsOnDisk].sort()) {
+    if (recordedBlobs.has(name)) continue;
+    const blob = path.join(d.blobsDir, name);
+    if (recordedDirs.has(name)) {
+      note(blob, 'the blob of a layer already extracted was not deleted', 'delete it', async () => { await rm(blob, { force: true }); });
+    } else {
+      note(blob, 'no packed layer record names this blob', 'move it to lost+found',
+        async () => { await d.lostAndFound.quarantine(blob, 'layer-blob', name, 'fsck: no packed layer record names this blob'); });
+    }
   }
   const chains = new Set(layerRecords.map((r) => r.chainID));
   const contentIds = new Set(contents.map((c) => c.diffID));

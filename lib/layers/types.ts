@@ -20,6 +20,12 @@ export interface LayerContentRecord {
    * (roll forward) from <root>/layer-tmp/<stagingName>.
    */
   stagingName?: string;
+  /**
+   * Set while the layer is kept as its blob, verified against its digest, at <root>/layer-blobs/<dirName> and not
+   * yet extracted (a registry pull stores blobs, as `skopeo copy` does; the first use extracts them, and stratad
+   * extracts them in the background). size and entries are 0 until then; the diffID is checked when extracting.
+   */
+  packed?: true;
 }
 
 /** One layer in one chain. Sublevel `layers`, key chainID. */
@@ -47,8 +53,10 @@ export interface LayerInfo extends LayerRecord {
   compressedDigest: Digest;
   compressedSize: number;
   mediaType: string;
-  /** Absolute path of the extracted content dir. */
+  /** Absolute path of the extracted content dir (where it will be while `packed`). */
   path: string;
+  /** Stored as its blob, not extracted yet: size and entries are 0 until the first use extracts it. */
+  packed: boolean;
   holders: string[];
   children: Digest[];
 }

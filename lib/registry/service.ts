@@ -3,23 +3,23 @@
  *
  * Pull lifecycle (a failed pull leaves no image, layer or record visible):
  *  1. manifest (an index narrows to one platform), then the config: both verified by digest in memory;
- *  2. layers the store lacks (by diffID) are fetched 3 at a time, each in one pass (fetchLayer): the bytes are
- *     appended to <root>/registry-cache/blobs/<digest>.partial and streamed on through decompression, the diffID
- *     hash and the untar into layer-tmp (LayerStore.stageBlobStream). The download verifies the blob digest
- *     before it ends the stream, and the stage checks the diffID, so a layer is only staged if both match; an
- *     interrupted download resumes with Range, in this pull or the next one, replaying the cached bytes first;
- *  3. once every layer is staged the cached blobs are deleted (their dirty pages never reach the disk), and
- *     ImageStore.importStaged makes the staged layers durable with one syncfs and commits the layers and the
- *     image in one batch (its all-or-nothing path); on any failure the staged dirs are discarded, and the cache
- *     keeps what was downloaded. Layers the store already has are never fetched.
+ *  2. layers the store lacks (by diffID) are downloaded 3 at a time into <root>/registry-cache/blobs/, each
+ *     verified against its digest and size before it gets its final name; an interrupted download resumes with
+ *     Range, in this pull or the next one;
+ *  3. once every blob is there, each is staged packed (renamed into layer-tmp, LayerStore.stagePackedBlob), and
+ *     ImageStore.importStaged makes them durable with one syncfs and commits the layers and the image in one
+ *     batch (its all-or-nothing path); on a failure before the stage the cache keeps what was downloaded.
+ *     Layers the store already has are never fetched.
+ * A pulled layer is stored as its blob, as `skopeo copy` stores it, and extracted on first use (a mount, an
+ * export, a push that must tar it again) or by stratad in the background; the extraction checks the diffID the
+ * config gives (see LayerStore, "Packed layers").
  * Push: the store keeps extracted layers, not blobs. A layer whose original blob the registry has (HEAD) or can
  * mount from another repository is not sent; any other layer is tarred again by the deterministic writer of
  * commit and export (lib/layers/commit.ts) and uploaded; the config then names the diffIDs of what was sent.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, open, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { PassThrough } from 'node:stream';
 import { StrataError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Metastore } from '../store/metastore.js';
@@ -175,7 +175,7 @@ export class RegistryService {
       const layersOut: PullResult['layers'] = [];
       let downloadedBytes = 0;
       const staged: StagedLayer[] = [];
-      const cacheFiles: string[] = [];
+      const downloaded: Array<{ i: number; desc: Descriptor; diffID: Digest; file: string }> = [];
       let record: ImageRecord;
       try {
         const items = await mapLimit(layerDescs, options.concurrency ?? DEFAULT_CONCURRENCY, async (desc, i, signal): Promise<CommitItem> => {
@@ -193,22 +193,25 @@ export class RegistryService {
             return { existingDiffID: diffID };
           }
           progress('downloading', 0);
-          const got = await this.downloadOnce(desc.digest, () => this.fetchLayer(client, ref.repository, desc, diffID, progress, signal));
+          const got = await this.downloadOnce(desc.digest, () => this.fetchBlob(client, ref.repository, desc, diffID, progress, signal));
           downloadedBytes += got.transferred;
-          cacheFiles.push(got.file);
           progress('done', desc.size);
           layersOut[i] = { digest: desc.digest, diffID, size: desc.size, action: 'downloaded' };
-          if (got.staged === null) return { existingDiffID: diffID };
-          staged.push(got.staged);
-          return { staged: got.staged };
+          if (got.file === null) return { existingDiffID: diffID };
+          downloaded.push({ i, desc, diffID, file: got.file });
+          return { existingDiffID: diffID }; // replaced by the staged blob below
         });
-        // Every layer is staged and verified, so the cached blobs have served their purpose. They go before the
-        // commit's syncfs, which then drops their dirty pages instead of writing them; a commit that fails from
-        // here on costs a new download, never a wrong image.
-        for (const file of cacheFiles) await rm(file, { force: true });
+        // Every blob is here and verified: they become packed layers. A commit that fails from here on costs a
+        // new download, never a wrong image.
+        for (const d of downloaded) {
+          const s = await this.options.layers.stagePackedBlob(d.file, { what: `${what}: layer ${d.desc.digest}`, mediaType: d.desc.mediaType, digest: d.desc.digest, size: d.desc.size, diffID: d.diffID, synced: true });
+          staged.push(s);
+          items[d.i] = { staged: s };
+        }
         const name = ref.tag !== null ? formatReference({ ...ref, digest: null }) : undefined;
         staged.length = 0; // importStaged owns them now: committed, or discarded by it
         record = await this.options.images.importStaged({
+          source: 'registry',
           configDigest: configDesc.digest,
           config: JSON.parse(configBytes.toString('utf8')) as unknown,
           manifestDigest: manifest.digest,
@@ -231,36 +234,22 @@ export class RegistryService {
   }
 
   /**
-   * Downloads one layer blob and extracts it in the same pass: each byte goes to the cache file (what a resumed
-   * pull starts from) and on through decompression, the diffID hash and the untar into layer-tmp. The download
-   * verifies the blob digest and only then ends the stream, so the layer is staged only if the digest matched;
-   * otherwise the staged dir is deleted (by the stage). Staged unsynced: the commit syncs every layer at once.
-   * Returns staged null when the store got the layer meanwhile (another pull of it finished first).
+   * Downloads one layer blob into the cache (what a resumed pull starts from), verified against its digest and
+   * size before it gets its final name, and made durable (fdatasync) while the other layers still download, so
+   * the commit needs no flush of its own (as skopeo fsyncs each blob). Returns file null when the store got the
+   * layer meanwhile (another pull of it finished first).
    */
-  private async fetchLayer(client: RegistryClient, repository: string, desc: Descriptor, diffID: Digest, progress: (phase: TransferPhase, bytes: number) => void, signal: AbortSignal): Promise<{ staged: StagedLayer | null; transferred: number; file: string }> {
+  private async fetchBlob(client: RegistryClient, repository: string, desc: Descriptor, diffID: Digest, progress: (phase: TransferPhase, bytes: number) => void, signal: AbortSignal): Promise<{ file: string | null; transferred: number }> {
+    if (await this.options.layers.hasContent(diffID)) return { file: null, transferred: 0 };
     const file = path.join(this.cacheDir, 'blobs', `sha256-${hexOf(desc.digest)}`);
-    if (await this.options.layers.hasContent(diffID)) return { staged: null, transferred: 0, file };
-    const sink = new PassThrough({ highWaterMark: 1 << 20 });
-    const staging = this.options.layers.stageBlobStream(sink, {
-      what: `layer ${desc.digest}`,
-      mediaType: desc.mediaType,
-      expectDigest: desc.digest,
-      expectSize: desc.size,
-      expectDiffID: diffID,
-      sourceVerifiesDigest: true,
-      sync: false,
-    });
-    // A stage that fails before reading must not leave the download waiting on a full sink.
-    staging.catch(() => sink.destroy());
-    const downloading = client.downloadBlob(repository, desc, file, { sink, signal, onProgress: (n) => progress('downloading', n) });
-    const [download, stage] = await Promise.allSettled([downloading, staging]);
-    // The download's failure (network, wrong digest) is the cause; a stage failure alone is the layer's own.
-    if (download.status === 'rejected') {
-      if (stage.status === 'fulfilled') await this.options.layers.discard(stage.value);
-      throw download.reason;
+    const transferred = await client.downloadBlob(repository, desc, file, { signal, onProgress: (n) => progress('downloading', n) });
+    const handle = await open(file, 'r');
+    try {
+      await handle.datasync();
+    } finally {
+      await handle.close();
     }
-    if (stage.status === 'rejected') throw stage.reason;
-    return { staged: stage.value, transferred: download.value, file };
+    return { file, transferred };
   }
 
   private async downloadOnce<T>(digest: Digest, work: () => Promise<T>): Promise<T> {
@@ -330,7 +319,7 @@ export class RegistryService {
         }
         progress('tarring', 0, null);
         const file = path.join(workDir, `layer-${i}`);
-        const exported = await writeLayerBlob(info.path, file, `${what}: layer ${info.diffID}`);
+        const exported = await writeLayerBlob(await this.options.layers.contentDir(info.chainID), file, `${what}: layer ${info.diffID}`);
         const entry = { digest: exported.digest, size: exported.size, mediaType: exported.mediaType, diffID: exported.diffID };
         if (await client.blobExists(dest.repository, exported.digest)) {
           progress('exists', exported.size, exported.size);

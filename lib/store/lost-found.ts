@@ -36,7 +36,7 @@ export class LostAndFound {
    * Moves `source` (a dir without a record) to lost+found and returns its new path. `kind` and `id` name it;
    * `reason` goes to the log, at warn level, since a user may need to look at it.
    */
-  async quarantine(source: string, kind: 'mount' | 'layer' | 'volume', id: string, reason: string): Promise<string> {
+  async quarantine(source: string, kind: 'mount' | 'layer' | 'layer-blob' | 'volume', id: string, reason: string): Promise<string> {
     if ((await mkdir(this.dir, { recursive: true, mode: 0o700 })) !== undefined) await fsyncDir(this.rootDir);
     const stamp = new Date().toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
     let dest = path.join(this.dir, `${stamp}-${kind}-${id}`);
@@ -44,7 +44,7 @@ export class LostAndFound {
     await rename(source, dest);
     await fsyncDir(this.dir);
     await fsyncDir(path.dirname(source));
-    this.log.warn({ from: source, to: dest, reason }, `moved a ${kind} dir without a record to lost+found; \`strata system prune --lost\` deletes it`);
+    this.log.warn({ from: source, to: dest, reason }, `moved a ${kind} ${kind === 'layer-blob' ? 'file' : 'dir'} without a record to lost+found; \`strata system prune --lost\` deletes it`);
     return dest;
   }
 

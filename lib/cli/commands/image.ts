@@ -49,7 +49,7 @@ export const imageCommand: CommandModule<StoreArgs, StoreArgs> = {
         const images = await withBackend(argv, (b) => b.listImages());
         if (argv.json) return printJson(images);
         printTable(['NAME', 'IMAGE ID', 'LAYERS', 'SIZE', 'CREATED'], images.flatMap((img) =>
-          (img.names.length > 0 ? img.names : ['<none>']).map((name) => [name, shortId(img.id), String(img.layers), formatBytes(img.size), img.created ?? '-'])));
+          (img.names.length > 0 ? img.names : ['<none>']).map((name) => [name, shortId(img.id), String(img.layers), img.packedLayers > 0 ? `${formatBytes(img.size)} (+${img.packedLayers} packed)` : formatBytes(img.size), img.created ?? '-'])));
       },
     }))
     .command(sub({

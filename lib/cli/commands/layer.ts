@@ -31,7 +31,7 @@ export const layerCommand: CommandModule<StoreArgs, StoreArgs> = {
         const layers = await withBackend(argv, (b) => b.listLayers());
         if (argv.json) return printJson(layers);
         printTable(['LAYER ID', 'DIFF ID', 'PARENT', 'DEPTH', 'SIZE', 'USED BY'], layers.map((l) => [
-          shortId(l.chainID), shortId(l.diffID), shortId(l.parent), String(l.depth), formatBytes(l.size),
+          shortId(l.chainID), shortId(l.diffID), shortId(l.parent), String(l.depth), l.packed ? `packed (${formatBytes(l.compressedSize)} blob)` : formatBytes(l.size),
           [...l.holders, ...l.children.map((c) => `layer:${shortId(c)}`)].join(',') || '-',
         ]));
       },

@@ -107,7 +107,8 @@ export const mountCommand: CommandModule<GlobalArgs, GlobalArgs> = {
           ...(mounts.length === 0 ? {} : { Mounts: mounts }),
           ...(argv.suid ? { Suid: true } : {}),
           ...(argv.dev ? { Dev: true } : {}),
-        });
+          // No deadline: the first mount of a pulled image extracts its layers first (a ping checks the daemon).
+        }, { timeoutMs: 0 });
         printOne(argv, view);
       },
     }))
