@@ -564,7 +564,9 @@ t.test('packed layers after a crash: start-up deletes a blob whose layer is extr
   const blobs = path.join(root, 'layer-blobs');
   const [blobName] = listDir(blobs);
   const blobBytes = fs.readFileSync(path.join(blobs, blobName!));
-  await lowerDirsOf(root, `${fake.host}/app:1`);
+  const exported = strata(root, 'image', 'export', `${fake.host}/app:1`, '-o', s.path('exported'));
+  t.equal(exported.status, 0, `an export of the packed image extracts it first: ${exported.stderr}`);
+  t.same(json<Array<{ packed: boolean }>>(root, 'layer', 'ls').map((l) => l.packed), [false], 'the layer is extracted');
   t.same(listDir(blobs), [], 'extracted, the blob is gone');
   // What a crash between the extraction's commit and the blob's deletion leaves, and a blob nothing names.
   const leaveDebris = () => {

@@ -10,6 +10,8 @@ import http from 'node:http';
 import { STRATA_ERRORS, StrataError } from '../errors.js';
 
 export const DEFAULT_SOCKET = '/run/strata/strata.sock';
+/** The state dir a CLI command works on when no --root or STRATA_ROOT names one (the daemon's default too). */
+export const DEFAULT_ROOT = '/var/lib/strata';
 /** Default deadline of one request; STRATA_CLIENT_TIMEOUT (seconds) overrides it. */
 export const DEFAULT_TIMEOUT_MS = 120_000;
 /** Deadline of a ping (is a daemon there, and is it answering?). */

@@ -3,15 +3,14 @@
  * in-process on the store (LocalImageBackend, lib/images/service.ts) when no daemon holds it.
  */
 import path from 'node:path';
-import type { Logger } from '../log.js';
 import type { ImageRecord, ImageSummary, RemoveImageResult } from '../images/image-store.js';
 import type { Digest } from '../layers/digest.js';
 import type { ImportProgress, LayerInfo, ProgressListener } from '../layers/types.js';
-import { DEFAULT_SOCKET, StrataClient } from '../api/client.js';
+import { DEFAULT_ROOT, DEFAULT_SOCKET, StrataClient } from '../api/client.js';
 import type { PullOptions, PullResult, PushOptions, PushResult } from '../registry/service.js';
 import type { Credentials } from '../registry/credentials.js';
 import type { ExportOptions, ExportResult } from '../images/export.js';
-import { DEFAULT_ROOT, openLocalImageBackend, type ImageBackend, type RegistrySettings } from '../images/service.js';
+import type { ImageBackend, RegistrySettings } from '../images/service.js';
 
 /** Imports and prunes may run long on a healthy daemon: no deadline, after a ping that has one (client.ts). */
 const LONG = { timeoutMs: 0 };
@@ -67,14 +66,16 @@ export class RemoteImageBackend implements ImageBackend {
 
 /**
  * The backend the CLI should use: the daemon's when its socket answers (it holds the store's lock), unless --root
- * names a different state dir than the daemon serves; otherwise the store in-process.
+ * names a different state dir than the daemon serves; otherwise the store in-process. The store's modules (LevelDB,
+ * the layer store, the logger) are loaded only then: a command served by the daemon starts without them.
  */
-export async function openImageBackend(options: { root?: string; socket?: string; registry?: RegistrySettings }, logger: Logger): Promise<ImageBackend> {
+export async function openImageBackend(options: { root?: string; socket?: string; registry?: RegistrySettings }): Promise<ImageBackend> {
   const client = new StrataClient(options.socket ?? process.env.STRATA_SOCKET ?? DEFAULT_SOCKET);
   const root = path.resolve(options.root ?? process.env.STRATA_ROOT ?? DEFAULT_ROOT);
   if (await client.isReachable()) {
     const info = await client.request<{ Root: string }>('GET', '/info');
     if (options.root === undefined || info.Root === root) return new RemoteImageBackend(client);
   }
-  return openLocalImageBackend(root, logger, options.registry);
+  const [{ openLocalImageBackend }, { createLogger }] = await Promise.all([import('../images/service.js'), import('../log.js')]);
+  return openLocalImageBackend(root, createLogger({ name: 'strata' }), options.registry);
 }

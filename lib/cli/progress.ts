@@ -3,7 +3,8 @@
  * drawn by cli-progress, and only when stderr is a terminal and output is not JSON. Otherwise every call is a no-op,
  * so scripts and logs never see escape codes.
  */
-import cliProgress from 'cli-progress';
+import { createRequire } from 'node:module';
+import type cliProgressModule from 'cli-progress';
 import { formatBytes } from './output.js';
 
 export interface ProgressBars {
@@ -18,6 +19,8 @@ export interface ProgressBars {
 export function progressBars(options: { json?: boolean; stream?: NodeJS.WriteStream } = {}): ProgressBars {
   const stream = options.stream ?? process.stderr;
   if (options.json === true || !stream.isTTY) return { enabled: false, update() {}, stop() {} };
+  // Loaded only when bars are drawn: scripts and pipes never pay for it.
+  const cliProgress = createRequire(import.meta.url)('cli-progress') as typeof cliProgressModule;
   const multi = new cliProgress.MultiBar({
     stream,
     format: '{label} [{bar}] {status} {done}/{size}',
@@ -28,7 +31,7 @@ export function progressBars(options: { json?: boolean; stream?: NodeJS.WriteStr
     fps: 10,
     autopadding: true,
   }, cliProgress.Presets.shades_classic);
-  const bars = new Map<string, cliProgress.SingleBar>();
+  const bars = new Map<string, cliProgressModule.SingleBar>();
   return {
     enabled: true,
     update(key, label, done, total, status) {

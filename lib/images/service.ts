@@ -18,7 +18,7 @@ import { RegistryService, type PullOptions, type PullResult, type PushOptions, t
 import type { Credentials } from '../registry/credentials.js';
 import { exportImages, type ExportOptions, type ExportResult } from './export.js';
 
-export const DEFAULT_ROOT = '/var/lib/strata';
+export { DEFAULT_ROOT } from '../api/client.js';
 
 export interface ImageBackend {
   importImage(source: string, options: { name?: string; onProgress?: ProgressListener }): Promise<ImageRecord[]>;

@@ -53,8 +53,7 @@ export class HashingStream extends Transform {
   bytes = 0;
   private finalDigest: Digest | null = null;
 
-  /** `hashing` false: only count and limit (for bytes whose digest the source already checks). */
-  constructor(private readonly limitBytes: number, private readonly what: string, private readonly hashing = true) {
+  constructor(private readonly limitBytes: number, private readonly what: string) {
     super();
   }
 
@@ -64,12 +63,12 @@ export class HashingStream extends Transform {
       callback(new StrataError('STRATA_BAD_ARCHIVE', `${this.what} is larger than the limit of ${this.limitBytes} bytes`));
       return;
     }
-    if (this.hashing) this.hash.update(chunk);
+    this.hash.update(chunk);
     callback(null, chunk);
   }
 
   override _flush(callback: TransformCallback): void {
-    if (this.hashing) this.finalDigest = `sha256:${this.hash.digest('hex')}`;
+    this.finalDigest = `sha256:${this.hash.digest('hex')}`;
     callback();
   }
 

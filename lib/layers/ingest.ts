@@ -27,7 +27,7 @@ import type { StrataSys } from '../native/index.js';
 import { fsyncDir } from '../store/lost-found.js';
 import type { BatchOp, Metastore } from '../store/metastore.js';
 import { applyLayerTar } from './apply-tar.js';
-import { HEAD_BYTES, compressionOf, decompressor, detectCompression, type Compression, type GunzipTool } from './compression.js';
+import { decompressor, detectCompression, type Compression, type GunzipTool } from './compression.js';
 import { HashingStream, chainIdOf, hexOf, type Digest } from './digest.js';
 import type { LayerQueries } from './queries.js';
 import type { LayerContentRecord, LayerRecord } from './types.js';
@@ -71,11 +71,6 @@ export interface StageOptions {
   expectDiffID?: Digest;
   /** When given, the blob must have exactly this many bytes. */
   expectSize?: number;
-  /**
-   * The source checks the blob against `expectDigest` itself and fails (destroys the stream) instead of ending
-   * when it does not match, as RegistryClient.downloadBlob's sink does: the blob is then not hashed a second time.
-   */
-  sourceVerifiesDigest?: boolean;
   /**
    * false: leave the syncfs to the commit, which does one for all the unsynced layers it commits (commitLayers);
    * for callers that stage several layers at once. Default true: the staged layer is durable when returned.
@@ -129,49 +124,6 @@ export async function stageTarFile(ctx: IngestContext, file: string, options: St
   return stage(ctx, createReadStream(file, { highWaterMark: 1 << 20 }), compression, options);
 }
 
-/**
- * Extracts and verifies a layer blob (plain, gzip or zstd, told apart by its first bytes) read from a stream, e.g.
- * straight off a registry download: decompression, both digests and the untar are one pass over the bytes.
- * The caller commits or discards the result.
- */
-export async function stageBlobStream(ctx: IngestContext, source: Readable, options: StageOptions): Promise<StagedLayer> {
-  const { head, stream } = await peek(source, HEAD_BYTES);
-  let compression: Compression;
-  try {
-    compression = compressionOf(head, options.what);
-  } catch (err) {
-    stream.destroy();
-    throw err;
-  }
-  return stage(ctx, stream, compression, options);
-}
-
-/** Reads the first `bytes` of a stream (fewer if it ends first) and gives back a stream of all of it. */
-async function peek(source: Readable, bytes: number): Promise<{ head: Buffer; stream: Readable }> {
-  const iterator = (source as AsyncIterable<Buffer>)[Symbol.asyncIterator]();
-  const first: Buffer[] = [];
-  let have = 0;
-  while (have < bytes) {
-    const next = await iterator.next();
-    if (next.done === true) break;
-    first.push(next.value);
-    have += next.value.length;
-  }
-  async function* replay(): AsyncGenerator<Buffer> {
-    try {
-      yield* first;
-      for (;;) {
-        const next = await iterator.next();
-        if (next.done === true) return;
-        yield next.value;
-      }
-    } finally {
-      await iterator.return?.(); // a consumer that stops early stops (destroys) the source too
-    }
-  }
-  return { head: Buffer.concat(first), stream: Readable.from(replay(), { objectMode: false, highWaterMark: 1 << 20 }) };
-}
-
 /** Extracts and verifies an uncompressed layer tar read from a stream into layer-tmp. */
 export async function stageStream(ctx: IngestContext, source: Readable, options: StageOptions): Promise<StagedLayer> {
   return stage(ctx, source, 'none', options);
@@ -217,11 +169,7 @@ async function stage(ctx: IngestContext, source: Readable, compression: Compress
   const stagingDir = path.join(ctx.tmpDir, stagingName);
   await mkdir(stagingDir, { mode: 0o755 });
   try {
-    const trusted = options.sourceVerifiesDigest === true ? options.expectDigest : undefined;
-    if (options.sourceVerifiesDigest === true && trusted === undefined) {
-      throw new StrataError('STRATA_INTERNAL', `${options.what}: a source that verifies the digest needs expectDigest`);
-    }
-    const blobHash = new HashingStream(ctx.limits.maxBlobBytes, `${options.what}`, trusted === undefined);
+    const blobHash = new HashingStream(ctx.limits.maxBlobBytes, `${options.what}`);
     const tarHash = new HashingStream(ctx.limits.maxTarBytes, `${options.what} (uncompressed)`);
     if (options.onProgress) {
       const report = options.onProgress;
@@ -236,7 +184,7 @@ async function stage(ctx: IngestContext, source: Readable, compression: Compress
     });
     await decoder.checked;
     if (tarHash.bytes === 0) throw new StrataError('STRATA_BAD_ARCHIVE', `${options.what} is empty, not a tar`);
-    const blobDigest = trusted ?? blobHash.digest;
+    const blobDigest = blobHash.digest;
     if (options.expectDigest !== undefined && blobDigest !== options.expectDigest) {
       throw new StrataError('STRATA_DIGEST_MISMATCH', `${options.what}: blob digest is ${blobDigest}, expected ${options.expectDigest}`);
     }

@@ -46,7 +46,7 @@ import { findGunzipTool, type GunzipChoice, type GunzipTool } from './compressio
 import type { BatchOp, Metastore } from '../store/metastore.js';
 import type { Digest } from './digest.js';
 import {
-  DEFAULT_LIMITS, commitLayers, discardStaged, stageBlobStream, stageDirectory, stagePackedBlob, stageStream, stageTarFile,
+  DEFAULT_LIMITS, commitLayers, discardStaged, stageDirectory, stagePackedBlob, stageStream, stageTarFile,
   statOrThrow, unpackLayer, type CommitItem, type IngestContext, type LayerStoreLimits, type PackedBlob, type StageOptions,
   type StagedLayer,
 } from './ingest.js';
@@ -143,14 +143,6 @@ export class LayerStore {
     return stageTarFile(this.ingest, file, options);
   }
 
-  /**
-   * Extracts and verifies a layer blob (plain, gzip or zstd) read from a stream (a registry download) into
-   * layer-tmp, in one pass. The caller commits or discards the result.
-   */
-  async stageBlobStream(source: Readable, options: StageOptions): Promise<StagedLayer> {
-    return stageBlobStream(this.ingest, source, options);
-  }
-
   /** Extracts and verifies an uncompressed layer tar read from a stream (a commit's output) into layer-tmp. */
   async stageStream(source: Readable, options: StageOptions): Promise<StagedLayer> {
     return stageStream(this.ingest, source, options);
@@ -227,8 +219,10 @@ export class LayerStore {
         for (const content of await this.queries.contents()) {
           if (bg.stopped) return;
           if (content.packed !== true || failed.has(content.diffID)) continue;
-          await this.unpackContent(content.diffID).catch((err: unknown) => {
+          await this.unpackContent(content.diffID).catch(async (err: unknown) => {
             failed.add(content.diffID);
+            // Removed while it was being extracted (image rm, then prune): nothing went wrong.
+            if (!(await this.queries.hasContent(content.diffID))) return;
             this.log.error({ err, diffID: content.diffID }, 'could not extract a packed layer; it stays packed, and its next use reports this');
           });
         }

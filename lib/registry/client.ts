@@ -15,7 +15,7 @@ import { createReadStream, writeSync } from 'node:fs';
 import { open, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import http, { type IncomingMessage, type OutgoingHttpHeaders } from 'node:http';
 import https from 'node:https';
-import type { Readable, Writable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import { StrataError, fsError, type StrataCode } from '../errors.js';
 import type { Logger } from '../log.js';
 import { sha256Of, type Digest } from '../layers/digest.js';
@@ -71,8 +71,6 @@ interface TransferState {
 export interface BlobDownloadOptions {
   /** Bytes of the blob held so far (cached and downloaded). */
   onProgress?: (done: number) => void;
-  /** Receives the blob's bytes as they arrive; ended once verified, destroyed on failure (see downloadBlob). */
-  sink?: Writable;
   /** Stops the download (no retry); what arrived stays in the cache for the next attempt. */
   signal?: AbortSignal;
 }
@@ -188,36 +186,18 @@ export class RegistryClient {
    * Downloads a blob into `file`, verified. Bytes arrive in `file.partial`; an interrupted download (here, or in
    * an earlier run) resumes from its end with `Range`, and the partial bytes are hashed again first, so the
    * digest always covers the whole blob. Only a verified blob is renamed to `file`.
-   *
-   * With `sink`, every byte of the blob also goes to it, in order (bytes from the cache first, then the
-   * network's), as it arrives: a pull extracts the layer while it downloads. The sink is ended only once the whole
-   * blob matched its digest and destroyed with the error otherwise, so its consumer may rely on this call's
-   * verification. A consumer that gives up early (destroys the sink) does not stop the download: it completes
-   * into the cache, so that a wrong blob is reported as a wrong digest and a good one stays for the next attempt.
-   * Cache files are not fsynced: they are never trusted, every byte is hashed again whenever it is used.
+   * Cache files are not fsynced here: a caller that keeps a blob makes it durable itself.
    *
    * Returns the bytes transferred by this call.
    */
   async downloadBlob(repository: string, desc: Descriptor, file: string, options: BlobDownloadOptions = {}): Promise<number> {
-    const { sink } = options;
-    try {
-      const transferred = await this.downloadInto(repository, desc, file, options);
-      if (sink !== undefined && !sink.destroyed) sink.end();
-      return transferred;
-    } catch (err) {
-      sink?.destroy(err as Error);
-      throw err;
-    }
-  }
-
-  private async downloadInto(repository: string, desc: Descriptor, file: string, options: BlobDownloadOptions): Promise<number> {
-    const { onProgress, sink, signal } = options;
+    const { onProgress, signal } = options;
     const step = `fetching blob ${desc.digest}`;
     const done = await stat(file).then((s) => s.size, () => -1);
     if (done === desc.size) {
       const hash = createHash('sha256');
       // Another pull may delete a finished blob between the stat and the read: then it is downloaded again.
-      const read = await feedFile(file, hash, sink, signal).then(() => true, (err: unknown) => {
+      const read = await hashFile(file, hash).then(() => true, (err: unknown) => {
         if ((err as { code?: string }).code === 'ENOENT') return false;
         throw err;
       });
@@ -239,11 +219,9 @@ export class RegistryClient {
     }
     const state: TransferState = { hash: createHash('sha256'), offset, transferred: 0 };
     if (offset === desc.size) {
-      // Complete but never verified (a crash before the rename): check it before a byte goes to the sink; a bad
-      // one is fetched again.
+      // Complete but never verified (a crash before the rename): a good one is used, a bad one fetched again.
       await hashFile(partial, state.hash);
       if (`sha256:${state.hash.copy().digest('hex')}` === desc.digest) {
-        await feedFile(partial, null, sink, signal);
         await rename(partial, file);
         onProgress?.(desc.size);
         return 0;
@@ -252,7 +230,7 @@ export class RegistryClient {
       state.hash = createHash('sha256');
       state.offset = 0;
     } else if (offset > 0) {
-      await feedFile(partial, state.hash, sink, signal);
+      await hashFile(partial, state.hash);
       onProgress?.(offset);
     }
     const handle = await open(partial, 'a', 0o600);
@@ -290,12 +268,12 @@ export class RegistryClient {
 
   /** One GET of the rest of a blob, from state.offset; appends to the partial file and hashes as it goes. */
   private async fetchRange(repository: string, desc: Descriptor, state: TransferState, handle: FileHandle, step: string, options: BlobDownloadOptions): Promise<void> {
-    const { onProgress, sink, signal } = options;
+    const { onProgress, signal } = options;
     if (isAborted(signal)) throw this.aborted(step, signal);
     const headers: Record<string, string> = state.offset > 0 ? { range: `bytes=${state.offset}-` } : {};
     const res = await this.request('GET', `/v2/${repository}/blobs/${desc.digest}`, { headers, step, ok: [200, 206], follow: true });
     // A registry that ignores Range sends the blob from its start: the bytes already held are skipped (the digest
-    // over held + rest still covers every byte, and what went to the sink cannot be taken back).
+    // over held + rest still covers every byte).
     let skip = state.offset > 0 && res.statusCode === 200 ? state.offset : 0;
     if (res.statusCode === 206) {
       const range = /^bytes (\d+)-/.exec(String(res.headers['content-range'] ?? ''));
@@ -307,27 +285,40 @@ export class RegistryClient {
     const onAbort = () => res.destroy();
     signal?.addEventListener('abort', onAbort, { once: true });
     try {
-      for await (const received of res as AsyncIterable<Buffer>) {
-        state.transferred += received.length;
-        let chunk = received;
-        if (skip > 0) {
-          const n = Math.min(skip, chunk.length);
-          skip -= n;
-          chunk = chunk.subarray(n);
-          if (chunk.length === 0) continue;
-        }
-        if (state.offset + chunk.length > desc.size) {
-          res.destroy();
-          throw this.fail('STRATA_DIGEST_MISMATCH', `${step}: the registry sent more than the ${desc.size} bytes the manifest says`);
-        }
-        state.hash.update(chunk);
-        // Synchronous: an append to the page cache takes microseconds, a threadpool round trip per 64 KiB chunk
-        // costs more than that.
-        writeAll(handle.fd, chunk);
-        state.offset += chunk.length;
-        onProgress?.(state.offset);
-        if (sink !== undefined) await feed(sink, chunk);
-      }
+      // Plain 'data' events, every step synchronous: no promise per 64 KiB chunk.
+      await new Promise<void>((resolve, reject) => {
+        res.on('data', (received: Buffer) => {
+          state.transferred += received.length;
+          let chunk = received;
+          if (skip > 0) {
+            const n = Math.min(skip, chunk.length);
+            skip -= n;
+            chunk = chunk.subarray(n);
+            if (chunk.length === 0) return;
+          }
+          if (state.offset + chunk.length > desc.size) {
+            res.destroy();
+            reject(this.fail('STRATA_DIGEST_MISMATCH', `${step}: the registry sent more than the ${desc.size} bytes the manifest says`));
+            return;
+          }
+          state.hash.update(chunk);
+          try {
+            // Synchronous: an append to the page cache takes microseconds, a threadpool round trip per 64 KiB
+            // chunk costs more than that.
+            writeAll(handle.fd, chunk);
+          } catch (err) {
+            res.destroy();
+            reject(err as Error);
+            return;
+          }
+          state.offset += chunk.length;
+          onProgress?.(state.offset);
+        });
+        res.on('end', resolve);
+        res.on('error', reject);
+        // A response cut off mid-body (the server died) closes without 'end'.
+        res.on('close', () => (res.complete ? resolve() : reject(new Error('the response was cut off'))));
+      });
       if (isAborted(signal)) throw this.aborted(step, signal);
     } catch (err) {
       if (isAborted(signal)) throw this.aborted(step, signal);
@@ -584,32 +575,6 @@ async function readBody(res: IncomingMessage, limit: number, tooLarge: () => Str
 
 async function hashFile(file: string, hash: Hash): Promise<void> {
   for await (const chunk of createReadStream(file, { highWaterMark: 1 << 20 }) as AsyncIterable<Buffer>) hash.update(chunk);
-}
-
-/** Reads a cached (part of a) blob, hashing it (`hash`) and handing it to `sink`, both when given. */
-async function feedFile(file: string, hash: Hash | null, sink: Writable | undefined, signal: AbortSignal | undefined): Promise<void> {
-  for await (const chunk of createReadStream(file, { highWaterMark: 1 << 20, signal }) as AsyncIterable<Buffer>) {
-    hash?.update(chunk);
-    if (sink !== undefined) await feed(sink, chunk);
-  }
-}
-
-/**
- * Writes to the sink with backpressure. A sink its consumer destroyed takes nothing more (the download goes on
- * into the cache; see downloadBlob).
- */
-async function feed(sink: Writable, chunk: Buffer): Promise<void> {
-  if (sink.destroyed) return;
-  if (sink.write(chunk)) return;
-  await new Promise<void>((resolve) => {
-    const done = () => {
-      sink.off('drain', done);
-      sink.off('close', done);
-      resolve();
-    };
-    sink.on('drain', done);
-    sink.on('close', done);
-  });
 }
 
 /** A function, not an inline test: TypeScript would keep `aborted` narrowed to false across awaits. */

@@ -150,6 +150,7 @@ export class RegistryService {
   // ---------------------------------------------------------------- pull
 
   async pull(refText: string, options: PullOptions = {}): Promise<PullResult> {
+    const started = Date.now();
     const ref = parseReference(refText);
     const what = `pull ${formatReference(ref)}`;
     const platform = parsePlatform(options.platform);
@@ -226,7 +227,7 @@ export class RegistryService {
         { digest: configDesc.digest, size: configDesc.size, mediaType: configDesc.mediaType },
         ...layerDescs.map((d, i) => ({ digest: d.digest, size: d.size, mediaType: d.mediaType, diffID: diffIDs[i]! })),
       ]);
-      this.log.info({ ref: formatReference(ref), id: record.id, downloadedBytes }, 'pulled image');
+      this.log.info({ ref: formatReference(ref), id: record.id, downloadedBytes, ms: Date.now() - started }, 'pulled image');
       return { reference: formatReference(ref), id: record.id, names: record.names, manifestDigest: manifest.digest, layers: layersOut, downloadedBytes };
     } finally {
       client.close();

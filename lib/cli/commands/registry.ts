@@ -5,7 +5,6 @@
  */
 import { readFileSync } from 'node:fs';
 import type { Argv, CommandModule } from 'yargs';
-import { createLogger } from '../../log.js';
 import { StrataError } from '../../errors.js';
 import { openImageBackend } from '../backend.js';
 import type { ImageBackend, RegistrySettings } from '../../images/service.js';
@@ -45,8 +44,7 @@ function settingsOf(argv: RegistryArgs): RegistrySettings {
 }
 
 async function withRegistryBackend<T>(argv: RegistryArgs, work: (backend: ImageBackend) => Promise<T>): Promise<T> {
-  const logger = createLogger({ name: 'strata' });
-  const backend = await openImageBackend({ root: argv.root, socket: argv.socket, registry: settingsOf(argv) }, logger);
+  const backend = await openImageBackend({ root: argv.root, socket: argv.socket, registry: settingsOf(argv) });
   try {
     return await work(backend);
   } finally {

@@ -1,6 +1,5 @@
 /** Shared by `strata image` and `strata layer`: opening the backend, progress on a TTY, and formatting. */
 import type { CommandModule } from 'yargs';
-import { createLogger } from '../../log.js';
 import { openImageBackend } from '../backend.js';
 import type { ImageBackend } from '../../images/service.js';
 import { progressBars } from '../progress.js';
@@ -21,8 +20,7 @@ export type Sub = CommandModule<StoreArgs, any>;
  * in-process, always closing it (LevelDB holds a lock until then).
  */
 export async function withBackend<T>(argv: StoreArgs, work: (backend: ImageBackend) => Promise<T>): Promise<T> {
-  const logger = createLogger({ name: 'strata' });
-  const backend = await openImageBackend({ root: argv.root, socket: argv.socket }, logger);
+  const backend = await openImageBackend({ root: argv.root, socket: argv.socket });
   try {
     return await work(backend);
   } finally {

@@ -6,13 +6,8 @@ import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
 import { StrataError } from '../../errors.js';
-import { createLogger } from '../../log.js';
-import { fsckMounts } from '../../mounts/service.js';
-import { LostAndFound } from '../../store/lost-found.js';
-import { fsckReport, type FsckReport } from '../../store/maintenance.js';
-import { VolumeService } from '../../volumes/service.js';
-import { Metastore } from '../../store/metastore.js';
-import { DEFAULT_ROOT, openImageServices } from '../../images/service.js';
+import { DEFAULT_ROOT } from '../../api/client.js';
+import type { FsckReport } from '../../store/maintenance.js';
 import { printJson, printTable } from '../output.js';
 import { clientFor } from './mount.js';
 
@@ -29,6 +24,11 @@ interface GlobalArgs {
 async function fsckLocally(rootDir: string, repair: boolean): Promise<FsckReport> {
   const exists = await stat(path.join(rootDir, 'db')).then((s) => s.isDirectory(), () => false);
   if (!exists) throw new StrataError('STRATA_NOT_FOUND', `no state dir with a metadata store at ${rootDir} (give --root, or start stratad)`);
+  // The store's modules are loaded here, not at start-up: every other command (and fsck through a daemon) skips them.
+  const [{ createLogger }, { fsckMounts }, { LostAndFound }, { fsckReport }, { VolumeService }, { Metastore }, { openImageServices }] = await Promise.all([
+    import('../../log.js'), import('../../mounts/service.js'), import('../../store/lost-found.js'), import('../../store/maintenance.js'),
+    import('../../volumes/service.js'), import('../../store/metastore.js'), import('../../images/service.js'),
+  ]);
   const logger = createLogger({ name: 'strata' });
   const metastore = await Metastore.open(path.join(rootDir, 'db'), logger);
   try {
