@@ -203,12 +203,13 @@ export class RegistryClient {
       });
       if (read) {
         const digest = `sha256:${hash.digest('hex')}`;
-        if (digest !== desc.digest) {
-          await rm(file, { force: true });
-          throw this.fail('STRATA_DIGEST_MISMATCH', `${step}: the cached copy has digest ${digest} (deleted; pull again)`);
+        if (digest === desc.digest) {
+          onProgress?.(desc.size);
+          return 0;
         }
-        onProgress?.(desc.size);
-        return 0;
+        // Damaged on disk since it was verified: fetched again.
+        this.log.warn({ digest: desc.digest, found: digest }, 'a cached blob no longer matches its digest; downloading it again');
+        await rm(file, { force: true });
       }
     }
     const partial = `${file}.partial`;
