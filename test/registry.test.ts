@@ -16,6 +16,7 @@ import { diffTrees, snapshotTree } from './helpers/tree.js';
 import { openImageServices } from '../lib/images/service.js';
 import { createLogger } from '../lib/log.js';
 import { usesPlainHttp } from '../lib/registry/reference.js';
+import { LostAndFound } from '../lib/store/lost-found.js';
 import { Metastore } from '../lib/store/metastore.js';
 
 interface PushJson { reference: string; manifestDigest: string; configDigest: string; layers: Array<{ digest: string; diffID: string; size: number; action: string }>; uploadedBytes: number }
@@ -593,8 +594,8 @@ t.test('packed layers after a crash: start-up deletes a blob whose layer is extr
   leaveDebris();
   await lowerDirsOf(root, `${fake.host}/app:1`); // opening the store runs recovery
   t.same(listDir(blobs), [], 'so does start-up recovery');
-  const lost = listDir(path.join(root, 'lost+found'));
-  t.equal(lost.filter((n) => /-layer-blob-feedfacecafe(\.\d+)?$/.test(n)).length, 2, `the unknown blobs are in lost+found (${lost.join(', ')})`);
+  const lost = await new LostAndFound(root, createLogger({ level: 'silent' })).listLost();
+  t.same(lost.map((e) => e.Kind), ['layer-blob', 'layer-blob'], `the unknown blobs are in lost+found as layer blobs (${lost.map((e) => e.Name).join(', ')})`);
   t.equal(fs.readFileSync(path.join(await lowerDirsOf(root, `${fake.host}/app:1`).then((d) => d[0]!), 'hello'), 'utf8'), 'hello from a fake registry\n', 'the layer is intact');
 });
 

@@ -51,7 +51,7 @@ export class LostAndFound {
   async listLost(): Promise<ReclaimableEntry[]> {
     const out: ReclaimableEntry[] = [];
     for (const name of await readdirOrEmpty(this.dir)) {
-      const m = /^(\d{8}T\d{6}Z)-([a-z]+)-/.exec(name);
+      const m = /^(\d{8}T\d{6}Z)-(layer-blob|[a-z]+)-/.exec(name);
       const since = m?.[1] === undefined ? (await stat(path.join(this.dir, name))).mtime.toISOString()
         : `${m[1].slice(0, 4)}-${m[1].slice(4, 6)}-${m[1].slice(6, 11)}:${m[1].slice(11, 13)}:${m[1].slice(13, 15)}Z`;
       out.push({ Name: name, Path: path.join(this.dir, name), Kind: m?.[2] ?? 'unknown', Since: since });
