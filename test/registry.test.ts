@@ -574,6 +574,18 @@ t.test('packed layers after a crash: start-up deletes a blob whose layer is extr
   t.equal(exported.status, 0, `an export of the packed image extracts it first: ${exported.stderr}`);
   t.same(json<Array<{ packed: boolean }>>(root, 'layer', 'ls').map((l) => l.packed), [false], 'the layer is extracted');
   t.same(listDir(blobs), [], 'extracted, the blob is gone');
+
+  // A layer import of the same tar into a store that holds it packed: the extracted copy replaces the blob.
+  const other = s.path('other');
+  await jsonAsync<PullJson>(other, 'image', 'pull', `${fake.host}/app:1`);
+  t.equal(listDir(path.join(other, 'layer-blobs')).length, 1, 'pulled packed into a second store');
+  const sameTar = s.path('same-layer.tar');
+  fs.writeFileSync(sameTar, image.layer);
+  const imported = strata(other, 'layer', 'import', sameTar);
+  t.equal(imported.status, 0, `importing the same layer: ${imported.stderr}`);
+  t.same(json<Array<{ packed: boolean; size: number }>>(other, 'layer', 'ls').map((l) => [l.packed, l.size > 0]), [[false, true]], 'the layer is now extracted, stored once');
+  t.same(listDir(path.join(other, 'layer-blobs')), [], 'and its blob deleted');
+  t.same(listDir(path.join(other, 'layer-tmp')), [], 'with nothing left staged');
   // What a crash between the extraction's commit and the blob's deletion leaves, and a blob nothing names.
   const leaveDebris = () => {
     fs.writeFileSync(path.join(blobs, blobName!), blobBytes);

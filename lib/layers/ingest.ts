@@ -290,6 +290,7 @@ export async function commitLayers(ctx: IngestContext, queries: LayerQueries, pa
   const now = new Date().toISOString();
   const toRename: LayerContentRecord[] = [];
   const toDiscard: StagedLayer[] = [];
+  const replacedBlobs: string[] = [];
   const contentsInBatch = new Map<Digest, LayerContentRecord>();
   const usedDirNames = new Set((await queries.contents()).map((c) => c.dirName));
   const chainIDs: Digest[] = [];
@@ -298,7 +299,18 @@ export async function commitLayers(ctx: IngestContext, queries: LayerQueries, pa
   for (const item of items) {
     const diffID = 'staged' in item ? item.staged.diffID : item.existingDiffID;
     const existing = contentsInBatch.get(diffID) ?? (await ctx.metastore.get<LayerContentRecord>('layerContents', diffID));
-    if ('staged' in item && existing !== undefined) toDiscard.push(item.staged);
+    if ('staged' in item && existing?.packed === true && item.staged.packed !== true && !contentsInBatch.has(diffID)) {
+      // Extracted content for a layer the store holds packed takes the blob's place (deleted last): no extraction
+      // is left to do. The staged diffID was computed from the tar itself, so it is the record's.
+      const { packed: _packed, ...rest } = existing;
+      const content: LayerContentRecord = { ...rest, size: item.staged.size, entries: item.staged.entries, stagingName: item.staged.stagingName };
+      contentsInBatch.set(diffID, content);
+      toRename.push(content);
+      replacedBlobs.push(path.join(ctx.blobsDir, existing.dirName));
+      ops.push({ type: 'put', sublevel: 'layerContents', key: diffID, value: content });
+    } else if ('staged' in item && existing !== undefined) {
+      toDiscard.push(item.staged);
+    }
     if (existing === undefined) {
       if (!('staged' in item)) throw new StrataError('STRATA_NOT_FOUND', `layer content ${diffID} is not in the store`);
       const s = item.staged;
@@ -328,6 +340,7 @@ export async function commitLayers(ctx: IngestContext, queries: LayerQueries, pa
   else if (items.some((item) => 'staged' in item && item.staged.packed === true)) await fsyncDir(ctx.tmpDir);
   await ctx.metastore.batch(ops);
   await moveIntoPlace(ctx, toRename);
+  for (const blob of replacedBlobs) await rm(blob, { force: true });
   for (const s of toDiscard) await discardStaged(ctx, s);
   ctx.log.info({ chainIDs, newContents: toRename.length }, 'committed layers');
   return chainIDs;
