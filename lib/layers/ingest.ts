@@ -251,7 +251,7 @@ export async function stagePackedBlob(ctx: IngestContext, file: string, blob: Pa
 export async function unpackLayer(ctx: IngestContext, diffID: Digest, exclusive: <T>(work: () => Promise<T>) => Promise<T>): Promise<void> {
   const before = await ctx.metastore.get<LayerContentRecord>('layerContents', diffID);
   if (before?.packed !== true) return;
-  const blob = path.join(ctx.blobsDir, before.dirName);
+  const blob = placeOf(ctx, before);
   const started = Date.now();
   const staged = await stageTarFile(ctx, blob, {
     what: `layer ${diffID} (blob ${before.compressedDigest})`,
@@ -266,13 +266,18 @@ export async function unpackLayer(ctx: IngestContext, diffID: Digest, exclusive:
       await discardStaged(ctx, staged);
       return;
     }
-    const { packed: _packed, ...rest } = now;
-    const content: LayerContentRecord = { ...rest, size: staged.size, entries: staged.entries, stagingName: staged.stagingName };
+    const content = extractedRecord(now, staged);
     await ctx.metastore.batch([{ type: 'put', sublevel: 'layerContents', key: diffID, value: content }]);
     await moveIntoPlace(ctx, [content]);
     await rm(blob, { force: true });
   });
   ctx.log.info({ diffID, entries: staged.entries, bytes: staged.size, ms: Date.now() - started }, 'extracted packed layer');
+}
+
+/** The record of packed content once `staged`, its extraction, takes the blob's place (moved in by stagingName). */
+function extractedRecord(packed: LayerContentRecord, staged: StagedLayer): LayerContentRecord {
+  const { packed: _packed, ...rest } = packed;
+  return { ...rest, size: staged.size, entries: staged.entries, stagingName: staged.stagingName };
 }
 
 /** Deletes a staged layer that will not be committed. */
@@ -302,11 +307,10 @@ export async function commitLayers(ctx: IngestContext, queries: LayerQueries, pa
     if ('staged' in item && existing?.packed === true && item.staged.packed !== true && !contentsInBatch.has(diffID)) {
       // Extracted content for a layer the store holds packed takes the blob's place (deleted last): no extraction
       // is left to do. The staged diffID was computed from the tar itself, so it is the record's.
-      const { packed: _packed, ...rest } = existing;
-      const content: LayerContentRecord = { ...rest, size: item.staged.size, entries: item.staged.entries, stagingName: item.staged.stagingName };
+      const content = extractedRecord(existing, item.staged);
       contentsInBatch.set(diffID, content);
       toRename.push(content);
-      replacedBlobs.push(path.join(ctx.blobsDir, existing.dirName));
+      replacedBlobs.push(placeOf(ctx, existing));
       ops.push({ type: 'put', sublevel: 'layerContents', key: diffID, value: content });
     } else if ('staged' in item && existing !== undefined) {
       toDiscard.push(item.staged);

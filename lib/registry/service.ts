@@ -6,9 +6,10 @@
  *  2. layers the store lacks (by diffID) are downloaded 3 at a time into <root>/registry-cache/blobs/, each
  *     verified against its digest and size before it gets its final name; an interrupted download resumes with
  *     Range, in this pull or the next one;
- *  3. once every blob is there, each is staged packed (renamed into layer-tmp, LayerStore.stagePackedBlob), and
- *     ImageStore.importStaged makes them durable with one syncfs and commits the layers and the image in one
- *     batch (its all-or-nothing path); on a failure before the stage the cache keeps what was downloaded.
+ *  3. once every blob is there (each fdatasynced as it completed), each is staged packed (renamed into layer-tmp,
+ *     LayerStore.stagePackedBlob), and ImageStore.importStaged fsyncs layer-tmp and commits the layers and the
+ *     image in one batch (its all-or-nothing path); on a failure before the stage the cache keeps what was
+ *     downloaded.
  *     Layers the store already has are never fetched.
  * A pulled layer is stored as its blob, as `skopeo copy` stores it, and extracted on first use (a mount, an
  * export, a push that must tar it again) or by stratad in the background; the extraction checks the diffID the
@@ -176,38 +177,43 @@ export class RegistryService {
       const layersOut: PullResult['layers'] = [];
       let downloadedBytes = 0;
       const staged: StagedLayer[] = [];
-      const downloaded: Array<{ i: number; desc: Descriptor; diffID: Digest; file: string }> = [];
       let record: ImageRecord;
       try {
-        const items = await mapLimit(layerDescs, options.concurrency ?? DEFAULT_CONCURRENCY, async (desc, i, signal): Promise<CommitItem> => {
+        // Each layer's downloaded blob, or null for a layer the store has (or that an earlier place in the list fetches).
+        const files = await mapLimit(layerDescs, options.concurrency ?? DEFAULT_CONCURRENCY, async (desc, i, signal): Promise<string | null> => {
           const diffID = diffIDs[i]!;
           const progress = (phase: TransferPhase, bytes: number) => options.onProgress?.({ layer: i + 1, layers: layerDescs.length, digest: desc.digest, phase, bytes, totalBytes: desc.size });
           if (present[i]) {
             progress('exists', desc.size);
             layersOut[i] = { digest: desc.digest, diffID, size: desc.size, action: 'present' };
-            return { existingDiffID: diffID };
+            return null;
           }
           // A layer listed twice is fetched once: the commit finds the earlier place's content in its own batch.
           if (diffIDs.indexOf(diffID) < i) {
             progress('done', desc.size);
             layersOut[i] = { digest: desc.digest, diffID, size: desc.size, action: 'downloaded' };
-            return { existingDiffID: diffID };
+            return null;
           }
           progress('downloading', 0);
           const got = await this.downloadOnce(desc.digest, () => this.fetchBlob(client, ref.repository, desc, diffID, progress, signal));
           downloadedBytes += got.transferred;
           progress('done', desc.size);
           layersOut[i] = { digest: desc.digest, diffID, size: desc.size, action: 'downloaded' };
-          if (got.file === null) return { existingDiffID: diffID };
-          downloaded.push({ i, desc, diffID, file: got.file });
-          return { existingDiffID: diffID }; // replaced by the staged blob below
+          return got.file;
         });
         // Every blob is here and verified: they become packed layers. A commit that fails from here on costs a
         // new download, never a wrong image.
-        for (const d of downloaded) {
-          const s = await this.options.layers.stagePackedBlob(d.file, { what: `${what}: layer ${d.desc.digest}`, mediaType: d.desc.mediaType, digest: d.desc.digest, size: d.desc.size, diffID: d.diffID, synced: true });
+        const items: CommitItem[] = [];
+        for (const [i, file] of files.entries()) {
+          const desc = layerDescs[i]!;
+          const diffID = diffIDs[i]!;
+          if (file === null) {
+            items.push({ existingDiffID: diffID });
+            continue;
+          }
+          const s = await this.options.layers.stagePackedBlob(file, { what: `${what}: layer ${desc.digest}`, mediaType: desc.mediaType, digest: desc.digest, size: desc.size, diffID, synced: true });
           staged.push(s);
-          items[d.i] = { staged: s };
+          items.push({ staged: s });
         }
         const name = ref.tag !== null ? formatReference({ ...ref, digest: null }) : undefined;
         staged.length = 0; // importStaged owns them now: committed, or discarded by it
