@@ -79,7 +79,7 @@ export class LayerStore {
   /** Extractions running, by diffID: a second caller waits for the first one's. */
   private readonly unpacking = new Map<Digest, Promise<void>>();
   /** The background extraction loop (stratad), and whether more work came in while it ran. */
-  private background: { running: Promise<void> | null; again: boolean; stopped: boolean } | null = null;
+  private background: { running: Promise<void> | null; again: boolean; stopped: boolean; failed: Set<Digest> } | null = null;
 
   constructor(
     private readonly metastore: Metastore,
@@ -168,7 +168,7 @@ export class LayerStore {
    */
   async commit(parent: Digest | null, items: readonly CommitItem[], extraOps?: (chainIDs: Digest[]) => BatchOp[]): Promise<Digest[]> {
     const chainIDs = await this.exclusive(async () => commitLayers(this.ingest, this.queries, parent, items, extraOps));
-    if (items.some((item) => 'staged' in item && item.staged.packed === true)) this.startBackgroundUnpack(false);
+    if (items.some((item) => 'staged' in item && item.staged.packed === true)) this.pokeBackgroundUnpack();
     return chainIDs;
   }
 
@@ -197,22 +197,25 @@ export class LayerStore {
   }
 
   /**
-   * Extracts packed layers one at a time in the background until none is left (stratad calls this once it is
-   * ready; commits of packed layers call it again, which only has an effect once it was enabled). A layer whose
-   * extraction fails is logged and left packed for its next use to report. Stopped by stopBackgroundUnpack().
+   * Extracts packed layers one at a time in the background until none is left, from now on: again after every
+   * commit of packed layers (stratad calls this once it is ready). A layer whose extraction fails is logged and
+   * left packed for its next use to report; the background does not try it again. Stopped by
+   * stopBackgroundUnpack().
    */
-  startBackgroundUnpack(enable = true): void {
-    if (this.background === null) {
-      if (!enable) return;
-      this.background = { running: null, again: false, stopped: false };
-    }
+  startBackgroundUnpack(): void {
+    this.background ??= { running: null, again: false, stopped: false, failed: new Set() };
+    this.pokeBackgroundUnpack();
+  }
+
+  /** Runs the background extraction, if it was started, or has it look again when it is running. */
+  private pokeBackgroundUnpack(): void {
     const bg = this.background;
-    if (bg.stopped) return;
+    if (bg === null || bg.stopped) return;
     if (bg.running !== null) {
       bg.again = true;
       return;
     }
-    const failed = new Set<Digest>();
+    const { failed } = bg;
     const loop = async (): Promise<void> => {
       do {
         bg.again = false;
