@@ -119,12 +119,16 @@ t.test('push an imported image, pull it into an empty state dir: the same tree; 
   t.same(listDir(path.join(host2, 'layer-blobs')).length, 2, 'both blobs are in layer-blobs/');
   t.same(listDir(path.join(host2, 'layers')), [], 'nothing is extracted by the pull');
   t.match(strata(host2, 'image', 'ls').stdout, /\(\+2 packed\)/, 'image ls says the layers are still packed');
+  const [inspected] = json<Array<{ size: number; packedLayers: number }>>(host2, 'image', 'inspect', `${registry.host}/bb:1`);
+  t.same([inspected?.size, inspected?.packedLayers], [0, 2], 'image inspect counts no extracted bytes yet, 2 packed layers');
 
   const before = await mergedTree(s, host1, 'busybox:1.0', 'host1');
   const after = await mergedTree(s, host2, `${registry.host}/bb:1`, 'host2');
   const extracted = json<Array<{ packed: boolean; size: number }>>(host2, 'layer', 'ls');
   t.ok(extracted.every((l) => !l.packed && l.size > 0), 'asking for the lower dirs extracted both layers');
   t.same(listDir(path.join(host2, 'layer-blobs')), [], 'and deleted their blobs');
+  const [inspectedAfter] = json<Array<{ size: number; packedLayers: number }>>(host2, 'image', 'inspect', `${registry.host}/bb:1`);
+  t.ok(inspectedAfter !== undefined && inspectedAfter.size > 0 && inspectedAfter.packedLayers === 0, `image inspect counts them now (${inspectedAfter?.size} bytes)`);
   t.same(listDir(path.join(host2, 'layer-tmp')), [], 'with nothing left staged');
   t.same(diffTrees(before, after), [], 'the merged trees are equal: types, modes, owners, content, links, xattrs, whiteouts, opaque dir');
   t.ok(Object.keys(after).includes('bin/suidtool') && !Object.keys(after).includes('bin/ls'), 'the whiteout and the new file made it');

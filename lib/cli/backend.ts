@@ -3,7 +3,7 @@
  * in-process on the store (LocalImageBackend, lib/images/service.ts) when no daemon holds it.
  */
 import path from 'node:path';
-import type { ImageRecord, ImageSummary, RemoveImageResult } from '../images/image-store.js';
+import type { ImageRecord, ImageSummary, ImageView, RemoveImageResult } from '../images/image-store.js';
 import type { Digest } from '../layers/digest.js';
 import type { ImportProgress, LayerInfo, ProgressListener } from '../layers/types.js';
 import { DEFAULT_ROOT, DEFAULT_SOCKET, StrataClient } from '../api/client.js';
@@ -30,7 +30,7 @@ export class RemoteImageBackend implements ImageBackend {
   }
 
   listImages() { return this.client.request<ImageSummary[]>('GET', '/images/json'); }
-  inspectImage(ref: string) { return this.client.request<ImageRecord>('GET', `/images/${encodeURIComponent(ref)}/json`); }
+  inspectImage(ref: string) { return this.client.request<ImageView>('GET', `/images/${encodeURIComponent(ref)}/json`); }
   removeImage(ref: string) { return this.client.request<RemoveImageResult>('DELETE', `/images/${encodeURIComponent(ref)}`); }
   pruneImages() { return this.client.request<{ deletedImages: Digest[]; deletedLayers: Digest[] }>('POST', '/images/prune', undefined, LONG); }
 

@@ -37,6 +37,9 @@ export interface ImageRecord {
   source: 'oci-layout' | 'docker-archive' | 'registry';
 }
 
+/** What `image inspect` shows: the record, its size counted now (see ImageSummary). */
+export type ImageView = ImageRecord & { packedLayers: number };
+
 export interface ImageSummary {
   id: Digest;
   names: string[];
@@ -283,17 +286,32 @@ export class ImageStore {
     const contents = new Map<Digest, LayerContentRecord>();
     const out: ImageSummary[] = [];
     for (const img of await this.allImages()) {
-      let size = 0;
-      let packedLayers = 0;
-      for (const diffID of img.diffIDs) {
-        let content = contents.get(diffID);
-        if (content === undefined) contents.set(diffID, content = await this.layers.getContent(diffID));
-        size += content.size;
-        if (content.packed === true) packedLayers += 1;
-      }
+      const { size, packedLayers } = await this.sizeNow(img, contents);
       out.push({ id: img.id, names: img.names, manifestDigest: img.manifestDigest, layers: img.chainIDs.length, size, packedLayers, created: img.created });
     }
     return out;
+  }
+
+  /** `image inspect`: the record, with `size` and `packedLayers` as the layers are now. */
+  async inspect(ref: string): Promise<ImageView> {
+    const image = await this.resolve(ref);
+    return { ...image, ...(await this.sizeNow(image, new Map())) };
+  }
+
+  /**
+   * Bytes of file data over the image's extracted layers, and how many are still packed: counted from the content
+   * records, since a packed layer's size is only known once it is extracted (`contents` caches them across images).
+   */
+  private async sizeNow(image: ImageRecord, contents: Map<Digest, LayerContentRecord>): Promise<{ size: number; packedLayers: number }> {
+    let size = 0;
+    let packedLayers = 0;
+    for (const diffID of image.diffIDs) {
+      let content = contents.get(diffID);
+      if (content === undefined) contents.set(diffID, content = await this.layers.getContent(diffID));
+      size += content.size;
+      if (content.packed === true) packedLayers += 1;
+    }
+    return { size, packedLayers };
   }
 
   // ---------------------------------------------------------------- removal

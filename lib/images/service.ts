@@ -11,7 +11,7 @@ import type { Logger } from '../log.js';
 import { Metastore } from '../store/metastore.js';
 import { LayerStore } from '../layers/layer-store.js';
 import type { GunzipChoice } from '../layers/compression.js';
-import { ImageStore, type ImageRecord, type ImageSummary, type RemoveImageResult } from './image-store.js';
+import { ImageStore, type ImageRecord, type ImageSummary, type ImageView, type RemoveImageResult } from './image-store.js';
 import type { Digest } from '../layers/digest.js';
 import type { LayerInfo, ProgressListener } from '../layers/types.js';
 import { RegistryService, type PullOptions, type PullResult, type PushOptions, type PushResult } from '../registry/service.js';
@@ -23,7 +23,7 @@ export { DEFAULT_ROOT } from '../api/client.js';
 export interface ImageBackend {
   importImage(source: string, options: { name?: string; onProgress?: ProgressListener }): Promise<ImageRecord[]>;
   listImages(): Promise<ImageSummary[]>;
-  inspectImage(ref: string): Promise<ImageRecord>;
+  inspectImage(ref: string): Promise<ImageView>;
   removeImage(ref: string): Promise<RemoveImageResult>;
   /** Removes untagged images, then unreferenced layers. */
   pruneImages(): Promise<{ deletedImages: Digest[]; deletedLayers: Digest[] }>;
@@ -92,7 +92,7 @@ export class LocalImageBackend implements ImageBackend {
     return this.services.images.import(path.resolve(source), options);
   }
   listImages() { return this.services.images.list(); }
-  inspectImage(ref: string) { return this.services.images.resolve(ref); }
+  inspectImage(ref: string) { return this.services.images.inspect(ref); }
   removeImage(ref: string) { return this.services.images.remove(ref); }
   pruneImages() { return this.services.images.prune(); }
 
