@@ -243,6 +243,18 @@ export class Sandbox {
     return p;
   }
 
+  /**
+   * The dirs of one overlay a test mounts by its own means: a lower filled by `fill`, empty upper and work, and a
+   * mount point that teardown unmounts.
+   */
+  overlayDirs(fill: (lower: string) => void): { lower: string; upper: string; work: string; mnt: string } {
+    const lower = this.dir('lower');
+    fill(lower);
+    const mnt = this.dir('mnt');
+    this.track(mnt);
+    return { lower, upper: this.dir('upper'), work: this.dir('work'), mnt };
+  }
+
   /** Registers a cleanup step that runs before mounts are torn down (e.g. kill a helper process). */
   onCleanup(fn: () => void): void {
     this.extraCleanups.push(fn);

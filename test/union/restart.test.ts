@@ -103,13 +103,8 @@ interface Takeover {
 
 async function heldConnection(tt: Test, label: string, extraOptions: string[], fill: (lower: string) => void): Promise<Takeover> {
   const box = await Sandbox.create(tt, label);
-  const lower = box.dir('lower');
-  fill(lower);
-  const upper = box.dir('upper');
-  const work = box.dir('work');
-  const mnt = box.dir('mnt');
+  const { lower, upper, work, mnt } = box.overlayDirs(fill);
   const journal = path.join(box.dir('run'), 'nodes');
-  box.track(mnt);
   const deviceFd = fs.openSync('/dev/fuse', 'r+');
   const servers: ChildProcess[] = [];
   box.onCleanup(() => {

@@ -35,12 +35,7 @@ interface Server {
 
 async function serve(tt: Test, label: string, options: string[], fill: (lower: string) => void): Promise<Server> {
   const box = await Sandbox.create(tt, label);
-  const lower = box.dir('lower');
-  fill(lower);
-  const upper = box.dir('upper');
-  const work = box.dir('work');
-  const mnt = box.dir('mnt');
-  box.track(mnt);
+  const { lower, upper, work, mnt } = box.overlayDirs(fill);
   const opts = [`lowerdir=${lower}`, `upperdir=${upper}`, `workdir=${work}`, 'transport=kernel', 'loglevel=info', ...options];
   const server = spawn(process.execPath, [strataOverlayJs, '-f', '-o', opts.join(','), mnt], { stdio: ['ignore', 'ignore', 'pipe'] });
   box.onCleanup(() => {
