@@ -5,9 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
 
-# System packages: libfuse2 for fuse-native, fuse3 for fusermount/mount.fuse3, the rest for tests and benchmarks.
+# System packages: libfuse2 for fuse-native, fuse3 for fusermount/mount.fuse3, libcurl (GnuTLS flavour, headers) for
+# the strata_fetch addon, the rest for tests and benchmarks.
 want=(libfuse2 fuse3 attr kmod fuse-overlayfs busybox-static vim-nox git tar gzip zstd umoci skopeo docker-registry apache2-utils hyperfine fio psmisc libcap2-bin strace acl
-      build-essential python3 patch debootstrap isal)
+      build-essential python3 patch debootstrap isal libcurl4-gnutls-dev)
 missing=()
 for pkg in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
@@ -32,7 +33,8 @@ node scripts/patch-fuse-native.mjs
 # --nodedir: the headers of the node that runs us, so node-gyp never tries to download them.
 addon=native/build/Release/strata_sys.node
 fuse_addon=native/build/Release/strata_fuse.node
-if [ ! -f "$addon" ] || [ ! -f "$fuse_addon" ] || [ native/strata_sys.c -nt "$addon" ] || [ native/strata_fuse.c -nt "$fuse_addon" ] || [ native/binding.gyp -nt "$addon" ]; then
+fetch_addon=native/build/Release/strata_fetch.node
+if [ ! -f "$addon" ] || [ ! -f "$fuse_addon" ] || [ ! -f "$fetch_addon" ] || [ native/strata_sys.c -nt "$addon" ] || [ native/strata_fuse.c -nt "$fuse_addon" ] || [ native/strata_fetch.c -nt "$fetch_addon" ] || [ native/binding.gyp -nt "$addon" ]; then
   npx --no-install node-gyp rebuild --directory native --loglevel=error --nodedir="$(dirname "$(dirname "$(command -v node)")")" >/dev/null
 fi
 

@@ -3,7 +3,7 @@
  * umoci as independent judges, plus a tiny in-test HTTP server for what a healthy registry never does (wrong
  * digests, truncated blobs, error statuses, a huge manifest, the Bearer token handshake).
  */
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
@@ -382,34 +382,56 @@ t.test('htpasswd auth: login checks and stores credentials 0600; the password ne
 
 // ------------------------------------------------------------------ a registry that misbehaves
 
-interface FakeImage { manifest: Buffer; config: Buffer; layer: Buffer; configDigest: string; layerDigest: string }
+interface FakeImage { manifest: Buffer; config: Buffer; layer: Buffer; configDigest: string; layerDigest: string; second?: { layer: Buffer; digest: string } }
 
 function sha(b: Buffer): string {
   return `sha256:${createHash('sha256').update(b).digest('hex')}`;
 }
 
-/** A one-layer image: a small file, and `bigFile` bytes of random data besides; `wrongDiffID`: a config that lies. */
-function fakeImage(s: Scratch, options: { name?: string; bigFile?: number; wrongDiffID?: boolean } = {}): FakeImage {
+/**
+ * A one-layer image: a small file, and `bigFile` bytes of random data besides; `wrongDiffID`: a config that lies;
+ * `secondLayer`: a second layer on top (a small file).
+ */
+function fakeImage(s: Scratch, options: { name?: string; bigFile?: number; wrongDiffID?: boolean; secondLayer?: boolean } = {}): FakeImage {
   const name = options.name ?? 'fake';
   const dir = s.mkdir(`${name}-layer`);
   fs.writeFileSync(path.join(dir, 'hello'), `hello from a ${name} registry\n`);
   if (options.bigFile !== undefined) fs.writeFileSync(path.join(dir, 'big.bin'), randomBytes(options.bigFile));
   const layer = fs.readFileSync(tarDir(dir, s.path(`${name}.tar`)));
-  const diffID = options.wrongDiffID === true ? sha(Buffer.concat([layer, Buffer.from('x')])) : sha(layer);
-  const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [diffID] } }));
+  const layers = [layer];
+  if (options.secondLayer === true) {
+    const dir2 = s.mkdir(`${name}-layer2`);
+    fs.writeFileSync(path.join(dir2, 'second'), 'the second layer\n');
+    layers.push(fs.readFileSync(tarDir(dir2, s.path(`${name}-2.tar`))));
+  }
+  const diffIDs = layers.map((l) => (options.wrongDiffID === true ? sha(Buffer.concat([l, Buffer.from('x')])) : sha(l)));
+  const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: diffIDs } }));
   const manifest = Buffer.from(JSON.stringify({
     schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json',
     config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: sha(config), size: config.length },
-    layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: sha(layer), size: layer.length }],
+    layers: layers.map((l) => ({ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: sha(l), size: l.length })),
   }));
-  return { manifest, config, layer, configDigest: sha(config), layerDigest: sha(layer) };
+  const second = layers[1] === undefined ? undefined : { layer: layers[1], digest: sha(layers[1]) };
+  return { manifest, config, layer, configDigest: sha(config), layerDigest: sha(layer), second };
 }
 
-type Mode = 'ok' | 'wrong-digest' | 'wrong-digest-header' | 'truncated' | 'status-401' | 'status-403' | 'status-404' | 'status-429' | 'status-500' | 'huge-manifest' | 'bearer';
+type Mode = 'ok' | 'wrong-digest' | 'wrong-digest-header' | 'truncated' | 'status-401' | 'status-403' | 'status-404' | 'status-429' | 'status-500' | 'huge-manifest' | 'bearer'
+  // Blob downloads: the layer answers 404; has more bytes than the manifest says; answers a Range with the wrong
+  // range; is redirected to a storage server on another port (behind the Bearer handshake); stalls after 1 KiB
+  // while the second layer answers 404.
+  | 'blob-404' | 'too-long' | 'bad-range' | 'bearer-redirect' | 'stall';
 
 async function fakeRegistry(t: Test, image: FakeImage) {
-  const state = { mode: 'ok' as Mode, tokenRequests: [] as Array<{ auth?: string; query: string }> };
+  const state = { mode: 'ok' as Mode, tokenRequests: [] as Array<{ auth?: string; query: string }>, storageRequests: [] as Array<{ auth?: string }>, ranges: [] as string[] };
   const port = await freePort();
+  // Where 'bearer-redirect' sends the layer: another origin, which must never see the registry's credentials.
+  const storage = http.createServer((req, res) => {
+    state.storageRequests.push({ auth: req.headers.authorization });
+    res.writeHead(200, { 'content-length': image.layer.length }).end(image.layer);
+  });
+  const storagePort = await freePort();
+  await new Promise<void>((resolve) => storage.listen(storagePort, '127.0.0.1', resolve));
+  t.teardown(() => new Promise<void>((resolve) => { storage.closeAllConnections(); storage.close(() => resolve()); }));
   const server = http.createServer((req, res) => {
     const url = new URL(req.url ?? '/', `http://127.0.0.1:${port}`);
     if (url.pathname === '/token') {
@@ -417,7 +439,7 @@ async function fakeRegistry(t: Test, image: FakeImage) {
       if (req.headers.authorization !== `Basic ${Buffer.from('bob:secret').toString('base64')}`) return void res.writeHead(401).end();
       return void res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ token: 'good-token' }));
     }
-    if (state.mode === 'bearer' && req.headers.authorization !== 'Bearer good-token') {
+    if ((state.mode === 'bearer' || state.mode === 'bearer-redirect') && req.headers.authorization !== 'Bearer good-token') {
       return void res.writeHead(401, { 'www-authenticate': `Bearer realm="http://127.0.0.1:${port}/token",service="fake",scope="repository:app:pull"`, 'content-type': 'application/json' })
         .end(JSON.stringify({ errors: [{ code: 'UNAUTHORIZED', message: 'authentication required' }] }));
     }
@@ -430,7 +452,26 @@ async function fakeRegistry(t: Test, image: FakeImage) {
       return void res.writeHead(200, { 'content-type': 'application/vnd.oci.image.manifest.v1+json', 'content-length': body.length }).end(body);
     }
     if (url.pathname === `/v2/app/blobs/${image.configDigest}`) return void res.writeHead(200, { 'content-length': image.config.length }).end(image.config);
+    if (image.second !== undefined && url.pathname === `/v2/app/blobs/${image.second.digest}`) {
+      const second = image.second.layer;
+      if (state.mode === 'stall') return void setTimeout(() => res.writeHead(404, { 'content-type': 'application/json' }).end(JSON.stringify({ errors: [{ code: 'BLOB_UNKNOWN', message: 'gone' }] })), 300);
+      return void res.writeHead(200, { 'content-length': second.length }).end(second);
+    }
     if (url.pathname === `/v2/app/blobs/${image.layerDigest}`) {
+      if (req.headers.range !== undefined) state.ranges.push(req.headers.range);
+      if (state.mode === 'blob-404') return void res.writeHead(404, { 'content-type': 'application/json' }).end(JSON.stringify({ errors: [{ code: 'BLOB_UNKNOWN', message: 'blob unknown to registry' }] }));
+      if (state.mode === 'too-long') {
+        const long = Buffer.concat([image.layer, Buffer.alloc(100)]);
+        return void res.writeHead(200, { 'content-length': long.length }).end(long);
+      }
+      if (state.mode === 'bad-range' && req.headers.range !== undefined) {
+        return void res.writeHead(206, { 'content-length': image.layer.length, 'content-range': `bytes 0-${image.layer.length - 1}/${image.layer.length}` }).end(image.layer);
+      }
+      if (state.mode === 'bearer-redirect') return void res.writeHead(307, { location: `http://127.0.0.1:${storagePort}/blob?signature=x` }).end();
+      if (state.mode === 'stall') {
+        res.writeHead(200, { 'content-length': image.layer.length });
+        return void res.write(image.layer.subarray(0, 1024));
+      }
       if (state.mode === 'wrong-digest' || state.mode === 'wrong-digest-header') {
         const bad = Buffer.from(image.layer);
         const at = state.mode === 'wrong-digest' ? 600 : 100; // file data, or the first header's mode field
@@ -500,6 +541,97 @@ t.test('bad input: each failure names the ref and the step, and nothing half-pul
   t.match(decodeURIComponent(last.query), /scope=repository:app:pull/, 'and the scope');
   fs.chmodSync(path.join(root, 'registry-auth.json'), 0o644);
   t.match((await strataAsync(root, 'image', 'pull', ref)).stderr, /STRATA_BAD_OPTION: credentials file .* has mode 644; it must not be readable by group or others/, 'a credentials file others can read is refused');
+});
+
+/** The bar of the 270 KiB first layer, once done: "0eddaed91a74 (1/2) [████] done   270.0 KiB/270.0 KiB". */
+const PULL_BAR = /[0-9a-f]{12} \(1\/2\) \[█+\] done +270\.0 KiB\/270\.0/;
+
+t.test('blob downloads (native, libcurl): errors, ranges, redirects without credentials, a stop, a full disk', async (t) => {
+  const s = new Scratch(t, 'registry-blobs');
+  const image = fakeImage(s, { bigFile: 256 << 10, secondLayer: true });
+  const fake = await fakeRegistry(t, image);
+  const ref = `${fake.host}/app:1`;
+  const layerHex = image.layerDigest.slice(7);
+  const partialOf = (root: string) => path.join(root, 'registry-cache', 'blobs', `sha256-${layerHex}.partial`);
+  const seedPartial = (root: string, bytes: number) => {
+    fs.mkdirSync(path.dirname(partialOf(root)), { recursive: true });
+    fs.writeFileSync(partialOf(root), image.layer.subarray(0, bytes));
+  };
+
+  // An error answer to the blob GET: its status and the registry's error code are quoted.
+  fake.state.mode = 'blob-404';
+  let root = s.path('root-404');
+  let r = await strataAsync(root, 'image', 'pull', ref);
+  t.match(r.stderr, /STRATA_NOT_FOUND: pull 127\.0\.0\.1:\d+\/app:1: fetching blob sha256:[0-9a-f]{64}: the registry answered 404 Not Found \(BLOB_UNKNOWN: blob unknown to registry\)/, `a 404 for a blob: ${r.stderr.trim()}`);
+  assertNothingLanded(t, root, 'blob-404');
+
+  // More bytes than the manifest says: stopped at the size, and nothing kept.
+  fake.state.mode = 'too-long';
+  root = s.path('root-long');
+  r = await strataAsync(root, 'image', 'pull', ref);
+  t.match(r.stderr, new RegExp(`STRATA_DIGEST_MISMATCH: .*fetching blob ${image.layerDigest}: the registry sent more than the ${image.layer.length} bytes the manifest says`), `too many bytes: ${r.stderr.trim()}`);
+  t.notOk(fs.existsSync(partialOf(root)), 'what arrived of an oversized blob is not kept for resuming');
+  assertNothingLanded(t, root, 'too-long');
+
+  // A resume against a registry that ignores Range (200, the whole blob): the bytes already held are skipped.
+  fake.state.mode = 'ok';
+  root = s.path('root-norange');
+  seedPartial(root, 100_000);
+  const resumed = await jsonAsync<PullJson>(root, 'image', 'pull', ref);
+  t.equal(resumed.id, image.configDigest, 'the pull that resumed lands the image');
+  t.ok(fake.state.ranges.includes('bytes=100000-'), `it asked for the rest (${fake.state.ranges.join(', ')})`);
+  t.same(fs.readFileSync(path.join(await lowerDirsOf(root, ref).then((d) => d.at(-1)!), 'big.bin')), fs.readFileSync(s.path('fake-layer', 'big.bin')), 'and the layer is whole');
+
+  // On a terminal, the pull draws a bar per layer, fed from the native download's progress.
+  root = s.path('root-tty');
+  const onTty = await new Promise<string>((resolve, reject) => {
+    const child = spawn('script', ['-qec', `${process.execPath} ${strataJs} --root ${root} image pull ${ref}`, '/dev/null'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => { out += d; });
+    child.on('error', reject);
+    child.on('close', () => resolve(out));
+  });
+  t.match(onTty, PULL_BAR, `a tty shows a bar per layer: ${JSON.stringify(onTty.slice(-400))}`);
+
+  // A 206 that does not start where the file ends: refused, the partial bytes kept.
+  fake.state.mode = 'bad-range';
+  root = s.path('root-badrange');
+  seedPartial(root, 100_000);
+  r = await strataAsync(root, 'image', 'pull', ref);
+  t.match(r.stderr, /STRATA_REGISTRY_FAILED: .*asked for bytes from 100000, the registry sent range "bytes 0-\d+\/\d+" \(100000 of \d+ bytes kept for the next attempt\)/, `a wrong range: ${r.stderr.trim()}`);
+  t.equal(fs.statSync(partialOf(root)).size, 100_000, 'the partial file is unchanged');
+
+  // Behind the Bearer handshake, the blob redirected to another origin: fetched there, without credentials.
+  fake.state.mode = 'bearer-redirect';
+  root = s.path('root-redirect');
+  fs.mkdirSync(root, { recursive: true });
+  fs.writeFileSync(path.join(root, 'registry-auth.json'), JSON.stringify({ auths: { [fake.host]: { auth: Buffer.from('bob:secret').toString('base64') } } }), { mode: 0o600 });
+  const redirected = await jsonAsync<PullJson>(root, 'image', 'pull', ref);
+  t.equal(redirected.id, image.configDigest, 'the redirected pull lands the image');
+  t.equal(fake.state.storageRequests.length, 1, 'the layer came from the storage server');
+  t.equal(fake.state.storageRequests[0]?.auth, undefined, 'which got no Authorization header');
+
+  // One layer stalls, the other fails: the pull ends with the failure at once, and the stalled download stops
+  // (else it would wait out the 60 s dead-connection timeout, three times) with its bytes kept.
+  fake.state.mode = 'stall';
+  root = s.path('root-stall');
+  r = await strataAsync(root, 'image', 'pull', ref);
+  t.match(r.stderr, /STRATA_NOT_FOUND: .*fetching blob sha256:[0-9a-f]{64}: the registry answered 404 Not Found \(BLOB_UNKNOWN: gone\)/, `the failure is the one reported: ${r.stderr.trim()}`);
+  t.equal(fs.statSync(partialOf(root)).size, 1024, 'the stopped download kept what arrived');
+  assertNothingLanded(t, root, 'stall');
+
+  // The download cache on a full disk: ENOSPC, named, and nothing lands.
+  fake.state.mode = 'ok';
+  root = s.mkdir('root-full');
+  const mounted = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=1m,mode=0700', 'tmpfs', root], { encoding: 'utf8' });
+  t.equal(mounted.status, 0, `a 1 MiB tmpfs for the state dir ${mounted.stderr}`);
+  t.teardown(() => { spawnSync('umount', [root]); });
+  const big = fakeImage(s, { name: 'big', bigFile: 2 << 20 });
+  const bigRegistry = await fakeRegistry(t, big);
+  r = await strataAsync(root, 'image', 'pull', `${bigRegistry.host}/app:1`);
+  t.match(r.stderr, /ENOSPC: pull 127\.0\.0\.1:\d+\/app:1: fetching blob sha256:[0-9a-f]{64}: cannot write the download cache .*\.partial: ENOSPC \(write\)/, `a full disk: ${r.stderr.trim()}`);
+  t.notOk(fs.existsSync(path.join(root, 'registry-cache', 'blobs', `sha256-${big.layerDigest.slice(7)}.partial`)), 'the partial blob is deleted, giving the space back');
+  assertNothingLanded(t, root, 'full disk');
 });
 
 t.test('packed layers: stratad extracts them in the background, also after kill -9; a lying config fails the first use', async (t) => {

@@ -11,10 +11,7 @@
  *    to the deepest dir fd (the *at form, or /proc/self/fd/N of an O_PATH fd where no *at form exists: xattrs,
  *    truncate). Shorter paths take no hop. The union's real paths (layer root + merged path) have no limit.
  */
-import { createRequire } from 'node:module';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { StrataError } from '../errors.js';
+import { loadNativeAddon } from './load.js';
 
 /** Indices into the Float64Array filled by lstatRaw/fstatRaw. Times are split into seconds and nanoseconds. */
 export const enum StatIndex {
@@ -121,26 +118,4 @@ export interface StrataSys {
   pinThreadToCpu(cpu: number): void;
 }
 
-const require = createRequire(import.meta.url);
-const here = path.dirname(fileURLToPath(import.meta.url));
-
-/** Loads the addon built by `node-gyp rebuild --directory native`. dist/lib/native -> ../../../native/build. */
-function loadAddon(): StrataSys {
-  const candidates = [
-    path.resolve(here, '../../../native/build/Release/strata_sys.node'),
-    path.resolve(here, '../../native/build/Release/strata_sys.node'),
-  ];
-  let lastError: unknown;
-  for (const candidate of candidates) {
-    try {
-      return require(candidate) as StrataSys;
-    } catch (err) {
-      lastError = err;
-    }
-  }
-  throw new StrataError('STRATA_INTERNAL', `strata_sys addon not built or not loadable (run "bash scripts/setup.sh")`, {
-    cause: lastError,
-  });
-}
-
-export const sys: StrataSys = loadAddon();
+export const sys: StrataSys = loadNativeAddon<StrataSys>('strata_sys');

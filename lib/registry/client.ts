@@ -11,16 +11,18 @@
  * headers, never in errors or logs.
  */
 import { createHash, type Hash } from 'node:crypto';
-import { createReadStream, writeSync } from 'node:fs';
-import { open, rename, rm, stat, type FileHandle } from 'node:fs/promises';
+import { createReadStream } from 'node:fs';
+import { rename, rm, stat } from 'node:fs/promises';
 import http, { type IncomingMessage, type OutgoingHttpHeaders } from 'node:http';
 import https from 'node:https';
 import type { Readable } from 'node:stream';
+import { getSystemErrorName } from 'node:util';
 import { StrataError, fsError, type StrataCode } from '../errors.js';
 import type { Logger } from '../log.js';
 import { sha256Of, type Digest } from '../layers/digest.js';
 import type { CredentialStore } from './credentials.js';
 import { usesPlainHttp } from './reference.js';
+import { CURL_UNREACHABLE, fetchToFile, type FetchResult } from '../native/fetch.js';
 
 export const MEDIA_TYPES = {
   ociIndex: 'application/vnd.oci.image.index.v1+json',
@@ -58,14 +60,6 @@ export interface RegistryClientOptions {
   credentials: CredentialStore;
   insecureRegistries: readonly string[];
   logger: Logger;
-}
-
-interface TransferState {
-  hash: Hash;
-  /** Bytes of the blob in the partial file (all of them hashed). */
-  offset: number;
-  /** Bytes moved over the network by this download. */
-  transferred: number;
 }
 
 export interface BlobDownloadOptions {
@@ -213,123 +207,111 @@ export class RegistryClient {
       }
     }
     const partial = `${file}.partial`;
-    let offset = await stat(partial).then((s) => s.size, () => 0);
-    if (offset > desc.size) {
-      await rm(partial, { force: true });
-      offset = 0;
-    }
-    const state: TransferState = { hash: createHash('sha256'), offset, transferred: 0 };
-    if (offset === desc.size) {
-      // Complete but never verified (a crash before the rename): a good one is used, a bad one fetched again.
-      await hashFile(partial, state.hash);
-      if (`sha256:${state.hash.copy().digest('hex')}` === desc.digest) {
+    const moved = { bytes: 0 };
+    for (let attempt = 0; ; ) {
+      if (isAborted(signal)) throw this.aborted(step, signal);
+      let result: FetchResult;
+      try {
+        result = await this.fetchRest(repository, desc, partial, step, options, moved);
+      } catch (err) {
+        if (!(err instanceof StrataError) || err.code !== 'STRATA_REGISTRY_FAILED' || isAborted(signal)) throw err;
+        if ((attempt += 1) >= RESUME_ATTEMPTS) {
+          // The partial file stays: the next pull of this blob resumes from its end.
+          const held = await stat(partial).then((s) => s.size, () => 0);
+          throw new StrataError(err.code, `${err.message} (${held} of ${desc.size} bytes kept for the next attempt)`, { cause: err.cause });
+        }
+        this.log.warn({ digest: desc.digest, attempt }, 'blob download broke off; resuming with Range');
+        await new Promise((r) => setTimeout(r, 250 * attempt));
+        continue;
+      }
+      const digest = `sha256:${result.digest}`;
+      if (digest === desc.digest) {
         await rename(partial, file);
         onProgress?.(desc.size);
-        return 0;
+        return moved.bytes;
       }
       await rm(partial, { force: true });
-      state.hash = createHash('sha256');
-      state.offset = 0;
-    } else if (offset > 0) {
-      await hashFile(partial, state.hash);
-      onProgress?.(offset);
-    }
-    const handle = await open(partial, 'a', 0o600);
-    try {
-      for (let attempt = 0; ; attempt += 1) {
-        try {
-          await this.fetchRange(repository, desc, state, handle, step, options);
-          if (state.offset === desc.size) break;
-          throw this.fail('STRATA_REGISTRY_FAILED', `${step}: the registry ended the blob after ${state.offset} of ${desc.size} bytes`);
-        } catch (err) {
-          if (!(err instanceof StrataError) || err.code !== 'STRATA_REGISTRY_FAILED' || signal?.aborted === true) throw err;
-          if (attempt + 1 >= RESUME_ATTEMPTS) {
-            // The partial file stays: the next pull of this blob resumes from its end.
-            throw new StrataError(err.code, `${err.message} (${state.offset} of ${desc.size} bytes kept for the next attempt)`, { cause: err.cause });
-          }
-          this.log.warn({ digest: desc.digest, offset: state.offset, attempt: attempt + 1 }, 'blob download broke off; resuming with Range');
-          await new Promise((r) => setTimeout(r, 250 * (attempt + 1)));
-        }
-      }
-    } catch (err) {
-      await handle.close();
-      // Bytes that cannot be part of the blob are not worth resuming from.
-      if (err instanceof StrataError && err.code === 'STRATA_DIGEST_MISMATCH') await rm(partial, { force: true });
-      throw err;
-    }
-    await handle.close();
-    const digest = `sha256:${state.hash.digest('hex')}`;
-    if (digest !== desc.digest) {
-      await rm(partial, { force: true });
+      // A complete partial file from an earlier run that is not the blob (it was never verified): fetched again.
+      if (result.status === 0) continue;
       throw this.fail('STRATA_DIGEST_MISMATCH', `${step}: the registry served ${desc.size} bytes with digest ${digest}`);
     }
-    await rename(partial, file);
-    return state.transferred;
   }
 
-  /** One GET of the rest of a blob, from state.offset; appends to the partial file and hashes as it goes. */
-  private async fetchRange(repository: string, desc: Descriptor, state: TransferState, handle: FileHandle, step: string, options: BlobDownloadOptions): Promise<void> {
+  /**
+   * Fetches the rest of a blob into `partial` (native, on a thread of its own: lib/native/fetch.ts), following
+   * redirects and answering one authentication challenge. Resolves once the file holds the whole blob (its
+   * digest computed, not yet compared); throws STRATA_REGISTRY_FAILED when the transfer broke off (what arrived
+   * stays, hashed again by the next call), other codes when retrying cannot help. Adds the bytes it moved over
+   * the network to `moved`, whatever the outcome.
+   */
+  private async fetchRest(repository: string, desc: Descriptor, partial: string, step: string, options: BlobDownloadOptions, moved: { bytes: number }): Promise<FetchResult> {
     const { onProgress, signal } = options;
-    if (isAborted(signal)) throw this.aborted(step, signal);
-    const headers: Record<string, string> = state.offset > 0 ? { range: `bytes=${state.offset}-` } : {};
-    const res = await this.request('GET', `/v2/${repository}/blobs/${desc.digest}`, { headers, step, ok: [200, 206], follow: true });
-    // A registry that ignores Range sends the blob from its start: the bytes already held are skipped (the digest
-    // over held + rest still covers every byte).
-    let skip = state.offset > 0 && res.statusCode === 200 ? state.offset : 0;
-    if (res.statusCode === 206) {
-      const range = /^bytes (\d+)-/.exec(String(res.headers['content-range'] ?? ''));
-      if (range === null || Number(range[1]) !== state.offset) {
-        res.destroy();
-        throw this.fail('STRATA_REGISTRY_FAILED', `${step}: asked for bytes from ${state.offset}, the registry sent range "${String(res.headers['content-range'])}"`);
+    let url = new URL(`/v2/${repository}/blobs/${desc.digest}`, this.baseUrl);
+    let sendCredentials = true;
+    let challenged = false;
+    for (let hops = 0; ; ) {
+      const headers = ['User-Agent: strata'];
+      const auth = sendCredentials ? await this.authorizationHeader(step) : null;
+      if (auth !== null) headers.push(`Authorization: ${auth}`);
+      const progress = new Float64Array(2);
+      const onAbort = () => { progress[1] = 1; };
+      signal?.addEventListener('abort', onAbort, { once: true });
+      const ticker = onProgress === undefined ? null : setInterval(() => onProgress(progress[0]!), 100);
+      let result: FetchResult;
+      try {
+        result = await fetchToFile({ url: url.href, headers, file: partial, size: desc.size, timeoutSeconds: 60, progress });
+      } finally {
+        signal?.removeEventListener('abort', onAbort);
+        if (ticker !== null) clearInterval(ticker);
       }
-    }
-    const onAbort = () => res.destroy();
-    signal?.addEventListener('abort', onAbort, { once: true });
-    try {
-      // Plain 'data' events, every step synchronous: no promise per 64 KiB chunk.
-      await new Promise<void>((resolve, reject) => {
-        res.on('data', (received: Buffer) => {
-          state.transferred += received.length;
-          let chunk = received;
-          if (skip > 0) {
-            const n = Math.min(skip, chunk.length);
-            skip -= n;
-            chunk = chunk.subarray(n);
-            if (chunk.length === 0) return;
-          }
-          if (state.offset + chunk.length > desc.size) {
-            res.destroy();
-            reject(this.fail('STRATA_DIGEST_MISMATCH', `${step}: the registry sent more than the ${desc.size} bytes the manifest says`));
-            return;
-          }
-          state.hash.update(chunk);
-          try {
-            // Synchronous: an append to the page cache takes microseconds, a threadpool round trip per 64 KiB
-            // chunk costs more than that.
-            writeAll(handle.fd, chunk);
-          } catch (err) {
-            res.destroy();
-            reject(err as Error);
-            return;
-          }
-          state.offset += chunk.length;
-          onProgress?.(state.offset);
-        });
-        res.on('end', resolve);
-        res.on('error', reject);
-        // A response cut off mid-body (the server died) closes without 'end'.
-        res.on('close', () => (res.complete ? resolve() : reject(new Error('the response was cut off'))));
-      });
-      if (isAborted(signal)) throw this.aborted(step, signal);
-    } catch (err) {
-      if (isAborted(signal)) throw this.aborted(step, signal);
-      if (err instanceof StrataError) throw err;
-      const e = err as { syscall?: string; code?: string; message?: string };
-      if (e.syscall === 'write') throw fsError(e.code ?? 'EIO', `${this.what}: ${step}: cannot write the download cache: ${e.message ?? e.code}`, err);
-      // What arrived is on disk and hashed: the retry continues from state.offset.
-      throw this.fail('STRATA_REGISTRY_FAILED', `${step}: the connection broke off after ${state.offset} bytes`, err);
-    } finally {
-      signal?.removeEventListener('abort', onAbort);
+      moved.bytes += result.transferred;
+      onProgress?.(result.held);
+      if (result.stop === 'aborted' || isAborted(signal)) throw this.aborted(step, signal);
+      if (result.stop === 'file') {
+        const code = getSystemErrorName(-result.errno);
+        // On a full disk, the bytes kept for resuming would keep it full: the space goes back first.
+        if (code === 'ENOSPC' || code === 'EDQUOT') await rm(partial, { force: true });
+        throw fsError(code, `${this.what}: ${step}: cannot ${result.syscall === 'write' ? 'write' : 'use'} the download cache ${partial}: ${code} (${result.syscall})`);
+      }
+      if (result.stop === 'overflow') {
+        await rm(partial, { force: true });
+        throw this.fail('STRATA_DIGEST_MISMATCH', `${step}: the registry sent more than the ${desc.size} bytes the manifest says`);
+      }
+      if (result.stop === 'range') {
+        throw this.fail('STRATA_REGISTRY_FAILED', `${step}: asked for bytes from ${result.held}, the registry sent range "${headerOf(result.headers, 'content-range') ?? ''}"`);
+      }
+      if (result.status === 0 && result.curlCode !== 0) {
+        const host = url.host;
+        if (CURL_UNREACHABLE.has(result.curlCode)) throw this.fail('STRATA_REGISTRY_FAILED', `${step}: cannot reach ${host}: ${result.curlError ?? ''}`);
+        throw this.fail('STRATA_REGISTRY_FAILED', `${step}: the connection broke off after ${result.held} bytes (${result.curlError ?? ''})`);
+      }
+      if (result.status === 0 || result.status === 200 || result.status === 206) {
+        if (result.held === desc.size) return result;
+        if (result.curlCode === 0) throw this.fail('STRATA_REGISTRY_FAILED', `${step}: the registry ended the blob after ${result.held} of ${desc.size} bytes`);
+        throw this.fail('STRATA_REGISTRY_FAILED', `${step}: the connection broke off after ${result.held} bytes (${result.curlError ?? ''})`);
+      }
+      const location = headerOf(result.headers, 'location');
+      if ([301, 302, 303, 307, 308].includes(result.status) && location !== null) {
+        if ((hops += 1) > 5) throw this.fail('STRATA_REGISTRY_FAILED', `${step}: too many redirects`);
+        const target = new URL(location, url);
+        if (target.protocol !== 'https:' && !usesPlainHttp(target.host, this.options.insecureRegistries)) {
+          throw this.fail('STRATA_REGISTRY_FAILED', `${step}: the registry redirected to plain HTTP at ${target.host}`);
+        }
+        // Credentials go to the registry only, never to a storage backend it redirects to.
+        sendCredentials &&= target.origin === new URL(this.baseUrl).origin;
+        url = target;
+        continue;
+      }
+      if (result.status === 401 && !challenged && sendCredentials) {
+        const challenge = parseChallenge(headerOf(result.headers, 'www-authenticate') ?? undefined);
+        if (challenge !== null) {
+          challenged = true;
+          this.challenge = challenge;
+          this.authorization = null;
+          continue;
+        }
+      }
+      throw this.errorOfAnswer(result.status, statusTextOf(result.headers), result.errorBody, step);
     }
   }
 
@@ -514,16 +496,25 @@ export class RegistryClient {
   }
 
   private async errorFrom(res: IncomingMessage, step: string): Promise<StrataError> {
-    const status = res.statusCode ?? 0;
-    let detail = '';
+    let body: string | null = null;
     try {
-      const body = await readBody(res, MAX_ERROR_BODY, () => null);
-      const parsed = JSON.parse(body.toString('utf8')) as { errors?: Array<{ code?: string; message?: string }> };
-      detail = (parsed.errors ?? []).map((e) => [e.code, e.message].filter(Boolean).join(': ')).join('; ');
+      body = (await readBody(res, MAX_ERROR_BODY, () => null)).toString('utf8');
     } catch {
       res.destroy();
     }
-    const said = `${status} ${res.statusMessage ?? ''}`.trim() + (detail !== '' ? ` (${detail})` : '');
+    return this.errorOfAnswer(res.statusCode ?? 0, res.statusMessage ?? '', body, step);
+  }
+
+  /** The error for an answer whose status is not one the step expects; the registry's own error codes are quoted. */
+  private errorOfAnswer(status: number, statusText: string, body: string | null, step: string): StrataError {
+    let detail = '';
+    try {
+      const parsed = JSON.parse(body ?? '') as { errors?: Array<{ code?: string; message?: string }> };
+      detail = (parsed.errors ?? []).map((e) => [e.code, e.message].filter(Boolean).join(': ')).join('; ');
+    } catch {
+      // Not the registry's JSON: the status says it all.
+    }
+    const said = `${status} ${statusText}`.trim() + (detail !== '' ? ` (${detail})` : '');
     if (status === 401) return this.fail('STRATA_REGISTRY_AUTH', `${step}: the registry answered ${said}; check "strata login ${this.registry}"`);
     if (status === 403) return this.fail('STRATA_REGISTRY_AUTH', `${step}: the registry answered ${said}: this user may not do that`);
     if (status === 404) return this.fail('STRATA_NOT_FOUND', `${step}: the registry answered ${said}`);
@@ -578,14 +569,23 @@ async function hashFile(file: string, hash: Hash): Promise<void> {
   for await (const chunk of createReadStream(file, { highWaterMark: 1 << 20 }) as AsyncIterable<Buffer>) hash.update(chunk);
 }
 
+/** The value of one header in a raw header block ("Name: value" lines), or null. */
+function headerOf(block: string | null, name: string): string | null {
+  for (const line of (block ?? '').split(/\r?\n/)) {
+    const colon = line.indexOf(':');
+    if (colon > 0 && line.slice(0, colon).trim().toLowerCase() === name) return line.slice(colon + 1).trim();
+  }
+  return null;
+}
+
+/** "Not Found" of "HTTP/1.1 404 Not Found" (HTTP/2 has no reason phrase). */
+function statusTextOf(block: string | null): string {
+  return /^HTTP\/[\d.]+ \d+ ?([^\r\n]*)/.exec(block ?? '')?.[1] ?? '';
+}
+
 /** A function, not an inline test: TypeScript would keep `aborted` narrowed to false across awaits. */
 function isAborted(signal: AbortSignal | undefined): boolean {
   return signal?.aborted === true;
-}
-
-function writeAll(fd: number, chunk: Buffer): void {
-  let done = 0;
-  while (done < chunk.length) done += writeSync(fd, chunk, done, chunk.length - done);
 }
 
 function progressStream(stream: Readable, onProgress?: (done: number) => void): Readable {

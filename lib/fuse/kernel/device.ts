@@ -9,10 +9,7 @@
  *  - reply() is one writev(2) of its buffers; writes to /dev/fuse never block (nor does a notification that
  *    only invalidates attributes).
  */
-import { createRequire } from 'node:module';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { StrataError } from '../../errors.js';
+import { loadNativeAddon } from '../../native/load.js';
 
 export interface ReaderHandle {
   stats(): { batches: number; requests: number; directReads: number; directWrites: number };
@@ -38,28 +35,6 @@ export interface FuseDevice {
   startReader(fd: number, bufferSize: number, onBatch: (batch: Buffer | null, error: number) => void): ReaderHandle;
 }
 
-const require = createRequire(import.meta.url);
-const here = path.dirname(fileURLToPath(import.meta.url));
-
-function loadAddon(): FuseDevice {
-  // dist/lib/fuse/kernel -> ../../../../native/build; lib/fuse/kernel (tsx) -> ../../../native/build
-  const candidates = [
-    path.resolve(here, '../../../../native/build/Release/strata_fuse.node'),
-    path.resolve(here, '../../../native/build/Release/strata_fuse.node'),
-  ];
-  let lastError: unknown;
-  for (const candidate of candidates) {
-    try {
-      return require(candidate) as FuseDevice;
-    } catch (err) {
-      lastError = err;
-    }
-  }
-  throw new StrataError('STRATA_INTERNAL', 'strata_fuse addon not built or not loadable (run "bash scripts/setup.sh")', {
-    cause: lastError,
-  });
-}
-
 let addon: FuseDevice | undefined;
 
 /** True when the addon is built (a tree built before the transport existed has only strata_sys). */
@@ -74,6 +49,6 @@ export function fuseDeviceAvailable(): boolean {
 
 /** Loaded on first use, so that the fuse-native transport works without this addon. */
 export function fuseDevice(): FuseDevice {
-  addon ??= loadAddon();
+  addon ??= loadNativeAddon<FuseDevice>('strata_fuse');
   return addon;
 }
