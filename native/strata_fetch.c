@@ -60,6 +60,7 @@ struct fetch {
   char *url;
   struct curl_slist *headers;
   char *file;
+  char *ca_file; /* NULL: the system's CAs only */
   int64_t size;
   long timeout_seconds;
   double *progress; /* [0] bytes held (written here), [1] non-zero asks to stop (written by JS) */
@@ -299,6 +300,8 @@ static void run_request(struct fetch *f) {
   curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION, on_progress);
   curl_easy_setopt(curl, CURLOPT_XFERINFODATA, f);
   curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, f->curl_error);
+  /* Trusted: the system's CAs (CAPATH, /etc/ssl/certs) and, when given, the caller's extra bundle. */
+  if (f->ca_file != NULL) curl_easy_setopt(curl, CURLOPT_CAINFO, f->ca_file);
   f->requested = true;
   f->curl_code = curl_easy_perform(curl);
   if (f->status == 0) curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &f->status);
@@ -341,6 +344,7 @@ static void *fetch_main(void *arg) {
 static void fetch_free(struct fetch *f) {
   free(f->url);
   free(f->file);
+  free(f->ca_file);
   curl_slist_free_all(f->headers);
   free(f->header_block.data);
   free(f->error_body.data);
@@ -450,6 +454,11 @@ static napi_value fetch_to_file(napi_env env, napi_callback_info info) {
       if (ok) f->headers = grown;
     }
     free(line);
+  }
+  napi_value ca_file;
+  napi_valuetype ca_type = napi_undefined;
+  if (ok && named(env, argv[0], "caFile", &ca_file) && napi_typeof(env, ca_file, &ca_type) == napi_ok && ca_type == napi_string) {
+    ok = (f->ca_file = dup_string(env, ca_file)) != NULL;
   }
   if (!ok || size_value < 0 || timeout_value <= 0) {
     fetch_free(f);

@@ -9,7 +9,7 @@
  *  - Otherwise one GET of `url`, with `Range: bytes=HELD-` when the file holds bytes. A 200 answer's first HELD
  *    bytes are skipped; a 206 must start at HELD (else stop 'range'). The body of any other status is kept (up to
  *    64 KiB) in errorBody and not written.
- *  - No redirect is followed, no proxy used, no challenge answered.
+ *  - No redirect is followed, no proxy used, no challenge answered. Only http and https URLs are accepted.
  *  - `digest` (hex) is set exactly when the file ends holding `size` bytes, and covers all of them.
  *  - progress[0] is the bytes the file holds, updated as they land; setting progress[1] to 1 stops the transfer
  *    (stop 'aborted') within about a second.
@@ -26,6 +26,11 @@ export interface FetchRequest {
   size: number;
   /** Connect timeout, and how long under a byte a second counts as a dead connection. */
   timeoutSeconds: number;
+  /**
+   * A PEM bundle trusted besides the system's CAs (/etc/ssl/certs). The client passes NODE_EXTRA_CA_CERTS, the
+   * file Node's own requests trust besides its built-in roots, so both halves of a pull trust the same CAs.
+   */
+  caFile?: string;
   /** Float64Array(2): [0] bytes held (written by the download), [1] set to 1 to stop it. */
   progress: Float64Array;
 }

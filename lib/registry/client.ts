@@ -3,8 +3,9 @@
  * authentication (Basic, and the `WWW-Authenticate: Bearer` token handshake), manifests, blob HEAD/GET with
  * `Range` resume, uploads (monolithic PUT, chunked PATCH + PUT, cross-repository mount).
  *
- * It is built on node:http/https rather than fetch: blob bodies stream straight to and from files, and the
- * client decides about redirects (credentials are never sent to another host) and about retries itself.
+ * It is built on node:http/https rather than fetch: blob bodies stream straight from files, and the client decides
+ * about redirects (credentials are never sent to another host) and about retries itself. Layer blobs download on
+ * native threads (lib/native/fetch.ts: libcurl, one GET per call), with the same policy kept here.
  *
  * Invariants: every byte read from the registry is checked against a digest before a caller may use it
  * (manifests and JSON blobs here, layer blobs in downloadBlob); credentials and tokens appear only in request
@@ -259,7 +260,7 @@ export class RegistryClient {
       const ticker = onProgress === undefined ? null : setInterval(() => onProgress(progress[0]!), 100);
       let result: FetchResult;
       try {
-        result = await fetchToFile({ url: url.href, headers, file: partial, size: desc.size, timeoutSeconds: 60, progress });
+        result = await fetchToFile({ url: url.href, headers, file: partial, size: desc.size, timeoutSeconds: 60, progress, caFile: process.env.NODE_EXTRA_CA_CERTS });
       } finally {
         signal?.removeEventListener('abort', onAbort);
         if (ticker !== null) clearInterval(ticker);
