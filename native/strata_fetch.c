@@ -19,14 +19,8 @@
  *  - Nothing here touches JS values off the main thread. The thread writes only its own record, and the progress
  *    slot of a Float64Array that the record keeps a reference to (one aligned 8-byte store).
  */
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE
-#endif
-#ifndef NAPI_VERSION
-#define NAPI_VERSION 8
-#endif
+#include "strata_napi.h"
 
-#include <node_api.h>
 
 #include <curl/curl.h>
 #include <openssl/evp.h>
@@ -88,18 +82,6 @@ struct fetch {
   bool body_is_blob;
   int64_t skip;
 };
-
-#define CHECK(call)                                                    \
-  do {                                                                 \
-    if ((call) != napi_ok) {                                           \
-      const napi_extended_error_info *info_ = NULL;                    \
-      napi_get_last_error_info(env, &info_);                           \
-      bool pending_ = false;                                           \
-      napi_is_exception_pending(env, &pending_);                       \
-      if (!pending_) napi_throw_error(env, NULL, info_ && info_->error_message ? info_->error_message : "N-API call failed"); \
-      return NULL;                                                     \
-    }                                                                  \
-  } while (0)
 
 static void buffer_append(struct buffer *b, const char *data, size_t length) {
   if (b->length >= MAX_KEPT) return;
@@ -361,6 +343,12 @@ static const char *stop_name(enum stop_reason stop) {
   }
 }
 
+/* "ENOSPC": the name Node gives the errno too. */
+static const char *errno_name(int err) {
+  const char *name = strerrorname_np(err);
+  return name != NULL ? name : "EIO";
+}
+
 static napi_status set_named(napi_env env, napi_value obj, const char *key, napi_value value) {
   return napi_set_named_property(env, obj, key, value);
 }
@@ -392,7 +380,7 @@ static void deliver(napi_env env, napi_value callback, void *context, void *data
       set_number(env, result, "curlCode", (double)f->curl_code) == napi_ok &&
       set_string_or_null(env, result, "curlError", f->curl_code != CURLE_OK ? f->curl_error : NULL, NAPI_AUTO_LENGTH) == napi_ok &&
       set_string_or_null(env, result, "stop", stop_name(f->stop), NAPI_AUTO_LENGTH) == napi_ok &&
-      set_number(env, result, "errno", f->file_errno) == napi_ok &&
+      set_string_or_null(env, result, "code", f->stop == STOP_FILE ? errno_name(f->file_errno) : NULL, NAPI_AUTO_LENGTH) == napi_ok &&
       set_string_or_null(env, result, "syscall", f->file_syscall, NAPI_AUTO_LENGTH) == napi_ok &&
       napi_get_undefined(env, &undefined) == napi_ok;
     if (ok) napi_call_function(env, undefined, callback, 1, &result, NULL);
@@ -415,13 +403,7 @@ static bool named(napi_env env, napi_value obj, const char *key, napi_value *out
 
 /* fetchToFile(request, done): see FetchRequest and FetchResult in lib/native/fetch.ts. */
 static napi_value fetch_to_file(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 2) {
-    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "fetchToFile(request, done) expects 2 arguments");
-    return NULL;
-  }
+  GET_ARGS_OR(2, "fetchToFile(request, done) expects 2 arguments");
   struct fetch *f = calloc(1, sizeof *f);
   if (f == NULL) {
     napi_throw_error(env, NULL, "out of memory");
@@ -462,7 +444,7 @@ static napi_value fetch_to_file(napi_env env, napi_callback_info info) {
   }
   if (!ok || size_value < 0 || timeout_value <= 0) {
     fetch_free(f);
-    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE",
+    throw_type_error(env,
       "fetchToFile: request needs url, file (strings), size (>= 0), timeoutSeconds (> 0), headers (string[]) and progress (Float64Array(2))");
     return NULL;
   }

@@ -15,14 +15,8 @@
  *    we opened is the connection.
  *  - Errors are returned as negative errnos (never thrown) on the paths the session loop uses per request.
  */
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE
-#endif
-#ifndef NAPI_VERSION
-#define NAPI_VERSION 8
-#endif
+#include "strata_napi.h"
 
-#include <node_api.h>
 #include <uv.h>
 
 #include <errno.h>
@@ -48,14 +42,6 @@ struct strata_fuse_backing_map {
 #define STRATA_FUSE_DEV_IOC_MAGIC 229
 #define STRATA_FUSE_DEV_IOC_BACKING_OPEN _IOW(STRATA_FUSE_DEV_IOC_MAGIC, 1, struct strata_fuse_backing_map)
 #define STRATA_FUSE_DEV_IOC_BACKING_CLOSE _IOW(STRATA_FUSE_DEV_IOC_MAGIC, 2, uint32_t)
-
-#define CHECK(call)                                                    \
-  do {                                                                 \
-    if ((call) != napi_ok) {                                           \
-      napi_throw_error(env, "ERR_NAPI", "N-API call failed: " #call); \
-      return NULL;                                                     \
-    }                                                                  \
-  } while (0)
 
 static napi_value make_int(napi_env env, int64_t v) {
   napi_value out;
@@ -95,13 +81,7 @@ static napi_value open_device(napi_env env, napi_callback_info info) {
 
 /* mount(source, target, fstype, flags, data): 0 or -errno. */
 static napi_value do_mount(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
-  napi_value argv[5];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 5) {
-    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "mount needs 5 arguments");
-    return NULL;
-  }
+  GET_ARGS_OR(5, "mount needs 5 arguments");
   int32_t flags = 0;
   if (get_i32(env, argv[3], &flags) < 0) {
     napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "flags must be a number");

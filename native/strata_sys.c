@@ -11,14 +11,8 @@
  *  - Bad argument types are programming errors and throw a TypeError (code ERR_INVALID_ARG_TYPE).
  *  - No global mutable state: everything a call needs is on its stack or in its async-work record.
  */
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE
-#endif
-#ifndef NAPI_VERSION
-#define NAPI_VERSION 8
-#endif
+#include "strata_napi.h"
 
-#include <node_api.h>
 #include <uv.h>
 
 #include <dirent.h>
@@ -60,37 +54,6 @@ enum stat_index {
   SI_ATIME_SEC, SI_ATIME_NSEC, SI_MTIME_SEC, SI_MTIME_NSEC, SI_CTIME_SEC, SI_CTIME_NSEC,
   SI_LENGTH
 };
-
-/* Returns from the calling N-API function (with NULL) when a napi_* call failed; an exception is then pending. */
-#define CHECK(call)                 \
-  do {                              \
-    if ((call) != napi_ok) {        \
-      throw_last_napi_error(env);   \
-      return NULL;                  \
-    }                               \
-  } while (0)
-
-#define GET_ARGS(n)                                                     \
-  size_t argc = (n);                                                    \
-  napi_value argv[(n)];                                                 \
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));          \
-  if (argc < (n)) {                                                     \
-    throw_type_error(env, "expected " #n " arguments");                 \
-    return NULL;                                                        \
-  }
-
-static void throw_last_napi_error(napi_env env) {
-  bool pending = false;
-  napi_is_exception_pending(env, &pending);
-  if (pending) return;
-  const napi_extended_error_info *info = NULL;
-  napi_get_last_error_info(env, &info);
-  napi_throw_error(env, "ERR_NAPI", info && info->error_message ? info->error_message : "N-API call failed");
-}
-
-static void throw_type_error(napi_env env, const char *message) {
-  napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", message);
-}
 
 /* ---------------------------------------------------------------------------------------------------------------
  * Node-style errors

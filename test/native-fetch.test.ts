@@ -112,7 +112,7 @@ t.test('answers, stops and failures', async (t) => {
   t.match(unreachable, { status: 0, curlCode: 7, curlError: /connect/i }, 'a closed port: COULDNT_CONNECT, with libcurl\'s message');
 
   const noDir = await fetchToFile(request(`http://127.0.0.1:${port}/blob`, path.join(dir, 'no', 'such', 'dir')));
-  t.match(noDir, { stop: 'file', syscall: 'open', errno: 2 }, 'a file that cannot be created: the errno and the call');
+  t.match(noDir, { stop: 'file', syscall: 'open', code: 'ENOENT' }, 'a file that cannot be created: the errno and the call');
 
   await t.rejects(fetchToFile({ url: 1 } as unknown as FetchRequest), { name: 'TypeError', message: /request needs url/ }, 'a malformed request is a TypeError');
   const ftp = await fetchToFile(request('ftp://127.0.0.1/blob', path.join(dir, 'ftp')));

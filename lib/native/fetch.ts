@@ -53,8 +53,8 @@ export interface FetchResult {
   curlCode: number;
   curlError: string | null;
   stop: FetchStop | null;
-  /** For stop 'file': the errno and the call that failed. */
-  errno: number;
+  /** For stop 'file': the errno's name ('ENOSPC') and the call that failed. */
+  code: string | null;
   syscall: string | null;
 }
 

@@ -17,7 +17,6 @@ import { rename, rm, stat } from 'node:fs/promises';
 import http, { type IncomingMessage, type OutgoingHttpHeaders } from 'node:http';
 import https from 'node:https';
 import type { Readable } from 'node:stream';
-import { getSystemErrorName } from 'node:util';
 import { StrataError, fsError, type StrataCode } from '../errors.js';
 import type { Logger } from '../log.js';
 import { sha256Of, type Digest } from '../layers/digest.js';
@@ -269,7 +268,7 @@ export class RegistryClient {
       onProgress?.(result.held);
       if (result.stop === 'aborted' || isAborted(signal)) throw this.aborted(step, signal);
       if (result.stop === 'file') {
-        const code = getSystemErrorName(-result.errno);
+        const code = result.code ?? 'EIO';
         // On a full disk, the bytes kept for resuming would keep it full: the space goes back first.
         if (code === 'ENOSPC' || code === 'EDQUOT') await rm(partial, { force: true });
         throw fsError(code, `${this.what}: ${step}: cannot ${result.syscall === 'write' ? 'write' : 'use'} the download cache ${partial}: ${code} (${result.syscall})`);
