@@ -31,10 +31,15 @@ npx --no-install tap build >/dev/null
 # Native code: our addon, and fuse-native rebuilt from source with our patch (see docs/native.md).
 node scripts/patch-fuse-native.mjs
 # --nodedir: the headers of the node that runs us, so node-gyp never tries to download them.
-addon=native/build/Release/strata_sys.node
-fuse_addon=native/build/Release/strata_fuse.node
-fetch_addon=native/build/Release/strata_fetch.node
-if [ ! -f "$addon" ] || [ ! -f "$fuse_addon" ] || [ ! -f "$fetch_addon" ] || [ native/strata_sys.c -nt "$addon" ] || [ native/strata_fuse.c -nt "$fuse_addon" ] || [ native/strata_fetch.c -nt "$fetch_addon" ] || [ native/binding.gyp -nt "$addon" ]; then
+# Rebuilt when an addon is missing or older than any native source.
+stale=0
+for built in native/build/Release/strata_sys.node native/build/Release/strata_fuse.node native/build/Release/strata_fetch.node; do
+  if [ ! -f "$built" ]; then stale=1; continue; fi
+  for src in native/*.c native/*.h native/binding.gyp; do
+    if [ "$src" -nt "$built" ]; then stale=1; fi
+  done
+done
+if [ "$stale" = 1 ]; then
   npx --no-install node-gyp rebuild --directory native --loglevel=error --nodedir="$(dirname "$(dirname "$(command -v node)")")" >/dev/null
 fi
 
