@@ -28,7 +28,7 @@ fi
 # which TypeScript 7 breaks; tests load through tsx). A fresh install still has the default build: rebuild it.
 npx --no-install tap build >/dev/null
 
-# Native code: our addon, and fuse-native rebuilt from source with our patch (see docs/native.md).
+# Native code: our three addons, and fuse-native rebuilt from source with our patch (see docs/native.md).
 node scripts/patch-fuse-native.mjs
 # --nodedir: the headers of the node that runs us, so node-gyp never tries to download them.
 # Rebuilt when an addon is missing or older than any native source.
