@@ -390,9 +390,10 @@ function sha(b: Buffer): string {
 
 /**
  * A one-layer image: a small file, and `bigFile` bytes of random data besides; `wrongDiffID`: a config that lies;
- * `secondLayer`: a second layer on top (a small file).
+ * `secondLayer`: a second layer on top (a small file); `prettyConfig`: the config indented, as JSON.stringify
+ * would not write it.
  */
-function fakeImage(s: Scratch, options: { name?: string; bigFile?: number; wrongDiffID?: boolean; secondLayer?: boolean } = {}): FakeImage {
+function fakeImage(s: Scratch, options: { name?: string; bigFile?: number; wrongDiffID?: boolean; secondLayer?: boolean; prettyConfig?: boolean } = {}): FakeImage {
   const name = options.name ?? 'fake';
   const dir = s.mkdir(`${name}-layer`);
   fs.writeFileSync(path.join(dir, 'hello'), `hello from a ${name} registry\n`);
@@ -405,7 +406,8 @@ function fakeImage(s: Scratch, options: { name?: string; bigFile?: number; wrong
     layers.push(fs.readFileSync(tarDir(dir2, s.path(`${name}-2.tar`))));
   }
   const diffIDs = layers.map((l) => (options.wrongDiffID === true ? sha(Buffer.concat([l, Buffer.from('x')])) : sha(l)));
-  const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: diffIDs } }));
+  const configValue = { architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: diffIDs } };
+  const config = Buffer.from(options.prettyConfig === true ? `${JSON.stringify(configValue, null, 2)}\n` : JSON.stringify(configValue));
   const manifest = Buffer.from(JSON.stringify({
     schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json',
     config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: sha(config), size: config.length },
@@ -632,6 +634,33 @@ t.test('blob downloads (native, libcurl): errors, ranges, redirects without cred
   t.match(r.stderr, /ENOSPC: pull 127\.0\.0\.1:\d+\/app:1: fetching blob sha256:[0-9a-f]{64}: cannot write the download cache .*\.partial: ENOSPC \(write\)/, `a full disk: ${r.stderr.trim()}`);
   t.notOk(fs.existsSync(path.join(root, 'registry-cache', 'blobs', `sha256-${big.layerDigest.slice(7)}.partial`)), 'the partial blob is deleted, giving the space back');
   assertNothingLanded(t, root, 'full disk');
+});
+
+t.test('a pulled image travels on as it came: packed blobs and the config bytes are pushed unchanged', async (t) => {
+  const s = new Scratch(t, 'registry-relay');
+  const image = fakeImage(s, { bigFile: 64 << 10, prettyConfig: true });
+  const fake = await fakeRegistry(t, image);
+  const registry = new RealRegistry(t, s.mkdir('registry'));
+  await registry.start();
+  const root = s.path('root');
+  const pulled = await jsonAsync<PullJson>(root, 'image', 'pull', `${fake.host}/app:1`);
+  t.equal(pulled.id, image.configDigest, 'pulled; the id is the digest of the indented config');
+  const inspect = (r: string, ref: string) => json<Array<{ packedLayers: number; rawConfig?: string }>>(r, 'image', 'inspect', ref)[0]!;
+  t.equal(inspect(root, pulled.id).packedLayers, 1, 'the layer is stored packed');
+  t.equal(inspect(root, pulled.id).rawConfig, undefined, 'inspect does not show the raw config');
+
+  const pushed = json<PushJson>(root, 'image', 'push', pulled.id, `${registry.host}/relay:1`);
+  t.equal(pushed.configDigest, image.configDigest, 'the pushed config has the image id as its digest');
+  t.same(pushed.layers.map((l) => [l.digest, l.action]), [[image.layerDigest, 'uploaded']], 'the layer went up as the blob it came as');
+  t.equal(inspect(root, pulled.id).packedLayers, 1, 'and was not extracted for it');
+  const config = await httpRequest(registry.port, 'GET', `/v2/relay/blobs/${image.configDigest}`, {});
+  t.equal(config.body, image.config.toString('utf8'), 'the registry holds the config byte for byte');
+
+  const again = s.path('again');
+  const back = json<PullJson>(again, 'image', 'pull', `${registry.host}/relay:1`);
+  t.equal(back.id, image.configDigest, 'pulled back elsewhere, the image keeps its id');
+  t.same(back.layers.map((l) => l.digest), [image.layerDigest], 'and its layer digest');
+  t.equal(strata(again, 'image', 'export', back.id, '--format', 'oci', '-o', s.path('out')).status, 0, 'it exports (extracting the layer)');
 });
 
 t.test('packed layers: stratad extracts them in the background, also after kill -9; a lying config fails the first use', async (t) => {

@@ -25,7 +25,7 @@ import type { LayerStore } from '../layers/layer-store.js';
 import { TarWriter } from '../layers/tar-writer.js';
 import type { ProgressListener } from '../layers/types.js';
 import { explainSpace } from './commit-image.js';
-import type { ImageRecord, ImageStore } from './image-store.js';
+import { configBytesOf, type ImageRecord, type ImageStore } from './image-store.js';
 import { normalizeName } from './sources.js';
 
 export type ExportFormat = 'oci' | 'docker';
@@ -110,8 +110,10 @@ export async function exportImages(images: ImageStore, layers: LayerStore, refs:
         blobs.push(blob);
       }
       const diffIDs = blobs.map((b) => b.diffID);
-      const config = { ...image.config, rootfs: { ...image.config.rootfs, type: 'layers', diff_ids: diffIDs } };
-      const configBlob = await writeBlobBytes(layout, Buffer.from(JSON.stringify(config)));
+      // Layers that came out as they were stored keep the config's own bytes, and so the image its id.
+      const unchanged = diffIDs.every((d, i) => d === image.diffIDs[i]);
+      const configBytes = unchanged ? configBytesOf(image) : Buffer.from(JSON.stringify({ ...image.config, rootfs: { ...image.config.rootfs, type: 'layers', diff_ids: diffIDs } }));
+      const configBlob = await writeBlobBytes(layout, configBytes);
       let manifestDigest: Digest | null = null;
       if (options.format === 'oci') {
         const manifest = {

@@ -35,10 +35,24 @@ export interface ImageRecord {
   created: string | null;
   importedAt: string;
   source: 'oci-layout' | 'docker-archive' | 'registry';
+  /**
+   * The config's bytes as the image came (base64), kept only when JSON.stringify(config) gives other bytes: the
+   * id is their digest, so a push or export of the unchanged image sends these (configBytesOf).
+   */
+  rawConfig?: string;
 }
 
-/** What `image inspect` shows: the record, its size counted now (see ImageSummary). */
-export type ImageView = ImageRecord & { packedLayers: number };
+/**
+ * The config's bytes whose digest is the image's id: the ones it came with, or JSON.stringify of the parsed config
+ * (how Strata writes configs, and what records from before rawConfig existed can offer: for those the digest may
+ * differ from the id).
+ */
+export function configBytesOf(image: Pick<ImageRecord, 'config' | 'rawConfig'>): Buffer {
+  return image.rawConfig !== undefined ? Buffer.from(image.rawConfig, 'base64') : Buffer.from(JSON.stringify(image.config));
+}
+
+/** What `image inspect` shows: the record (without the raw config's base64), its size counted now (see ImageSummary). */
+export type ImageView = Omit<ImageRecord, 'rawConfig'> & { packedLayers: number };
 
 export interface ImageSummary {
   id: Digest;
@@ -64,6 +78,8 @@ export interface StagedImage {
   configDigest: Digest;
   /** The parsed config; validated again here. */
   config: unknown;
+  /** The config's bytes (their digest is configDigest). */
+  configBytes: Buffer;
   manifestDigest: Digest | null;
   manifest: unknown;
   /** Names to give the image (normalized here). */
@@ -199,7 +215,7 @@ export class ImageStore {
         const diffID = 'staged' in item ? item.staged.diffID : item.existingDiffID;
         if (diffID !== diffIDs[i]) throw new StrataError('STRATA_INTERNAL', `layer ${i + 1} was staged as ${diffID}, the config says ${diffIDs[i]}`);
       });
-      const source = { configDigest: image.configDigest, config, manifestDigest: image.manifestDigest, manifest: image.manifest, names: image.names.map(normalizeName) };
+      const source = { configDigest: image.configDigest, config, configBytes: image.configBytes, manifestDigest: image.manifestDigest, manifest: image.manifest, names: image.names.map(normalizeName) };
       return await this.commitImage(source, diffIDs, items, image.source);
     } catch (err) {
       for (const item of items) if ('staged' in item) await this.layers.discard(item.staged);
@@ -242,6 +258,7 @@ export class ImageStore {
         importedAt: existing?.importedAt ?? new Date().toISOString(),
         source: kind,
       };
+      if (!configBytesOf(record).equals(image.configBytes)) record.rawConfig = image.configBytes.toString('base64');
       ops.push({ type: 'put', sublevel: 'images', key: id, value: record });
       ops.push(...refOpsFor(chainIDs, holder, 'put'));
       await this.layers.commit(null, items, () => ops);
@@ -294,7 +311,7 @@ export class ImageStore {
 
   /** `image inspect`: the record, with `size` and `packedLayers` as the layers are now. */
   async inspect(ref: string): Promise<ImageView> {
-    const image = await this.resolve(ref);
+    const { rawConfig: _rawConfig, ...image } = await this.resolve(ref);
     return { ...image, ...(await this.sizeNow(image, new Map())) };
   }
 

@@ -45,6 +45,8 @@ export interface SourceLayer {
 export interface SourceImage {
   configDigest: Digest;
   config: ImageConfig;
+  /** The config as the source has it (its digest is configDigest). */
+  configBytes: Buffer;
   manifestDigest: Digest | null;
   manifest: unknown;
   /** Full names (repo:tag) the source gives this image. */
@@ -114,7 +116,8 @@ async function readManifestOrIndex(dir: string, desc: Descriptor, annotations: R
   if (configDesc.mediaType !== MEDIA.ociConfig && configDesc.mediaType !== MEDIA.dockerConfig) {
     throw new StrataError('STRATA_UNSUPPORTED', `${what}: config media type "${configDesc.mediaType}" is not an image config`);
   }
-  const config = validateConfig(await readJsonBlob(dir, configDesc, 'config'), `config ${configDesc.digest}`);
+  const configBytes = await readSmallBlob(dir, configDesc, 'config');
+  const config = validateConfig(parseJson(configBytes, `config ${configDesc.digest}`), `config ${configDesc.digest}`);
   if (!Array.isArray(manifest.layers)) throw new StrataError('STRATA_BAD_ARCHIVE', `${what} has no layers array`);
   const layerDescs = manifest.layers.map((l, i) => toDescriptor(l, `${what} layer ${i}`));
   if (layerDescs.length !== config.rootfs.diff_ids.length) {
@@ -132,6 +135,7 @@ async function readManifestOrIndex(dir: string, desc: Descriptor, annotations: R
   return [{
     configDigest: configDesc.digest,
     config,
+    configBytes,
     manifestDigest: desc.digest,
     manifest,
     names: fullName !== undefined ? [normalizeName(fullName)] : [],
@@ -174,12 +178,17 @@ async function blobFile(dir: string, desc: Descriptor, owner: string): Promise<s
 }
 
 async function readJsonBlob(dir: string, desc: Descriptor, kind: string): Promise<unknown> {
+  return parseJson(await readSmallBlob(dir, desc, kind), `${kind} ${desc.digest}`);
+}
+
+/** A JSON blob's bytes, verified against its descriptor. */
+async function readSmallBlob(dir: string, desc: Descriptor, kind: string): Promise<Buffer> {
   if (desc.size > MAX_JSON_BYTES) throw new StrataError('STRATA_BAD_ARCHIVE', `${kind} ${desc.digest} claims ${desc.size} bytes, above the ${MAX_JSON_BYTES} limit`);
   const file = await blobFile(dir, desc, kind);
   const bytes = await readFile(file);
   const actual = sha256Of(bytes);
   if (actual !== desc.digest) throw new StrataError('STRATA_DIGEST_MISMATCH', `${kind} blob ${desc.digest} has digest ${actual}`);
-  return parseJson(bytes, `${kind} ${desc.digest}`);
+  return bytes;
 }
 
 /** Checks that a parsed image config has the rootfs an image needs (diff_ids, each a sha256 digest). */
@@ -229,7 +238,7 @@ export async function readDockerArchive(dir: string): Promise<SourceImage[]> {
       });
     }
     const tags = Array.isArray(entry.RepoTags) ? entry.RepoTags.filter((t): t is string => typeof t === 'string') : [];
-    images.push({ configDigest, config, manifestDigest: null, manifest: entry, names: tags.map(normalizeName), layers });
+    images.push({ configDigest, config, configBytes, manifestDigest: null, manifest: entry, names: tags.map(normalizeName), layers });
   }
   return images;
 }

@@ -35,7 +35,7 @@
  *   recovery.ts    crash recovery and fsck
  * Everything that writes the metastore runs in this store's one write lock (`exclusive`).
  */
-import { mkdir } from 'node:fs/promises';
+import { link, mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { StrataError } from '../errors.js';
@@ -46,7 +46,7 @@ import { findGunzipTool, type GunzipChoice, type GunzipTool } from './compressio
 import type { BatchOp, Metastore } from '../store/metastore.js';
 import type { Digest } from './digest.js';
 import {
-  DEFAULT_LIMITS, commitLayers, discardStaged, stageDirectory, stagePackedBlob, stageStream, stageTarFile,
+  DEFAULT_LIMITS, commitLayers, discardStaged, placeOf, stageDirectory, stagePackedBlob, stageStream, stageTarFile,
   statOrThrow, unpackLayer, type CommitItem, type IngestContext, type LayerStoreLimits, type PackedBlob, type StageOptions,
   type StagedLayer,
 } from './ingest.js';
@@ -187,6 +187,25 @@ export class LayerStore {
       this.unpacking.set(diffID, running);
     }
     await running;
+  }
+
+  /**
+   * Makes `dest` a hard link to the blob of a packed layer and returns true; false when the layer is extracted
+   * (or is extracted meanwhile, which deletes the blob). The link keeps the bytes for the caller whatever the
+   * store does with its own name, so no lock is held while the caller reads them. `dest` must be on the store's
+   * filesystem (the registry cache is).
+   */
+  async linkPackedBlob(diffID: Digest, dest: string): Promise<boolean> {
+    const content = await this.queries.getContent(diffID);
+    if (content.packed !== true) return false;
+    try {
+      await link(placeOf(this.ingest, content), dest);
+      return true;
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' || code === 'EXDEV') return false;
+      throw err;
+    }
   }
 
   /** The extracted content dir of one layer (not its chain), extracting it first if it is packed. */

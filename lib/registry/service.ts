@@ -24,7 +24,7 @@ import path from 'node:path';
 import { StrataError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Metastore } from '../store/metastore.js';
-import type { ImageRecord, ImageStore } from '../images/image-store.js';
+import { configBytesOf, type ImageRecord, type ImageStore } from '../images/image-store.js';
 import { DEFAULT_LIMITS, LAYER_MEDIA_TYPES, type CommitItem, type LayerStore, type StagedLayer } from '../layers/layer-store.js';
 import { mapLimit } from '../images/map-limit.js';
 import { hexOf, parseDigest, sha256Of, type Digest } from '../layers/digest.js';
@@ -221,6 +221,7 @@ export class RegistryService {
           source: 'registry',
           configDigest: configDesc.digest,
           config: JSON.parse(configBytes.toString('utf8')) as unknown,
+          configBytes,
           manifestDigest: manifest.digest,
           manifest: JSON.parse(manifest.bytes.toString('utf8')) as unknown,
           names: name === undefined ? [] : [name],
@@ -324,8 +325,19 @@ export class RegistryService {
             return;
           }
         }
-        progress('tarring', 0, null);
         const file = path.join(workDir, `layer-${i}`);
+        // A packed layer is sent as the blob it came as: its digest stays, nothing is extracted or compressed.
+        if (await this.options.layers.linkPackedBlob(info.diffID, file)) {
+          await client.uploadBlob(dest.repository, file, info.compressedDigest, info.compressedSize, { chunkSize, onProgress: (n) => progress('uploading', n, info.compressedSize) });
+          uploadedBytes += info.compressedSize;
+          progress('done', info.compressedSize, info.compressedSize);
+          const entry = { digest: info.compressedDigest, size: info.compressedSize, mediaType: info.mediaType, diffID: info.diffID };
+          layersOut[i] = { ...entry, action: 'uploaded' };
+          remembered.push(entry);
+          await rm(file, { force: true });
+          return;
+        }
+        progress('tarring', 0, null);
         const exported = await writeLayerBlob(await this.options.layers.contentDir(info.chainID), file, `${what}: layer ${info.diffID}`);
         const entry = { digest: exported.digest, size: exported.size, mediaType: exported.mediaType, diffID: exported.diffID };
         if (await client.blobExists(dest.repository, exported.digest)) {
@@ -352,9 +364,9 @@ export class RegistryService {
         if (size !== null) configDesc = { mediaType: family.config, digest: image.id, size };
       }
       if (configDesc === null) {
-        // Unchanged layers keep the config as stored; Strata writes configs with JSON.stringify (commit), so such an
-        // image usually keeps its id. Re-made layers need their new diffIDs listed.
-        const bytes = Buffer.from(JSON.stringify(unchanged ? image.config : { ...image.config, rootfs: { type: 'layers', diff_ids: diffIDs } }));
+        // Unchanged layers keep the config's bytes as the image came (configBytesOf), so it keeps its id. Re-made
+        // layers need their new diffIDs listed.
+        const bytes = unchanged ? configBytesOf(image) : Buffer.from(JSON.stringify({ ...image.config, rootfs: { type: 'layers', diff_ids: diffIDs } }));
         configDesc = { mediaType: family.config, digest: sha256Of(bytes), size: bytes.length };
         if ((await client.blobSize(dest.repository, configDesc.digest)) === null) {
           const file = path.join(workDir, 'config');
