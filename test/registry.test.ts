@@ -721,6 +721,38 @@ t.test('packed layers: stratad extracts them in the background, also after kill 
   t.match(daemon.stderr, /"stopped"/, 'the daemon stops cleanly');
 });
 
+t.test('packed layers: a background extraction that failed on a full disk is tried again after the next pull', async (t) => {
+  const s = new Scratch(t, 'registry-unpack-retry');
+  const root = s.mkdir('root');
+  const mounted = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=64m,mode=0700', 'tmpfs', root], { encoding: 'utf8' });
+  t.equal(mounted.status, 0, `a 64 MiB tmpfs for the state dir ${mounted.stderr}`);
+  t.teardown(() => { spawnSync('umount', ['-l', root]); });
+  const big = fakeImage(s, { name: 'big', bigFile: 16 << 20 });
+  const bigRegistry = await fakeRegistry(t, big);
+  const small = fakeImage(s, { name: 'small' });
+  const smallRegistry = await fakeRegistry(t, small);
+  const daemon = await startDaemon(t, { root, socket: s.path('strata.sock'), execStart: [process.execPath, path.join(repoRoot, 'dist/daemon/stratad.js')] });
+  const packed = () => daemon.json<Array<{ diffID: string; packed: boolean }>>(['layer', 'ls']).filter((l) => l.packed).map((l) => l.diffID);
+
+  // Room for the 16 MiB blob, not for the blob and its extracted copy besides.
+  const free = () => { const st = fs.statfsSync(root); return st.bavail * st.bsize; };
+  const filler = path.join(root, 'filler');
+  fs.writeFileSync(filler, Buffer.alloc(Math.max(0, free() - (24 << 20))));
+  const first = await strataAsync(root, '--socket', daemon.socket, 'image', 'pull', `${bigRegistry.host}/app:1`);
+  t.equal(first.status, 0, `the pull lands on the nearly full disk: ${first.stderr}`);
+  await daemon.waitForLog(/could not extract a packed layer.*ENOSPC|ENOSPC.*could not extract a packed layer/);
+  t.match(daemon.stderr, /"retry":"after the next pull"/, 'the log says it will be tried again');
+  t.same(packed(), [sha(big.layer)], 'the layer stays packed');
+  t.same(listDir(path.join(root, 'layer-tmp')), [], 'the failed extraction left nothing staged');
+
+  fs.rmSync(filler);
+  const second = await strataAsync(root, '--socket', daemon.socket, 'image', 'pull', `${smallRegistry.host}/app:1`);
+  t.equal(second.status, 0, `another pull: ${second.stderr}`);
+  await waitFor('both layers extracted', () => packed().length === 0 || undefined, 60_000);
+  t.pass('after the next pull, the background extracted the layer it had given up on');
+  await daemon.kill('SIGTERM');
+});
+
 t.test('packed layers after a crash: start-up deletes a blob whose layer is extracted, keeps an unrecorded one in lost+found; export extracts', async (t) => {
   const s = new Scratch(t, 'registry-packed-recovery');
   const image = fakeImage(s);

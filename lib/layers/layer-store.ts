@@ -79,7 +79,8 @@ export class LayerStore {
   /** Extractions running, by diffID: a second caller waits for the first one's. */
   private readonly unpacking = new Map<Digest, Promise<void>>();
   /** The background extraction loop (stratad), and whether more work came in while it ran. */
-  private background: { running: Promise<void> | null; again: boolean; stopped: boolean; failed: Set<Digest> } | null = null;
+  /** `failed`: layers the background gave up on, and whether for good (their bytes are wrong) or until the next poke. */
+  private background: { running: Promise<void> | null; again: boolean; stopped: boolean; failed: Map<Digest, 'for good' | 'until poked'> } | null = null;
 
   constructor(
     private readonly metastore: Metastore,
@@ -218,11 +219,12 @@ export class LayerStore {
   /**
    * Extracts packed layers one at a time in the background until none is left, from now on: again after every
    * commit of packed layers (stratad calls this once it is ready). A layer whose extraction fails is logged and
-   * left packed for its next use to report; the background does not try it again. Stopped by
-   * stopBackgroundUnpack().
+   * left packed for its next use to report. Its bytes being wrong (a diffID or tar that does not match) is
+   * final: the background does not try it again. Any other failure (a full disk, an I/O error) is tried again
+   * after the next commit of packed layers. Stopped by stopBackgroundUnpack().
    */
   startBackgroundUnpack(): void {
-    this.background ??= { running: null, again: false, stopped: false, failed: new Set() };
+    this.background ??= { running: null, again: false, stopped: false, failed: new Map() };
     this.pokeBackgroundUnpack();
   }
 
@@ -230,6 +232,7 @@ export class LayerStore {
   private pokeBackgroundUnpack(): void {
     const bg = this.background;
     if (bg === null || bg.stopped) return;
+    for (const [diffID, how] of bg.failed) if (how === 'until poked') bg.failed.delete(diffID);
     if (bg.running !== null) {
       bg.again = true;
       return;
@@ -242,10 +245,11 @@ export class LayerStore {
           if (bg.stopped) return;
           if (content.packed !== true || failed.has(content.diffID)) continue;
           await this.unpackContent(content.diffID).catch(async (err: unknown) => {
-            failed.add(content.diffID);
+            const final = err instanceof StrataError && (err.code === 'STRATA_DIGEST_MISMATCH' || err.code === 'STRATA_BAD_ARCHIVE');
+            failed.set(content.diffID, final ? 'for good' : 'until poked');
             // Removed while it was being extracted (image rm, then prune): nothing went wrong.
             if (!(await this.queries.hasContent(content.diffID))) return;
-            this.log.error({ err, diffID: content.diffID }, 'could not extract a packed layer; it stays packed, and its next use reports this');
+            this.log.error({ err, diffID: content.diffID, retry: final ? 'never' : 'after the next pull' }, 'could not extract a packed layer; it stays packed, and its next use reports this');
           });
         }
       } while (bg.again && !bg.stopped);
