@@ -8,7 +8,6 @@ import { readFile, realpath, stat, symlink } from 'node:fs/promises';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { closeSync, createReadStream, lstatSync, mkdirSync, openSync } from 'node:fs';
-import tarStream from 'tar-stream';
 import { StrataError } from '../errors.js';
 import { safeComponents, writeEntryData } from '../layers/apply-tar.js';
 import { hexOf, isDigest, parseDigest, sha256Of, type Digest } from '../layers/digest.js';
@@ -266,6 +265,7 @@ async function insideFile(dir: string, name: string, what: string): Promise<stri
  * insideFile(), which refuses any that leave the archive.
  */
 export async function unpackArchive(file: string, dest: string, maxBytes: number): Promise<void> {
+  const { default: tarStream } = await import('tar-stream');
   const extractor = tarStream.extract();
   const piping = pipeline(createReadStream(file), extractor as unknown as NodeJS.WritableStream);
   let streamError: unknown;

@@ -18,7 +18,8 @@ import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import tarStream, { type Header as Headers } from 'tar-stream';
+import type tarStream from 'tar-stream';
+import type { Header as Headers } from 'tar-stream';
 import { FsError, StrataError, fsError, isErrno } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { StrataSys } from '../native/index.js';
@@ -81,9 +82,13 @@ export function decodePaxXattrs(buf: Buffer): Map<string, Buffer> {
   return xattrs;
 }
 
-/** An extractor whose PAX headers also carry the raw xattr bytes (per instance; tar-stream itself is untouched). */
-function createExtractor(): tarStream.Extract {
-  const extractor = tarStream.extract();
+/**
+ * An extractor whose PAX headers also carry the raw xattr bytes (per instance; tar-stream itself is untouched).
+ * tar-stream is loaded on first use: a command that untars nothing (a pull stores blobs packed) starts without it.
+ */
+async function createExtractor(): Promise<tarStream.Extract> {
+  const { default: tarStreamModule } = await import('tar-stream');
+  const extractor = tarStreamModule.extract();
   type Internals = { _header: { type: string }; _pax: Record<string, unknown> | null; _decodeLongHeader(buf: Buffer): void };
   const internals = extractor as unknown as Internals;
   const decode = internals._decodeLongHeader;
@@ -145,7 +150,7 @@ class LayerTarApplier {
   }
 
   async apply(input: Readable, stages: readonly StreamStage[]): Promise<ApplyResult> {
-    const extractor = createExtractor();
+    const extractor = await createExtractor();
     const piping = pipeline([input, ...stages, extractor as unknown as NodeJS.WritableStream]);
     let streamError: unknown;
     piping.catch((err: unknown) => { streamError = err; }); // surfaced by the iterator or the final await
