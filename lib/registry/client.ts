@@ -280,15 +280,15 @@ export class RegistryClient {
       if (result.stop === 'range') {
         throw this.fail('STRATA_REGISTRY_FAILED', `${step}: asked for bytes from ${result.held}, the registry sent range "${headerOf(result.headers, 'content-range') ?? ''}"`);
       }
-      if (result.status === 0 && result.curlCode !== 0) {
-        const host = url.host;
-        if (CURL_UNREACHABLE.has(result.curlCode)) throw this.fail('STRATA_REGISTRY_FAILED', `${step}: cannot reach ${host}: ${result.curlError ?? ''}`);
+      // No answer, or the blob's answer: a failure is the network's (an error answer's body may break off too).
+      const blobAnswer = result.status === 0 || result.status === 200 || result.status === 206;
+      if (blobAnswer && result.curlCode !== 0) {
+        if (result.status === 0 && CURL_UNREACHABLE.has(result.curlCode)) throw this.fail('STRATA_REGISTRY_FAILED', `${step}: cannot reach ${url.host}: ${result.curlError ?? ''}`);
         throw this.fail('STRATA_REGISTRY_FAILED', `${step}: the connection broke off after ${result.held} bytes (${result.curlError ?? ''})`);
       }
-      if (result.status === 0 || result.status === 200 || result.status === 206) {
+      if (blobAnswer) {
         if (result.held === desc.size) return result;
-        if (result.curlCode === 0) throw this.fail('STRATA_REGISTRY_FAILED', `${step}: the registry ended the blob after ${result.held} of ${desc.size} bytes`);
-        throw this.fail('STRATA_REGISTRY_FAILED', `${step}: the connection broke off after ${result.held} bytes (${result.curlError ?? ''})`);
+        throw this.fail('STRATA_REGISTRY_FAILED', `${step}: the registry ended the blob after ${result.held} of ${desc.size} bytes`);
       }
       const location = headerOf(result.headers, 'location');
       if ([301, 302, 303, 307, 308].includes(result.status) && location !== null) {
