@@ -76,6 +76,7 @@ struct fetch {
   const char *file_syscall;
 
   /* Transfer state: */
+  CURL *curl; /* the body callback reads the answer's status from it */
   int fd;
   EVP_MD_CTX *hash;
   bool body_started;
@@ -183,9 +184,27 @@ static size_t on_header(char *data, size_t size, size_t count, void *user) {
   return length;
 }
 
+/*
+ * libcurl calls the header callback for every header line, and the body callback only once the headers are
+ * complete: the status of the final answer, read at the first body byte, decides where the body goes.
+ */
 static size_t on_body(char *data, size_t size, size_t count, void *user) {
   struct fetch *f = user;
   size_t length = size * count;
+  if (!f->body_started) {
+    f->body_started = true;
+    curl_easy_getinfo(f->curl, CURLINFO_RESPONSE_CODE, &f->status);
+    if (f->status == 206) {
+      if (content_range_start(&f->header_block) != f->held) {
+        f->stop = STOP_RANGE;
+        return CURL_WRITEFUNC_ERROR;
+      }
+      f->body_is_blob = true;
+    } else if (f->status == 200) {
+      f->body_is_blob = true;
+      f->skip = f->held;
+    }
+  }
   f->transferred += (int64_t)length;
   if (!f->body_is_blob) {
     buffer_append(&f->error_body, data, length);
@@ -216,37 +235,6 @@ static int on_progress(void *user, curl_off_t dltotal, curl_off_t dlnow, curl_of
   return 0;
 }
 
-/*
- * libcurl calls the header callback for every header line, and the body callback only once the headers are
- * complete. The status of the final answer decides where the body goes; it is read once, at the first body byte,
- * by this wrapper (CURLINFO needs the handle, which the body callback does not get).
- */
-struct body_sink {
-  CURL *curl;
-  struct fetch *fetch;
-};
-
-static size_t on_body_first(char *data, size_t size, size_t count, void *user) {
-  struct body_sink *sink = user;
-  struct fetch *f = sink->fetch;
-  if (!f->body_started) {
-    f->body_started = true;
-    curl_easy_getinfo(sink->curl, CURLINFO_RESPONSE_CODE, &f->status);
-    if (f->status == 206) {
-      int64_t start = content_range_start(&f->header_block);
-      if (start != f->held) {
-        f->stop = STOP_RANGE;
-        return CURL_WRITEFUNC_ERROR;
-      }
-      f->body_is_blob = true;
-    } else if (f->status == 200) {
-      f->body_is_blob = true;
-      f->skip = f->held;
-    }
-  }
-  return on_body(data, size, count, f);
-}
-
 static void run_request(struct fetch *f) {
   CURL *curl = curl_easy_init();
   if (curl == NULL) {
@@ -261,7 +249,7 @@ static void run_request(struct fetch *f) {
     headers = curl_slist_append(headers, range);
     if (headers != NULL) f->headers = headers;
   }
-  struct body_sink sink = { curl, f };
+  f->curl = curl;
   curl_easy_setopt(curl, CURLOPT_URL, f->url);
   curl_easy_setopt(curl, CURLOPT_HTTPHEADER, f->headers);
   curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
@@ -276,8 +264,8 @@ static void run_request(struct fetch *f) {
   curl_easy_setopt(curl, CURLOPT_LOW_SPEED_TIME, f->timeout_seconds);
   curl_easy_setopt(curl, CURLOPT_HEADERFUNCTION, on_header);
   curl_easy_setopt(curl, CURLOPT_HEADERDATA, f);
-  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, on_body_first);
-  curl_easy_setopt(curl, CURLOPT_WRITEDATA, &sink);
+  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, on_body);
+  curl_easy_setopt(curl, CURLOPT_WRITEDATA, f);
   curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 0L);
   curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION, on_progress);
   curl_easy_setopt(curl, CURLOPT_XFERINFODATA, f);
@@ -291,6 +279,7 @@ static void run_request(struct fetch *f) {
     snprintf(f->curl_error, sizeof f->curl_error, "%s", curl_easy_strerror(f->curl_code));
   }
   curl_easy_cleanup(curl);
+  f->curl = NULL;
 }
 
 static void *fetch_main(void *arg) {
