@@ -326,13 +326,16 @@ export class RegistryService {
           }
         }
         const file = path.join(workDir, `layer-${i}`);
+        const upload = async (entry: { digest: Digest; size: number; mediaType: string; diffID: Digest }) => {
+          await client.uploadBlob(dest.repository, file, entry.digest, entry.size, { chunkSize, onProgress: (n) => progress('uploading', n, entry.size) });
+          uploadedBytes += entry.size;
+          progress('done', entry.size, entry.size);
+          layersOut[i] = { ...entry, action: 'uploaded' };
+        };
         // A packed layer is sent as the blob it came as: its digest stays, nothing is extracted or compressed.
         if (await this.options.layers.linkPackedBlob(info.diffID, file)) {
-          await client.uploadBlob(dest.repository, file, info.compressedDigest, info.compressedSize, { chunkSize, onProgress: (n) => progress('uploading', n, info.compressedSize) });
-          uploadedBytes += info.compressedSize;
-          progress('done', info.compressedSize, info.compressedSize);
           const entry = { digest: info.compressedDigest, size: info.compressedSize, mediaType: info.mediaType, diffID: info.diffID };
-          layersOut[i] = { ...entry, action: 'uploaded' };
+          await upload(entry);
           remembered.push(entry);
           await rm(file, { force: true });
           return;
@@ -344,10 +347,7 @@ export class RegistryService {
           progress('exists', exported.size, exported.size);
           layersOut[i] = { ...entry, action: 'present' };
         } else {
-          await client.uploadBlob(dest.repository, file, exported.digest, exported.size, { chunkSize, onProgress: (n) => progress('uploading', n, exported.size) });
-          uploadedBytes += exported.size;
-          progress('done', exported.size, exported.size);
-          layersOut[i] = { ...entry, action: 'uploaded' };
+          await upload(entry);
         }
         remembered.push({ ...entry, exportedFrom: info.diffID });
         await rm(file, { force: true });
