@@ -276,6 +276,9 @@ static int direct_io(struct session *s, const unsigned char *request, size_t len
   if (length < IN_HEADER_SIZE + 24) return 0;
   uint32_t opcode = get_u32(request + 4);
   if (opcode != FUSE_OP_READ && opcode != FUSE_OP_WRITE) return 0;
+  /* Sent again after a server restart (FUSE_UNIQUE_RESEND, bit 63 of unique): the dead server may have done
+   * this WRITE already, and on an O_APPEND fd doing it twice appends twice. JS checks first (files.ts write). */
+  if ((request[15] & 0x80) != 0) return 0;
   const unsigned char *body = request + IN_HEADER_SIZE;
   uint64_t fh = get_u64(body);
   uint64_t offset = get_u64(body + 8);

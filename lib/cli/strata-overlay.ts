@@ -187,6 +187,8 @@ function createMount(ufs: UnionFs, mountpoint: string, params: UnionParams, logg
     deviceFd: params.fuseFd,
     journalPath: params.nodeJournal,
     exportSupport: params.nfsExport,
+    // A fault hook for the restart tests only (session.ts dieBeforeReplyTo); not an option users set.
+    dieBeforeReplyTo: process.env.STRATA_TEST_DIE_BEFORE_REPLY?.split(',').filter((name) => name !== ''),
   }, logger);
 }
 

@@ -71,6 +71,24 @@ export function write(fd: number, buffer: Buffer, length: number, position: numb
   return fs.writeSync(fd, buffer, 0, length, position);
 }
 
+/**
+ * True when `fd` already holds `length` bytes of `buffer` at `position`. A WRITE sent again after a server
+ * restart may have been done by the server that died: on an O_APPEND fd (which ignores the position) writing it
+ * again would append the bytes twice. The kernel gave the position from its own idea of the size, which its
+ * writes keep current, so the bytes are there exactly when the write was done.
+ */
+export function holdsAlready(fd: number, buffer: Buffer, length: number, position: number): boolean {
+  if (fs.fstatSync(fd).size < position + length) return false;
+  // Read through a fresh open: the handle may be write-only or O_DIRECT.
+  const reader = fs.openSync(`/proc/self/fd/${fd}`, fs.constants.O_RDONLY);
+  try {
+    const held = Buffer.allocUnsafe(length);
+    return fs.readSync(reader, held, 0, length, position) === length && held.equals(buffer.subarray(0, length));
+  } finally {
+    fs.closeSync(reader);
+  }
+}
+
 export function release(ufs: UnionFs, fd: number): void {
   const reader = ufs.lowerReaders.get(fd);
   if (reader !== undefined) {

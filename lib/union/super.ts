@@ -452,6 +452,11 @@ export class UnionFs implements LookupContext {
     return fileOps.write(fd, buffer, length, position);
   }
 
+  /** True when the write is already in the file (a write resent after a restart: see fileOps.holdsAlready). */
+  holdsAlready(fd: number, buffer: Buffer, length: number, position: number): boolean {
+    return fileOps.holdsAlready(fd, buffer, length, position);
+  }
+
   /** True when `fd` (a FUSE handle) is a read-only open of a lower object. */
   isLowerReader(fd: number): boolean {
     return this.lowerReaders.has(fd);

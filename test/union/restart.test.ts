@@ -13,6 +13,7 @@ import { once } from 'node:events';
 import fs from 'node:fs';
 import path from 'node:path';
 import { isMounted, requireCandidate, run, Sandbox, strataOverlayJs } from '../helpers/sandbox.js';
+import { diffTrees, snapshotTree } from '../helpers/tree.js';
 import { NodeTable, type KernelNode } from '../../lib/fuse/kernel/nodes.js';
 import { NodeJournal } from '../../lib/fuse/kernel/journal.js';
 import { prng } from '../helpers/random.js';
@@ -96,8 +97,8 @@ for (const retainLimit of [0, 300]) t.test(`the node journal rebuilds the same t
 interface Takeover {
   mnt: string;
   upper: string;
-  /** Starts a server on the held connection (the first one mounts, later ones resume). */
-  startServer(): ChildProcess;
+  /** Starts a server on the held connection (the first one mounts, later ones resume); `env` adds to ours. */
+  startServer(env?: NodeJS.ProcessEnv): ChildProcess;
   logs: string[];
 }
 
@@ -115,8 +116,8 @@ async function heldConnection(tt: Test, label: string, extraOptions: string[], f
   const opts = [`lowerdir=${lower}`, `upperdir=${upper}`, `workdir=${work}`, 'loglevel=info', 'fuse_fd=3', `node_journal=${journal}`, ...extraOptions];
   return {
     mnt, upper, logs,
-    startServer() {
-      const server = spawn(process.execPath, [strataOverlayJs, '-f', '-o', opts.join(','), mnt], { stdio: ['ignore', 'ignore', 'pipe', deviceFd] });
+    startServer(env) {
+      const server = spawn(process.execPath, [strataOverlayJs, '-f', '-o', opts.join(','), mnt], { stdio: ['ignore', 'ignore', 'pipe', deviceFd], env: { ...process.env, ...env } });
       const index = logs.push('') - 1;
       server.stderr?.on('data', (b: Buffer) => { logs[index] += b.toString(); });
       servers.push(server);
@@ -194,6 +195,133 @@ for (const passthrough of ['on', 'off']) {
     tt.notOk(fs.existsSync(path.join(path.dirname(mnt), 'run', 'nodes')), 'the journal is removed once the mount is gone');
   });
 }
+
+/**
+ * The hard case of a restart, made on purpose: the server has done a change but dies before its answer
+ * (STRATA_TEST_DIE_BEFORE_REPLY=<op>, session.ts dieBeforeReplyTo), so the kernel sends the request again and
+ * the next server finds the change made. Each change must then be answered as done, once: no EEXIST for a
+ * mkdir, no ENOENT for an rm, no second copy of an O_APPEND write. The same commands on kernel overlayfs,
+ * without restarts, give the tree the mount must end with.
+ */
+/** renameat2(x, y, RENAME_EXCHANGE) in python (coreutils 9.1's mv has no --exchange). */
+const EXCHANGE = 'import ctypes, os, sys\nlibc = ctypes.CDLL(None, use_errno=True)\n' +
+  'if libc.renameat2(-100, b"x", -100, b"y", 2) != 0: sys.exit(os.strerror(ctypes.get_errno()))';
+
+const DONE_BEFORE_ANSWER: readonly { op: string; command: string }[] = [
+  { op: 'create', command: 'echo one > created' },
+  { op: 'write', command: 'echo more >> appended' },
+  { op: 'write', command: 'echo again >> appended' },
+  { op: 'write', command: 'echo over > lowerfile' },
+  { op: 'mkdir', command: 'mkdir newdir' },
+  { op: 'mknod', command: 'mkfifo fifo' },
+  { op: 'symlink', command: 'ln -s created sym' },
+  { op: 'link', command: 'ln created hard' },
+  { op: 'rename2', command: 'mv created renamed' },
+  { op: 'rename2', command: 'mv lowermoved moved' },
+  { op: 'rename', command: 'perl -e \'rename("renamed", "renamed2") or die "$!\\n"\'' },
+  { op: 'rename2', command: `python3 -c '${EXCHANGE.replace('"x"', '"renamed2"').replace('"y"', '"lowerfile"')}'` },
+  { op: 'unlink', command: 'rm lowergone' },
+  { op: 'unlink', command: 'rm hard' },
+  { op: 'rmdir', command: 'rmdir lowerdir' },
+  { op: 'setxattr', command: 'setfattr -n user.k -v v appended' },
+  { op: 'setxattr', command: 'python3 -c "import os; os.setxattr(\'appended\', \'user.c\', b\'1\', os.XATTR_CREATE)"' },
+  { op: 'removexattr', command: 'setfattr -x user.k appended' },
+  { op: 'setattr', command: 'chmod 600 appended' },
+  { op: 'setattr', command: 'truncate -s 3 lowerfile' },
+];
+
+for (const passthrough of ['on', 'off']) t.test(`a change done but not answered before the server died is answered as done by the next one (passthrough=${passthrough})`, async (tt) => {
+  const fill = (lower: string) => {
+    fs.writeFileSync(path.join(lower, 'appended'), 'base\n');
+    fs.writeFileSync(path.join(lower, 'lowerfile'), 'lower\n');
+    fs.writeFileSync(path.join(lower, 'lowermoved'), 'moved\n');
+    fs.writeFileSync(path.join(lower, 'lowergone'), 'gone\n');
+    fs.mkdirSync(path.join(lower, 'lowerdir'));
+  };
+  const take = await heldConnection(tt, `resend-${passthrough}`, [`passthrough=${passthrough}`], fill);
+  let server = take.startServer();
+  await waitForLog(take, 0, /"msg":"mounted"/);
+  tt.ok(isMounted(take.mnt), 'mounted on the held fd');
+  for (const { op, command } of DONE_BEFORE_ANSWER) {
+    // A passthrough open's writes go from the kernel to the upper file: no server sees them.
+    if (op === 'write' && passthrough === 'on') {
+      tt.equal(run('bash', ['-c', command], { cwd: take.mnt }).status, 0, `${command} (passthrough: no WRITE reaches a server)`);
+      continue;
+    }
+    server.kill('SIGKILL');
+    await once(server, 'exit');
+    const dying = take.startServer({ STRATA_TEST_DIE_BEFORE_REPLY: op });
+    await waitForLog(take, take.logs.length - 1, /"msg":"resumed"/);
+    const client = spawn('bash', ['-c', command], { cwd: take.mnt, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    client.stderr?.on('data', (c: Buffer) => { stderr += c.toString(); });
+    const clientDone = once(client, 'exit');
+    const first = await Promise.race([once(dying, 'exit').then(() => 'server'), clientDone.then(() => 'client')]);
+    if (first === 'client') {
+      tt.fail(`${command}: finished without a ${op} (stderr: ${stderr})`);
+      server = dying;
+      continue;
+    }
+    tt.match(take.logs[take.logs.length - 1], new RegExp(`"op":"${op}".*dying before the reply`), `${command}: the server did ${op} and died before answering`);
+    tt.equal(client.exitCode, null, `${command}: still waiting for its answer`);
+    server = take.startServer();
+    await waitForLog(take, take.logs.length - 1, /"msg":"resumed"/);
+    const [code] = await clientDone;
+    tt.same({ code, stderr }, { code: 0, stderr: '' }, `${command}: done once, and answered as done`);
+  }
+
+  const box = await Sandbox.create(tt, `resend-oracle-${passthrough}`);
+  const lower = box.dir('lower');
+  fill(lower);
+  const oracle = box.mount('kernel', { lowers: [lower], upper: box.dir('upper'), work: box.dir('work'), mnt: box.dir('mnt') });
+  for (const { command } of DONE_BEFORE_ANSWER) run('bash', ['-c', command], { cwd: oracle.mnt });
+  tt.same(diffTrees(snapshotTree(oracle.mnt), snapshotTree(take.mnt)), [], 'the tree is the one kernel overlayfs ends with');
+  tt.equal(fs.readFileSync(path.join(take.mnt, 'appended'), 'utf8'), 'base\nmore\nagain\n', 'each append landed once');
+  box.unmount(oracle);
+  tt.equal(run('umount', [take.mnt]).status, 0, 'umount');
+  await once(server, 'exit');
+});
+
+/** Requests waiting in the kernel for this connection (the fusectl `waiting` count). */
+function waitingRequests(mnt: string): number {
+  const minor = Number(fs.statSync(mnt).dev) & 0xff;
+  return Number(fs.readFileSync(`/sys/fs/fuse/connections/${minor}/waiting`, 'utf8'));
+}
+
+/**
+ * Requests made while no server runs wait in the kernel; the next server must do each of them once. (It once
+ * started reading before it asked for the resend, so a request it had read already came back and ran twice:
+ * an exchange swapped back, an O_APPEND write landed twice.)
+ */
+t.test('requests made while no server runs are done once by the next one', async (tt) => {
+  const take = await heldConnection(tt, 'resend-waiting', ['passthrough=off'], (lower) => {
+    fs.writeFileSync(path.join(lower, 'x'), 'x\n');
+    fs.writeFileSync(path.join(lower, 'y'), 'y\n');
+    fs.writeFileSync(path.join(lower, 'log'), 'one\n');
+  });
+  let server = take.startServer();
+  await waitForLog(take, 0, /"msg":"mounted"/);
+  // Looked up now, so the clients below only wait for their change itself.
+  run('stat', ['x', 'y', 'log'], { cwd: take.mnt });
+  server.kill('SIGKILL');
+  await once(server, 'exit');
+  const clients = [spawn('python3', ['-c', EXCHANGE], { cwd: take.mnt, stdio: 'inherit' }), spawn('bash', ['-c', 'echo two >> log'], { cwd: take.mnt, stdio: 'inherit' })];
+  for (let i = 0; i < 400 && waitingRequests(take.mnt) < 2; i++) await new Promise((r) => setTimeout(r, 25));
+  tt.ok(waitingRequests(take.mnt) >= 2, 'both changes wait in the kernel');
+  server = take.startServer();
+  // Bounded, not timed: a request answered with the wrong unique leaves its client waiting for good.
+  let timer: NodeJS.Timeout | undefined;
+  const stuck = new Promise<number[]>((resolve) => { timer = setTimeout(() => resolve(clients.map((c) => c.exitCode ?? -1)), 30_000); });
+  const codes = await Promise.race([Promise.all(clients.map(async (c) => (await once(c, 'exit'))[0] as number)), stuck]);
+  clearTimeout(timer);
+  for (const c of clients) if (c.exitCode === null) c.kill('SIGKILL');
+  tt.same(codes, [0, 0], 'both clients were answered with success');
+  tt.equal(fs.readFileSync(path.join(take.mnt, 'x'), 'utf8'), 'y\n', 'the exchange was done once (x has y\'s data)');
+  tt.equal(fs.readFileSync(path.join(take.mnt, 'y'), 'utf8'), 'x\n');
+  tt.equal(fs.readFileSync(path.join(take.mnt, 'log'), 'utf8'), 'one\ntwo\n', 'the append landed once');
+  tt.equal(run('umount', [take.mnt]).status, 0, 'umount');
+  await once(server, 'exit');
+});
 
 t.test('a server that finds no live connection in the journal mounts afresh on the given fd', async (tt) => {
   const take = await heldConnection(tt, 'takeover-fresh', [], (lower) => fs.writeFileSync(path.join(lower, 'f'), 'x\n'));

@@ -105,11 +105,11 @@ export function batchForget(s: FuseSession, req: Request): void {
 
 /**
  * True when a request the kernel sent again after a server restart (FUSE_NOTIFY_RESEND) fails only because the
- * dead server had already done it: the name it creates exists, or the name it removes is gone. The caller's
- * syscall still holds the directory's lock in the kernel, so nobody else can have changed that name since.
- * (RENAME_EXCHANGE cannot be told apart this way: a resent exchange that was done is done again, see docs.)
+ * dead server had already done it: the name (or xattr) it creates exists, or the one it removes is gone. The
+ * caller's syscall still holds the directory's (or inode's) lock in the kernel, so nobody else can have changed
+ * that name since. (RENAME_EXCHANGE cannot be told apart this way: see exchangeDoneBeforeRestart.)
  */
-function doneBeforeRestart(req: Request, err: unknown, code: 'EEXIST' | 'ENOENT'): boolean {
+export function doneBeforeRestart(req: Request, err: unknown, code: 'EEXIST' | 'ENOENT' | 'ENODATA'): boolean {
   return req.resent && (err as { code?: string } | null)?.code === code;
 }
 
@@ -219,6 +219,21 @@ export async function rmdir(s: FuseSession, req: Request): Promise<void> {
   s.replyOk(req);
 }
 
+/**
+ * A resent RENAME_EXCHANGE finds no error to tell it was done (doing it again swaps back). Two signs instead: the
+ * journal keeps the unique of the last exchange made, stored between the swap on disk and its node record; and a
+ * swap on disk that the node table never heard of shows as the two names' inode numbers crossed, which the table
+ * is then brought to. The caller holds both directories' locks, so nothing else moved either name.
+ */
+function exchangeDoneBeforeRestart(s: FuseSession, req: Request, parent: KernelNode, name: string, newParent: KernelNode, newName: string): boolean {
+  const a = s.nodes.child(parent, name);
+  const b = s.nodes.child(newParent, newName);
+  const crossed = a !== undefined && b !== undefined && a.ino !== b.ino &&
+    s.ufs.lookup(childPath(parent, name)).ino === b.ino && s.ufs.lookup(childPath(newParent, newName)).ino === a.ino;
+  if (crossed) s.nodes.exchanged(parent, name, newParent, newName, req.unique);
+  return crossed || s.nodes.journal?.lastExchange === req.unique;
+}
+
 async function renameCommon(s: FuseSession, req: Request, newDirId: number, flags: number, namesAt: number): Promise<void> {
   const parent = s.node(req);
   const newParent = s.nodes.get(newDirId);
@@ -231,8 +246,9 @@ async function renameCommon(s: FuseSession, req: Request, newDirId: number, flag
   const to = childPath(newParent, newName);
   if ((flags & RENAME_EXCHANGE) !== 0) {
     if ((flags & RENAME_NOREPLACE) !== 0) throw fsError('EINVAL', name);
+    if (req.resent && exchangeDoneBeforeRestart(s, req, parent, name, newParent, newName)) return s.replyOk(req);
     await s.ufs.exchange(from, to);
-    s.nodes.exchanged(parent, name, newParent, newName);
+    s.nodes.exchanged(parent, name, newParent, newName, req.unique);
     return s.replyOk(req);
   }
   if ((flags & RENAME_NOREPLACE) !== 0) {

@@ -188,8 +188,9 @@ export function write(s: FuseSession, req: Request): void | Promise<void> {
   if (fd === undefined) return adoptHandle(s, req, fh, buf.readUInt32LE(body + IO_OPEN_FLAGS)).then(() => write(s, req));
   const offset = readU64(buf, body + 8);
   const size = buf.readUInt32LE(body + 16);
-  const data = body + 40;
-  const n = s.ufs.write(fd, buf.subarray(data, data + size), size, offset);
+  const bytes = buf.subarray(body + 40, body + 40 + size);
+  // A resent write the dead server already did is answered, not done again (an O_APPEND fd would append twice).
+  const n = req.resent && s.ufs.holdsAlready(fd, bytes, size, offset) ? size : s.ufs.write(fd, bytes, size, offset);
   s.out.writeUInt32LE(n, OUT_HEADER);
   s.out.writeUInt32LE(0, OUT_HEADER + 4);
   s.send(req, WRITE_OUT);

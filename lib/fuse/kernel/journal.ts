@@ -31,7 +31,7 @@ const GROWTH_BEFORE_COMPACTION = 4;
 const MIN_COMPACT_BYTES = 1024 * 1024;
 
 const enum Header {
-  magic = 0, state = 4, epoch = 8, minor = 12, flags = 16, rootIno = 24, nextId = 32,
+  magic = 0, state = 4, epoch = 8, minor = 12, flags = 16, rootIno = 24, nextId = 32, lastExchange = 40,
 }
 
 export const enum JournalState {
@@ -132,6 +132,20 @@ export class NodeJournal {
   }
 
   /** A new server takes over the connection: one more epoch (file and dir handles carry it). */
+  /**
+   * The unique of the last RENAME_EXCHANGE made on disk (exchangedBy), 0 if none: a resent exchange with this
+   * unique was done by an earlier server (entries.ts). Compaction copies the header, so it survives.
+   */
+  get lastExchange(): number {
+    return readU64(this.buf, Header.lastExchange);
+  }
+
+  /** Called between an exchange on disk and its node record. */
+  exchangedBy(unique: number): void {
+    if (this.replaying) return;
+    writeU64(this.buf, Header.lastExchange, unique);
+  }
+
   nextEpoch(): number {
     const epoch = this.epoch + 1;
     this.words[Header.epoch >> 2] = epoch;

@@ -267,8 +267,9 @@ export class NodeTable {
     (newParent.children ??= new Map()).set(newName, node);
   }
 
-  /** RENAME_EXCHANGE: the two names swap inodes. */
-  exchanged(a: KernelNode, aName: string, b: KernelNode, bName: string): void {
+  /** RENAME_EXCHANGE: the two names swap inodes. `unique`: the request's, for a resend to find (journal.ts). */
+  exchanged(a: KernelNode, aName: string, b: KernelNode, bName: string, unique?: number): void {
+    if (unique !== undefined) this.journal?.exchangedBy(unique);
     this.journal?.renamed(a.id, aName, b.id, bName, true);
     const nodeA = a.children?.get(aName);
     const nodeB = b.children?.get(bName);

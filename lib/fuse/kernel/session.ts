@@ -61,6 +61,12 @@ export interface SessionOptions {
    * name_to_handle_at fails with EOPNOTSUPP, while fanotify can still report file ids (encode only).
    */
   exportSupport?: boolean;
+  /**
+   * A fault hook for the restart tests (env STRATA_TEST_DIE_BEFORE_REPLY, strata-overlay.ts): op names (as in
+   * opName) whose first successful answer this server does not send, killing itself instead, so that the op is
+   * done and the kernel sends it again to the next server. Direct I/O is off then, so WRITE reaches JS.
+   */
+  dieBeforeReplyTo?: readonly string[];
 }
 
 /**
@@ -137,6 +143,7 @@ export class FuseSession {
   private readonly entryNsec: number;
   private readonly attrSec: number;
   private readonly attrNsec: number;
+  private readonly dieBeforeReplyTo: ReadonlySet<number> | undefined;
 
   constructor(ufs: UnionFs, mountpoint: string, options: SessionOptions, logger: Logger) {
     this.ufs = ufs;
@@ -154,6 +161,9 @@ export class FuseSession {
     this.entryNsec = Math.floor((options.entryTimeout - this.entrySec) * 1e9);
     this.attrSec = Math.floor(options.attrTimeout);
     this.attrNsec = Math.floor((options.attrTimeout - this.attrSec) * 1e9);
+    if (options.dieBeforeReplyTo !== undefined && options.dieBeforeReplyTo.length > 0) {
+      this.dieBeforeReplyTo = new Set(options.dieBeforeReplyTo.map(opcodeOf));
+    }
     this.endedPromise = new Promise((resolve) => {
       this.ended = resolve;
     });
@@ -211,12 +221,15 @@ export class FuseSession {
     // retain forgotten nodes exactly as the tables before it did.
     this.nodes.retainLimit = this.exportSupport ? RETAINED_NODES : 0;
     const records = journal.replayInto(this.nodes);
-    this.reader = this.dev.startReader(fd, REQUEST_BUFFER_SIZE, (batch, error) => this.onBatch(batch, error));
+    // RESEND before the first read: the kernel queues again every request read and not answered on this
+    // connection, by whichever server. A request this server had read already would come a second time and be
+    // done twice (an exchange swapped back, a rename's second run taking the name from the node it just moved).
     const out = this.out;
     out.writeUInt32LE(OUT_HEADER, 0);
     out.writeInt32LE(Notify.RESEND, 4);
     writeU64(out, 8, 0);
     const rc = this.dev.reply(this.fd, out, OUT_HEADER);
+    this.reader = this.dev.startReader(fd, REQUEST_BUFFER_SIZE, (batch, error) => this.onBatch(batch, error));
     this.logger.info({ epoch: this.epoch, records, nodes: this.nodes.size, resend: rc >= 0 ? 'sent' : `errno ${-rc}` }, 'resumed the FUSE connection');
   }
 
@@ -364,6 +377,7 @@ export class FuseSession {
   /** Sends the reply whose payload (`length` bytes) was written at out[OUT_HEADER..]. Returns false if the
    * kernel no longer waits for it (the request was interrupted). */
   send(req: Request, length: number): boolean {
+    if (this.dieBeforeReplyTo?.has(req.opcode) === true) this.dieBeforeReply(req);
     const total = OUT_HEADER + length;
     const out = this.out;
     out.writeUInt32LE(total, 0);
@@ -372,8 +386,16 @@ export class FuseSession {
     return this.write(total);
   }
 
+  /** The dieBeforeReplyTo hook: the op is done, its answer is never sent. */
+  private dieBeforeReply(req: Request): never {
+    this.logger.warn({ op: opName(req.opcode), unique: req.unique }, 'dying before the reply (STRATA_TEST_DIE_BEFORE_REPLY)');
+    process.kill(process.pid, 'SIGKILL');
+    throw new Error('unreachable: SIGKILL');
+  }
+
   /** Sends a reply with a header from the scratch buffer and a payload from elsewhere (read data). */
   sendWith(req: Request, payload: Buffer): boolean {
+    if (this.dieBeforeReplyTo?.has(req.opcode) === true) this.dieBeforeReply(req);
     const out = this.out;
     out.writeUInt32LE(OUT_HEADER + payload.length, 0);
     out.writeInt32LE(0, 4);
@@ -551,7 +573,7 @@ export class FuseSession {
 
   /** The reader thread serves this cached-mode open's READ (and WRITE when `writable`) itself. */
   startDirectIo(open: OpenFile, writable: boolean): void {
-    if (this.reader === undefined) return;
+    if (this.reader === undefined || this.dieBeforeReplyTo !== undefined) return;
     open.direct = this.reader.directIo(open.fh, open.fd, writable);
   }
 
@@ -605,4 +627,10 @@ for (const [name, value] of Object.entries({
 
 export function opName(opcode: number): string {
   return OP_NAMES[opcode] ?? `op${opcode}`;
+}
+
+/** The opcode of an op name as opName gives it (lower case); a name that is not one throws STRATA_BAD_OPTION. */
+export function opcodeOf(name: string): number {
+  for (const [opcode, known] of Object.entries(OP_NAMES)) if (known === name) return Number(opcode);
+  throw new StrataError('STRATA_BAD_OPTION', `"${name}" is not a FUSE op name (${Object.values(OP_NAMES).join(', ')})`);
 }

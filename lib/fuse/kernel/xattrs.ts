@@ -2,9 +2,11 @@
 import { fsError } from '../../errors.js';
 import type { FuseSession, Request } from './session.js';
 import { readName } from './codec.js';
+import { doneBeforeRestart } from './entries.js';
 import { OUT_HEADER, XATTR_OUT } from './protocol.js';
 
 const ENODATA = 61;
+const XATTR_CREATE = 1;
 
 /** The node's path; for a change, the name the caller used (see FuseSession.pathForChange). */
 function pathOf(s: FuseSession, req: Request, change = false): string {
@@ -48,12 +50,22 @@ export async function setxattr(s: FuseSession, req: Request): Promise<void> {
   const flags = buf.readUInt32LE(body + 4);
   const [name, valueAt] = readName(buf, body + 8, req.end);
   const value = buf.subarray(valueAt, valueAt + size);
-  await s.ufs.setxattr(pathOf(s, req, true), name, value, flags, { uid: req.uid, gid: req.gid, pid: req.pid });
+  try {
+    await s.ufs.setxattr(pathOf(s, req, true), name, value, flags, { uid: req.uid, gid: req.gid, pid: req.pid });
+  } catch (err) {
+    // XATTR_CREATE sent again after a restart: the previous server set it (the VFS holds the inode lock).
+    if (!((flags & XATTR_CREATE) !== 0 && doneBeforeRestart(req, err, 'EEXIST'))) throw err;
+  }
   s.replyOk(req);
 }
 
 export async function removexattr(s: FuseSession, req: Request): Promise<void> {
   const [name] = readName(req.buf, req.body, req.end);
-  await s.ufs.removexattr(pathOf(s, req, true), name);
+  try {
+    await s.ufs.removexattr(pathOf(s, req, true), name);
+  } catch (err) {
+    // Sent again after a restart, and gone: the previous server removed it (the VFS holds the inode lock).
+    if (!doneBeforeRestart(req, err, 'ENODATA')) throw err;
+  }
   s.replyOk(req);
 }
