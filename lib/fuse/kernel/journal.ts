@@ -131,7 +131,6 @@ export class NodeJournal {
     this.words[Header.state >> 2] = JournalState.Initialized;
   }
 
-  /** A new server takes over the connection: one more epoch (file and dir handles carry it). */
   /**
    * The unique of the last RENAME_EXCHANGE made on disk (exchangedBy), 0 if none: a resent exchange with this
    * unique was done by an earlier server (entries.ts). Compaction copies the header, so it survives.
@@ -146,6 +145,7 @@ export class NodeJournal {
     writeU64(this.buf, Header.lastExchange, unique);
   }
 
+  /** A new server takes over the connection: one more epoch (file and dir handles carry it). */
   nextEpoch(): number {
     const epoch = this.epoch + 1;
     this.words[Header.epoch >> 2] = epoch;
