@@ -17,6 +17,7 @@ import { diffTrees, snapshotTree } from '../helpers/tree.js';
 import { NodeTable, type KernelNode } from '../../lib/fuse/kernel/nodes.js';
 import { NodeJournal } from '../../lib/fuse/kernel/journal.js';
 import { prng } from '../helpers/random.js';
+import { FUSECTL_DIR, fuseConnectionId, readMountTableSync } from '../../lib/mounts/mountinfo.js';
 
 requireCandidate('strata');
 
@@ -196,6 +197,10 @@ for (const passthrough of ['on', 'off']) {
   });
 }
 
+/** renameat2(x, y, RENAME_EXCHANGE) in python (coreutils 9.1's mv has no --exchange). */
+const EXCHANGE = 'import ctypes, os, sys\nlibc = ctypes.CDLL(None, use_errno=True)\n' +
+  'if libc.renameat2(-100, b"x", -100, b"y", 2) != 0: sys.exit(os.strerror(ctypes.get_errno()))';
+
 /**
  * The hard case of a restart, made on purpose: the server has done a change but dies before its answer
  * (STRATA_TEST_DIE_BEFORE_REPLY=<op>, session.ts dieBeforeReplyTo), so the kernel sends the request again and
@@ -203,10 +208,6 @@ for (const passthrough of ['on', 'off']) {
  * mkdir, no ENOENT for an rm, no second copy of an O_APPEND write. The same commands on kernel overlayfs,
  * without restarts, give the tree the mount must end with.
  */
-/** renameat2(x, y, RENAME_EXCHANGE) in python (coreutils 9.1's mv has no --exchange). */
-const EXCHANGE = 'import ctypes, os, sys\nlibc = ctypes.CDLL(None, use_errno=True)\n' +
-  'if libc.renameat2(-100, b"x", -100, b"y", 2) != 0: sys.exit(os.strerror(ctypes.get_errno()))';
-
 const DONE_BEFORE_ANSWER: readonly { op: string; command: string }[] = [
   { op: 'create', command: 'echo one > created' },
   { op: 'write', command: 'echo more >> appended' },
@@ -282,10 +283,12 @@ for (const passthrough of ['on', 'off']) t.test(`a change done but not answered 
   await once(server, 'exit');
 });
 
-/** Requests waiting in the kernel for this connection (the fusectl `waiting` count). */
+/** Requests waiting in the kernel for the mount's connection (fusectl's `waiting`), read without touching the mount. */
 function waitingRequests(mnt: string): number {
-  const minor = Number(fs.statSync(mnt).dev) & 0xff;
-  return Number(fs.readFileSync(`/sys/fs/fuse/connections/${minor}/waiting`, 'utf8'));
+  const entry = readMountTableSync().find((e) => e.mountPoint === mnt);
+  const id = entry === undefined ? undefined : fuseConnectionId(entry);
+  if (id === undefined) throw new Error(`no FUSE mount at ${mnt}`);
+  return Number(fs.readFileSync(`${FUSECTL_DIR}/${id}/waiting`, 'utf8'));
 }
 
 /**
